@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any, Callable
 
 from verispec import _native
@@ -62,7 +62,7 @@ def _allow_unverified() -> bool:
     return os.environ.get("VERISPEC_ALLOW_UNVERIFIED", "") not in ("", "0", "false", "False")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _triton_problem() -> str | None:
     try:
         import triton  # noqa: F401
@@ -75,7 +75,7 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cuda_problem() -> str | None:
     if _native.native_error() is not None:
         return f"native core missing: {_native.native_error()}"
@@ -95,7 +95,7 @@ def _device_class(device: Any) -> str:
     return f"sm_{major}{minor}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(target: str) -> Callable[..., Any] | str:
     module_name, func_name = target.split(":")
     try:
