@@ -1,0 +1,255 @@
+"""KV commit: after acceptance, keep the accepted path's K/V right after the prefix.
+
+Verification wrote the K/V of request ``b``'s tree rows at cache indices ``L_b + 0 .. L_b + T_b - 1``
+(``L_b = prefix_lens[b]``). Acceptance picks a path: the root (row 0) then the rows of the accepted
+nodes (node ``j`` is row ``j + 1``). `commit_kv` moves, in every layer, the entry of the ``i``-th path
+row to cache index ``L_b + i`` and returns the new lengths ``L_b + (number of path rows)``. Entries
+past the new length are left as they are (the caller crops or overwrites them).
+
+Rows along a path strictly increase (a parent always precedes its children), so ``row_i >= i``: every
+entry moves towards the prefix or stays. Backends process a request's path in order (or stage it
+through registers), which makes the in-place move safe even where sources and destinations overlap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional, Union
+
+import torch
+
+from verispec import _backends
+
+__all__ = ["commit_kv", "commit_kv_torch", "commit_kv_triton", "commit_kv_cuda", "path_rows_from_accepted"]
+
+Caches = Union[torch.Tensor, Sequence[torch.Tensor]]
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _fail(msg: str, exc: type[Exception] = ValueError) -> None:
+    raise exc(f"verispec.commit_kv: {msg}")
+
+
+def _as_list(caches: Caches, name: str) -> list[torch.Tensor]:
+    if isinstance(caches, torch.Tensor):
+        return [caches]
+    if not isinstance(caches, (list, tuple)):
+        _fail(f"{name} must be a tensor or a list/tuple of per-layer tensors, got {type(caches).__name__}", TypeError)
+    out = list(caches)
+    for i, t in enumerate(out):
+        if not isinstance(t, torch.Tensor):
+            _fail(f"{name}[{i}] must be a torch.Tensor, got {type(t).__name__}", TypeError)
+    return out
+
+
+def _check(
+    k_cache: Caches,
+    v_cache: Caches,
+    prefix_lens: torch.Tensor,
+    path_rows: torch.Tensor,
+    block_table: Optional[torch.Tensor],
+) -> tuple[list[torch.Tensor], int]:
+    """Shape/dtype/device checks (no host sync). Returns all caches (K layers then V layers) and capacity."""
+    ks, vs = _as_list(k_cache, "k_cache"), _as_list(v_cache, "v_cache")
+    if len(ks) != len(vs):
+        _fail(f"k_cache has {len(ks)} layers but v_cache has {len(vs)}")
+    for name, t in (("prefix_lens", prefix_lens), ("path_rows", path_rows)):
+        if not isinstance(t, torch.Tensor):
+            _fail(f"{name} must be a torch.Tensor, got {type(t).__name__}", TypeError)
+        if t.dtype != torch.int32:
+            _fail(f"{name} must be int32, got {t.dtype}", TypeError)
+    if prefix_lens.dim() != 1:
+        _fail(f"prefix_lens must be [B], got shape {tuple(prefix_lens.shape)}")
+    B = prefix_lens.shape[0]
+    if path_rows.dim() != 2 or path_rows.shape[0] != B:
+        _fail(f"path_rows must be [B={B}, P], got shape {tuple(path_rows.shape)}")
+    dev = prefix_lens.device
+    if path_rows.device != dev:
+        _fail(f"path_rows is on {path_rows.device} but prefix_lens is on {dev}")
+    paged = block_table is not None
+    if paged:
+        if not isinstance(block_table, torch.Tensor) or block_table.dtype != torch.int32:
+            _fail("block_table must be an int32 tensor", TypeError)
+        if block_table.dim() != 2 or block_table.shape[0] != B:
+            _fail(f"block_table must be [B={B}, max_blocks], got shape {tuple(block_table.shape)}")
+        if block_table.device != dev:
+            _fail(f"block_table is on {block_table.device} but prefix_lens is on {dev}")
+    capacity = None
+    for kind, layers in (("k_cache", ks), ("v_cache", vs)):
+        for i, t in enumerate(layers):
+            where = f"{kind}[{i}]"
+            if t.device != dev:
+                _fail(f"{where} is on {t.device} but prefix_lens is on {dev}")
+            if t.dtype not in _FLOAT_DTYPES:
+                _fail(f"{where} has unsupported dtype {t.dtype}", TypeError)
+            if t.dim() != 4:
+                layout = "[num_blocks, block_size, Hkv, D]" if paged else "[B, Hkv, S, D]"
+                _fail(f"{where} must be {layout}, got shape {tuple(t.shape)}")
+            if paged:
+                cap = block_table.shape[1] * t.shape[1]
+            else:
+                if t.shape[0] != B:
+                    _fail(f"{where} holds {t.shape[0]} requests but prefix_lens has {B}")
+                cap = t.shape[2]
+            capacity = cap if capacity is None else min(capacity, cap)
+    return ks + vs, (capacity or 0)
+
+
+def _check_values(prefix_lens: torch.Tensor, path_rows: torch.Tensor, capacity: int) -> torch.Tensor:
+    """Host-side value checks; returns the number of path rows per request (int64 [B])."""
+    rows = path_rows.cpu().long()
+    lens = prefix_lens.cpu().long()
+    valid = rows >= 0
+    count = valid.long().cumprod(dim=1).sum(dim=1)
+    for b in range(rows.shape[0]):
+        n = int(count[b])
+        r = rows[b].tolist()
+        if any(x >= 0 for x in r[n:]):
+            _fail(f"request {b}: path_rows {r} has a row after the -1 padding")
+        if int(lens[b]) < 0:
+            _fail(f"request {b}: prefix_lens {int(lens[b])} is negative")
+        if n == 0:
+            continue
+        if r[0] != 0:
+            _fail(f"request {b}: path must start at the root row 0, got {r[:n]}")
+        if any(b2 <= a for a, b2 in zip(r[:n], r[1:n])):
+            _fail(f"request {b}: path rows must strictly increase (parents precede children), got {r[:n]}")
+        if int(lens[b]) + r[n - 1] >= capacity:
+            _fail(f"request {b}: row {r[n - 1]} sits at cache index {int(lens[b]) + r[n - 1]}, beyond the "
+                  f"cache capacity {capacity}")
+    return count
+
+
+def path_rows_from_accepted(accepted_nodes: torch.Tensor, num_accepted: torch.Tensor) -> torch.Tensor:
+    """int32 ``[B, 1 + max_depth]`` path rows from `verify`'s output (root row 0, then node ``j`` → row ``j+1``).
+
+    Parameters
+    ----------
+    accepted_nodes : int32 ``[B, max_depth]``, node indices along the accepted path, -1 padded.
+    num_accepted : int32 ``[B]``.
+    """
+    B, depth = accepted_nodes.shape
+    col = torch.arange(depth, device=accepted_nodes.device).view(1, -1)
+    keep = col < num_accepted.view(-1, 1).long()
+    nodes = torch.where(keep, accepted_nodes + 1, torch.full_like(accepted_nodes, -1))
+    root = torch.zeros(B, 1, dtype=torch.int32, device=accepted_nodes.device)
+    return torch.cat([root, nodes.to(torch.int32)], dim=1)
+
+
+def commit_kv_torch(
+    k_cache: Caches,
+    v_cache: Caches,
+    prefix_lens: torch.Tensor,
+    path_rows: torch.Tensor,
+    *,
+    block_table: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Reference KV commit (a loop over layers, vectorised over requests). See `commit_kv`."""
+    caches, capacity = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
+    count = _check_values(prefix_lens, path_rows, capacity).to(prefix_lens.device)
+    valid = torch.arange(path_rows.shape[1], device=path_rows.device).view(1, -1) < count.view(-1, 1)
+    b_idx, i_idx = valid.nonzero(as_tuple=True)
+    base = prefix_lens.long()[b_idx]
+    src = base + path_rows.long()[b_idx, i_idx]
+    dst = base + i_idx
+    moved = src != dst
+    b_idx, src, dst = b_idx[moved], src[moved], dst[moved]
+    if b_idx.numel():
+        for cache in caches:
+            # Advanced indexing gathers the sources into a new tensor before any write: overlap-safe.
+            if block_table is None:
+                cache[b_idx, :, dst] = cache[b_idx, :, src]
+            else:
+                bs = cache.shape[1]
+                table = block_table.long()
+                cache[table[b_idx, dst // bs], dst % bs] = cache[table[b_idx, src // bs], src % bs]
+    return (prefix_lens.long() + count).to(torch.int32)
+
+
+def _grouped(caches: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Caches sharing shape, strides and dtype, so each group is one kernel launch."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in caches:
+        groups.setdefault((tuple(t.shape), t.stride(), t.dtype), []).append(t)
+    return list(groups.values())
+
+
+def commit_kv_triton(
+    k_cache: Caches,
+    v_cache: Caches,
+    prefix_lens: torch.Tensor,
+    path_rows: torch.Tensor,
+    *,
+    block_table: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Triton KV commit: one launch for all layers of one shape. See `commit_kv`."""
+    caches, capacity = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
+    if prefix_lens.device.type == "cpu":
+        _check_values(prefix_lens, path_rows, capacity)
+    from verispec.triton_kernels.commit_kv import commit_kv_fwd
+
+    for group in _grouped(caches):
+        commit_kv_fwd(group, prefix_lens, path_rows, block_table)
+    return _new_lengths(prefix_lens, path_rows)
+
+
+def commit_kv_cuda(
+    k_cache: Caches,
+    v_cache: Caches,
+    prefix_lens: torch.Tensor,
+    path_rows: torch.Tensor,
+    *,
+    block_table: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """CUDA KV commit: one launch for all layers of one shape. See `commit_kv`."""
+    from verispec.ops._tree_attention_cuda import commit_kv_cuda_launch
+
+    caches, _ = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
+    for group in _grouped(caches):
+        commit_kv_cuda_launch(group, prefix_lens, path_rows, block_table)
+    return _new_lengths(prefix_lens, path_rows)
+
+
+def _new_lengths(prefix_lens: torch.Tensor, path_rows: torch.Tensor) -> torch.Tensor:
+    count = (path_rows >= 0).to(torch.int32).cumprod(dim=1).sum(dim=1)
+    return (prefix_lens + count).to(torch.int32)
+
+
+def commit_kv(
+    k_cache: Caches,
+    v_cache: Caches,
+    prefix_lens: torch.Tensor,
+    path_rows: torch.Tensor,
+    *,
+    block_table: Optional[torch.Tensor] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Move the accepted path's K/V right after each request's prefix, in every layer, in place.
+
+    Parameters
+    ----------
+    k_cache, v_cache : one tensor or a list of per-layer tensors (float16/bfloat16/float32/float64)
+        Contiguous layout ``[B, Hkv, S, D]`` (any strides), or paged ``[num_blocks, block_size, Hkv, D]``
+        when ``block_table`` is given. Modified in place.
+    prefix_lens : int32 ``[B]``
+        Cached prefix length ``L_b``; tree row ``t``'s K/V sits at cache index ``L_b + t``.
+    path_rows : int32 ``[B, P]``
+        Per request the root row ``0`` then the rows of the accepted nodes in path order (node ``j`` is
+        row ``j + 1``), padded with ``-1`` (`path_rows_from_accepted` builds it from `verify`'s
+        output). A request whose first entry is ``-1`` is left alone.
+    block_table : int32 ``[B, max_blocks]``, optional
+        Selects the paged layout (see `tree_attention`).
+    backend : ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``.
+
+    Returns
+    -------
+    int32 ``[B]``: the new lengths ``prefix_lens + (number of path rows)``.
+
+    Example
+    -------
+    ``prefix_lens = [5]``, ``path_rows = [[0, 2, 5, -1]]`` (nodes 1 and 4 accepted): cache entries
+    7 and 10 move to 6 and 7, entry 5 (the root) stays, and the new length is 8.
+    """
+    device = prefix_lens.device if isinstance(prefix_lens, torch.Tensor) else "cpu"
+    _, impl = _backends.resolve("commit_kv", backend, device)
+    return impl(k_cache, v_cache, prefix_lens, path_rows, block_table=block_table)

@@ -1,0 +1,395 @@
+"""Tree attention: score every row of a draft tree in one forward pass.
+
+For request ``b`` the cache holds a prefix of ``L_b = prefix_lens[b]`` tokens followed by the K/V of
+the ``T_b = tree_lens[b]`` verification rows (row 0 is the root, the last accepted token; rows
+``1..T_b-1`` are draft nodes, see docs/architecture.md). Tree row ``t`` attends to
+
+* every prefix key ``j < L_b`` (no mask is stored or read for the prefix), and
+* tree key ``u`` (cache index ``L_b + u``) iff bit ``u`` of ``ancestors[b, t]`` is set, i.e. ``u`` is
+  ``t`` itself or one of its ancestors,
+
+optionally restricted to a sliding window (a query at position ``p`` sees keys at positions
+``> p - window``; prefix key ``j`` sits at position ``j``, tree row ``u`` at ``positions[b, u]``) and
+with logit soft-capping (``softcap * tanh(s / softcap)``, applied to the scaled logits, as Gemma 2
+does). Padded rows ``t >= T_b`` produce zeros.
+
+Two cache layouts share one signature:
+
+* contiguous (as Hugging Face caches hold it): ``k, v [B, Hkv, S, D]`` with any strides;
+* paged (as vLLM / FlashInfer / SGLang hold it): ``k, v [num_blocks, block_size, Hkv, D]`` plus
+  ``block_table [B, max_blocks]`` int32; cache index ``i`` of request ``b`` lives in block
+  ``block_table[b, i // block_size]`` at slot ``i % block_size``.
+
+``tree_attention_torch`` is the readable reference and the oracle for the Triton and CUDA kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from verispec import _backends
+
+__all__ = [
+    "tree_attention",
+    "tree_attention_torch",
+    "tree_attention_triton",
+    "tree_attention_cuda",
+    "tree_mask_bits",
+]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """Validated, normalised arguments shared by every backend."""
+
+    B: int
+    Hq: int
+    Hkv: int
+    T: int
+    D: int
+    W: int
+    paged: bool
+    block_size: int  # 0 for the contiguous layout
+    capacity: int  # cache entries addressable per request (S, or max_blocks * block_size)
+    scale: float
+    softcap: float  # 0.0 = off
+    window: int  # 0 = off
+
+
+def _fail(msg: str, exc: type[Exception] = ValueError) -> None:
+    raise exc(f"verispec.tree_attention: {msg}")
+
+
+def _check(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    tree_lens: torch.Tensor,
+    ancestors: torch.Tensor,
+    positions: Optional[torch.Tensor],
+    scale: Optional[float],
+    softcap: Optional[float],
+    window: Optional[int],
+    block_table: Optional[torch.Tensor],
+    out: Optional[torch.Tensor],
+) -> _Problem:
+    """Check shapes, dtypes and devices without reading tensor values (no host synchronisation)."""
+    named = {"q": q, "k": k, "v": v, "prefix_lens": prefix_lens, "tree_lens": tree_lens, "ancestors": ancestors}
+    if positions is not None:
+        named["positions"] = positions
+    if block_table is not None:
+        named["block_table"] = block_table
+    if out is not None:
+        named["out"] = out
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            _fail(f"{name} must be a torch.Tensor, got {type(t).__name__}", TypeError)
+    dev = q.device
+    for name, t in named.items():
+        if t.device != dev:
+            _fail(f"{name} is on {t.device} but q is on {dev}; all tensors must share one device")
+    if q.dtype not in _FLOAT_DTYPES:
+        _fail(f"q must be float16, bfloat16, float32 or float64, got {q.dtype}", TypeError)
+    for name in ("k", "v"):
+        if named[name].dtype != q.dtype:
+            _fail(f"{name} has dtype {named[name].dtype} but q has {q.dtype}; they must match", TypeError)
+    if q.dim() != 4:
+        _fail(f"q must be [B, Hq, T, D], got shape {tuple(q.shape)}")
+    B, Hq, T, D = q.shape
+    paged = block_table is not None
+    if k.shape != v.shape:
+        _fail(f"k has shape {tuple(k.shape)} but v has {tuple(v.shape)}")
+    if k.dim() != 4:
+        layout = "[num_blocks, block_size, Hkv, D] (paged)" if paged else "[B, Hkv, S, D]"
+        _fail(f"k and v must be {layout}, got shape {tuple(k.shape)}")
+    if paged:
+        _, block_size, Hkv, Dk = k.shape
+        if block_table.dtype != torch.int32:
+            _fail(f"block_table must be int32, got {block_table.dtype}", TypeError)
+        if block_table.dim() != 2 or block_table.shape[0] != B:
+            _fail(f"block_table must be [B={B}, max_blocks], got shape {tuple(block_table.shape)}")
+        if block_size < 1:
+            _fail("paged k/v have block_size 0")
+        capacity = block_table.shape[1] * block_size
+        for name in ("k", "v"):
+            if named[name].stride(-1) != 1:
+                _fail(f"paged {name} must have unit stride along D, got strides {named[name].stride()}")
+    else:
+        Bk, Hkv, capacity, Dk = k.shape
+        block_size = 0
+        if Bk != B:
+            _fail(f"k/v hold {Bk} requests but q holds {B}")
+    if Dk != D:
+        _fail(f"q has head dim {D} but k/v have {Dk}")
+    if Hkv < 1 or Hq % Hkv != 0:
+        _fail(f"q has {Hq} heads, which is not a multiple of the {Hkv} K/V heads (GQA/MQA need Hq % Hkv == 0)")
+    for name, t in (("prefix_lens", prefix_lens), ("tree_lens", tree_lens)):
+        if t.dtype != torch.int32:
+            _fail(f"{name} must be int32, got {t.dtype}", TypeError)
+        if t.shape != (B,):
+            _fail(f"{name} must be [B={B}], got shape {tuple(t.shape)}")
+    if ancestors.dtype not in (torch.uint32, torch.int32):
+        _fail(f"ancestors must be uint32 (int32 with the same bits is accepted), got {ancestors.dtype}", TypeError)
+    W = (T + 31) // 32
+    if ancestors.dim() != 3 or ancestors.shape[0] != B or ancestors.shape[1] != T or ancestors.shape[2] < W:
+        _fail(f"ancestors must be [B={B}, T={T}, W>={W}] (32 rows per uint32 word), got shape {tuple(ancestors.shape)}")
+    if positions is not None:
+        if positions.dtype != torch.int32:
+            _fail(f"positions must be int32, got {positions.dtype}", TypeError)
+        if positions.shape != (B, T):
+            _fail(f"positions must be [B={B}, T={T}], got shape {tuple(positions.shape)}")
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype):
+        _fail(f"out must match q: shape {tuple(q.shape)} dtype {q.dtype}, got {tuple(out.shape)} {out.dtype}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    scale = float(scale)
+    if not math.isfinite(scale):
+        _fail(f"scale must be finite, got {scale}")
+    softcap = 0.0 if softcap is None else float(softcap)
+    if softcap < 0 or not math.isfinite(softcap):
+        _fail(f"softcap must be None, 0 (off) or a positive number, got {softcap}")
+    if window is None:
+        window = 0
+    elif isinstance(window, bool) or int(window) != window or int(window) < 1:
+        _fail(f"window must be None (off) or a positive integer, got {window!r}")
+    return _Problem(B, Hq, Hkv, T, D, int(ancestors.shape[2]), paged, block_size, capacity, scale, softcap, int(window))
+
+
+def _check_lengths(p: _Problem, prefix_lens: torch.Tensor, tree_lens: torch.Tensor) -> None:
+    """Value checks that read lengths on the host; cheap, but they synchronise a GPU stream."""
+    if p.B == 0:
+        return
+    lo_p, lo_t = int(prefix_lens.min()), int(tree_lens.min())
+    if lo_p < 0 or lo_t < 0:
+        _fail(f"prefix_lens and tree_lens must be >= 0, got min {lo_p} and {lo_t}")
+    if int(tree_lens.max()) > p.T:
+        b = int(tree_lens.argmax())
+        _fail(f"request {b} has tree_lens {int(tree_lens[b])} > T={p.T} rows of q")
+    need = prefix_lens.long() + tree_lens.long()
+    if int(need.max()) > p.capacity:
+        b = int(need.argmax())
+        what = "block_table covers" if p.paged else "k/v hold"
+        _fail(f"request {b} needs {int(need[b])} cache entries (prefix {int(prefix_lens[b])} + tree "
+              f"{int(tree_lens[b])}) but {what} only {p.capacity}")
+
+
+def positions_from_ancestors(prefix_lens: torch.Tensor, ancestors: torch.Tensor) -> torch.Tensor:
+    """int32 ``[B, T]``: ``prefix_lens[b] + depth(t)``, with depth = (number of set ancestor bits) - 1.
+
+    The default ``positions`` when none are given (only sliding windows need them).
+    """
+    bits = ancestors.view(torch.int32) if ancestors.dtype == torch.uint32 else ancestors
+    shifts = torch.arange(32, device=bits.device, dtype=torch.int32)
+    count = ((bits.unsqueeze(-1) >> shifts) & 1).sum(dim=(-1, -2))
+    return (prefix_lens.view(-1, 1).long() + count - 1).clamp_min(0).to(torch.int32)
+
+
+def tree_mask_bits(ancestors: torch.Tensor, n: int) -> torch.Tensor:
+    """bool ``[..., T, n]``: expand ancestor words to one flag per tree row ``u < n``.
+
+    Parameters
+    ----------
+    ancestors : uint32 (or int32) ``[..., T, W]`` with ``W >= ceil(n / 32)``.
+    n : number of tree rows to expand.
+    """
+    bits = ancestors.view(torch.int32) if ancestors.dtype == torch.uint32 else ancestors
+    u = torch.arange(n, device=bits.device)
+    words = bits.index_select(-1, u // 32)  # [..., T, n]
+    # Arithmetic shift is fine: only the lowest bit survives the mask.
+    return ((words >> (u % 32).to(words.dtype)) & 1).bool()
+
+
+def _gather_request_kv(
+    k: torch.Tensor, v: torch.Tensor, b: int, n: int, block_table: Optional[torch.Tensor], block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K/V of cache entries ``0..n-1`` of request ``b`` as ``[Hkv, n, D]`` views or copies."""
+    if block_table is None:
+        return k[b, :, :n], v[b, :, :n]
+    idx = torch.arange(n, device=k.device)
+    blocks = block_table[b].long()[idx // block_size]
+    slots = idx % block_size
+    return k[blocks, slots].transpose(0, 1), v[blocks, slots].transpose(0, 1)
+
+
+def tree_attention_torch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    tree_lens: torch.Tensor,
+    ancestors: torch.Tensor,
+    positions: Optional[torch.Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    softcap: Optional[float] = None,
+    window: Optional[int] = None,
+    block_table: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Reference tree attention in plain PyTorch (any device; float64 capable). See `tree_attention`.
+
+    fp16/bf16 inputs are computed in fp32; fp32 and fp64 in their own precision, with the same
+    operation order as Hugging Face's eager attention (scale, soft-cap, mask, fp32 softmax, @ v), so a
+    model run through it in fp32 matches its own eager/sdpa output to rounding.
+    """
+    p = _check(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window, block_table, out)
+    _check_lengths(p, prefix_lens, tree_lens)
+    if p.window and positions is None:
+        positions = positions_from_ancestors(prefix_lens, ancestors)
+    compute = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
+    G = p.Hq // p.Hkv
+    result = torch.zeros(q.shape, dtype=q.dtype, device=q.device) if out is None else out
+    if out is not None:
+        out.zero_()
+    plens, tlens = prefix_lens.tolist(), tree_lens.tolist()
+    for b in range(p.B):
+        L, n = plens[b], tlens[b]
+        if n == 0:
+            continue
+        S = L + n
+        kb, vb = _gather_request_kv(k, v, b, S, block_table, p.block_size)
+        # GQA without copying K/V: view the query heads of one KV head as a group dimension.
+        qb = q[b, :, :n].to(compute).reshape(p.Hkv, G, n, p.D)
+        logits = torch.matmul(qb, kb.to(compute).unsqueeze(1).transpose(-1, -2)) * p.scale  # [Hkv, G, n, S]
+        if p.softcap:
+            logits = torch.tanh(logits / p.softcap) * p.softcap
+        visible = torch.ones(n, S, dtype=torch.bool, device=q.device)
+        visible[:, L:] = tree_mask_bits(ancestors[b, :n], n)
+        if p.window:
+            qpos = positions[b, :n].long()
+            kpos = torch.cat([torch.arange(L, device=q.device), qpos])
+            visible &= kpos.view(1, S) > qpos.view(n, 1) - p.window
+        logits = logits.masked_fill(~visible, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        # A row that sees nothing (malformed ancestors) yields zeros, not NaN.
+        probs = probs.masked_fill(~visible.any(dim=-1, keepdim=True), 0.0)
+        ob = torch.matmul(probs, vb.to(compute).unsqueeze(1))  # [Hkv, G, n, D]
+        result[b, :, :n] = ob.reshape(p.Hq, n, p.D).to(q.dtype)
+    return result
+
+
+def tree_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    tree_lens: torch.Tensor,
+    ancestors: torch.Tensor,
+    positions: Optional[torch.Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    softcap: Optional[float] = None,
+    window: Optional[int] = None,
+    block_table: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Triton tree attention (split-KV, GQA-packed). Same contract as `tree_attention`."""
+    p = _check(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window, block_table, out)
+    if q.device.type == "cpu":
+        _check_lengths(p, prefix_lens, tree_lens)  # free on the host; on a GPU it would sync
+    if p.window and positions is None:
+        positions = positions_from_ancestors(prefix_lens, ancestors)
+    from verispec.triton_kernels.tree_attention import tree_attention_fwd
+
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    return tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, out)
+
+
+def tree_attention_cuda(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    tree_lens: torch.Tensor,
+    ancestors: torch.Tensor,
+    positions: Optional[torch.Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    softcap: Optional[float] = None,
+    window: Optional[int] = None,
+    block_table: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """CUDA tree attention (hot path: fp16/bf16, D=128, GQA, both layouts). Same contract as `tree_attention`."""
+    from verispec.ops._tree_attention_cuda import run_cuda
+
+    p = _check(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window, block_table, out)
+    if p.window and positions is None:
+        positions = positions_from_ancestors(prefix_lens, ancestors)
+    return run_cuda(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, out)
+
+
+def tree_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    tree_lens: torch.Tensor,
+    ancestors: torch.Tensor,
+    positions: Optional[torch.Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    softcap: Optional[float] = None,
+    window: Optional[int] = None,
+    block_table: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Attention of every draft-tree row to its request's cached prefix and its own ancestors.
+
+    Parameters
+    ----------
+    q : float16 / bfloat16 / float32 / float64 ``[B, Hq, T, D]``
+        Queries of the verification rows, ``T`` = the largest ``tree_lens`` (or more; padded rows
+        produce zeros). Any strides.
+    k, v : same dtype as ``q``.
+        Contiguous layout ``[B, Hkv, S, D]`` (any strides; Hugging Face cache layout), or paged layout
+        ``[num_blocks, block_size, Hkv, D]`` (unit stride along D) when ``block_table`` is given. The
+        K/V of tree row ``t`` of request ``b`` must already be at cache index ``prefix_lens[b] + t``.
+        ``Hq`` must be a multiple of ``Hkv`` (query head ``h`` reads K/V head ``h // (Hq // Hkv)``).
+    prefix_lens : int32 ``[B]``
+        Cached prefix length ``L_b`` per request (0 allowed).
+    tree_lens : int32 ``[B]``
+        Verification rows ``T_b <= T`` per request (0 allowed: the request's output is all zeros).
+    ancestors : uint32 ``[B, T, W]``, ``W >= ceil(T / 32)``
+        Bit ``u % 32`` of word ``u // 32`` of row ``t`` is set iff tree row ``u`` is ``t`` or an
+        ancestor of ``t`` (`TreeBuffers.padded_ancestors`). int32 with the same bits is accepted.
+    positions : int32 ``[B, T]``, optional
+        Absolute position of each tree row, used only by sliding windows. Default:
+        ``prefix_lens[b] + depth(t)`` with the depth read from the ancestor bits.
+    scale : float, optional
+        Logit scale, default ``1 / sqrt(D)``.
+    softcap : float, optional
+        Logit soft-cap ``c``: logits become ``c * tanh(logits / c)`` (after scaling). None or 0 = off.
+    window : int, optional
+        Sliding window: a query at position ``p`` sees keys at positions ``> p - window``. None = off.
+    block_table : int32 ``[B, max_blocks]``, optional
+        Selects the paged layout; entry ``[b, i]`` is the block holding cache indices
+        ``i * block_size ... (i + 1) * block_size - 1`` of request ``b``.
+    out : tensor like ``q``, optional
+        Written in place and returned (any strides).
+    backend : ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``
+        See `verispec.backends()`; ``auto`` only picks GPU paths verified on this device class.
+
+    Returns
+    -------
+    ``[B, Hq, T, D]`` tensor of ``q``'s dtype; rows ``t >= tree_lens[b]`` are zero.
+
+    Example
+    -------
+    A root with two children ``a`` (row 1) and ``b`` (row 2): row 1 sees the prefix, row 0 and
+    itself, so its ancestor word is ``0b011``; row 2's is ``0b101``; the root's is ``0b001``.
+    """
+    _, impl = _backends.resolve("tree_attention", backend, q.device if isinstance(q, torch.Tensor) else "cpu")
+    return impl(
+        q, k, v, prefix_lens, tree_lens, ancestors, positions,
+        scale=scale, softcap=softcap, window=window, block_table=block_table, out=out,
+    )

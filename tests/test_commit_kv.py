@@ -1,0 +1,183 @@
+"""commit_kv: accepted path rows move right after the prefix, in every layer, both cache layouts."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import verispec
+from verispec.ops.commit_kv import path_rows_from_accepted
+
+BACKENDS = ["torch"]
+
+
+def random_path(rng: random.Random, n_rows: int, max_len: int) -> list[int]:
+    """A strictly increasing row path starting at the root row 0 (as an accepted tree path is)."""
+    if n_rows == 0:
+        return []
+    k = rng.randint(0, min(max_len - 1, n_rows - 1))
+    return [0] + sorted(rng.sample(range(1, n_rows), k))
+
+
+def make_batch(prefix, tree, P, rng):
+    paths = [random_path(rng, tree[b], P) for b in range(len(prefix))]
+    rows = torch.full((len(prefix), P), -1, dtype=torch.int32)
+    for b, p in enumerate(paths):
+        rows[b, : len(p)] = torch.tensor(p, dtype=torch.int32)
+    return paths, rows
+
+
+def expected_contiguous(cache, prefix, paths):
+    exp = cache.clone()
+    for b, p in enumerate(paths):
+        for i, r in enumerate(p):
+            exp[b, :, prefix[b] + i] = cache[b, :, prefix[b] + r]
+    return exp
+
+
+def to_paged(cache: torch.Tensor, block_size: int, perm: torch.Tensor):
+    B, H, S, D = cache.shape
+    per = (S + block_size - 1) // block_size
+    paged = torch.full((B * per + 1, block_size, H, D), -7777.0, dtype=cache.dtype)
+    table = perm[: B * per].view(B, per).to(torch.int32)
+    for b in range(B):
+        for i in range(per):
+            lo, hi = i * block_size, min(S, (i + 1) * block_size)
+            paged[table[b, i], : hi - lo] = cache[b, :, lo:hi].transpose(0, 1)
+    return paged, table
+
+
+def from_paged(paged, table, S):
+    B, per = table.shape
+    H, D = paged.shape[2], paged.shape[3]
+    out = torch.empty(B, H, per * paged.shape[1], D, dtype=paged.dtype)
+    for b in range(B):
+        out[b] = paged[table[b].long()].reshape(-1, H, D).transpose(0, 1)
+    return out[:, :, :S]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_commit_contiguous_all_layers(backend, dtype, seed):
+    rng = random.Random(seed)
+    prefix, tree, P = [5, 0, 12, 3], [9, 1, 40, 0], 8
+    B, H, D, layers = len(prefix), 2, 16, 3
+    S = max(p + t for p, t in zip(prefix, tree)) + 2
+    paths, rows = make_batch(prefix, tree, P, rng)
+    ks = [torch.randn(B, H, S, D).to(dtype) for _ in range(layers)]
+    vs = [torch.randn(B, H, S, D).to(dtype) for _ in range(layers)]
+    want_k = [expected_contiguous(c, prefix, paths) for c in ks]
+    want_v = [expected_contiguous(c, prefix, paths) for c in vs]
+    lens = verispec.commit_kv(ks, vs, torch.tensor(prefix, dtype=torch.int32), rows, backend=backend)
+    assert lens.dtype == torch.int32
+    assert lens.tolist() == [p + len(path) for p, path in zip(prefix, paths)]
+    for got, want in zip(ks + vs, want_k + want_v):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("block_size", [1, 4, 16])
+def test_commit_paged(backend, block_size):
+    rng = random.Random(block_size)
+    prefix, tree, P = [7, 30, 0], [12, 6, 20], 6
+    B, H, D = len(prefix), 2, 8
+    S = max(p + t for p, t in zip(prefix, tree)) + 1
+    paths, rows = make_batch(prefix, tree, P, rng)
+    dense = [torch.randn(B, H, S, D) for _ in range(2)]
+    per = (S + block_size - 1) // block_size
+    perm = torch.randperm(B * per + 1, generator=torch.Generator().manual_seed(block_size))
+    paged = [to_paged(c, block_size, perm) for c in dense]
+    table = paged[0][1]
+    spare = perm[B * per]  # the block no request owns must stay untouched
+    lens = verispec.commit_kv([paged[0][0]], [paged[1][0]], torch.tensor(prefix, dtype=torch.int32), rows,
+                              block_table=table, backend=backend)
+    assert lens.tolist() == [p + len(path) for p, path in zip(prefix, paths)]
+    for (pg, _), c in zip(paged, dense):
+        assert torch.equal(from_paged(pg, table, S), expected_contiguous(c, prefix, paths))
+        assert (pg[spare] == -7777.0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_commit_strided_cache_and_long_overlapping_path(backend):
+    """A transposed (HF-style view) cache, and a path whose sources and destinations overlap heavily."""
+    B, H, S, D, L = 1, 3, 80, 8, 4
+    base = torch.randn(B, S, H, D)
+    cache = base.transpose(1, 2)  # [B, H, S, D] view with non-standard strides
+    path = [0] + list(range(2, 70, 2))  # row 2i moves to L+i: most destinations were sources of earlier entries
+    rows = torch.tensor([path], dtype=torch.int32)
+    want = expected_contiguous(cache.clone(), [L], [path])
+    other = cache.clone()
+    lens = verispec.commit_kv(cache, other, torch.tensor([L], dtype=torch.int32), rows, backend=backend)
+    assert lens.tolist() == [L + len(path)]
+    assert torch.equal(cache, want)
+    assert torch.equal(other, want)
+
+
+def test_path_rows_from_accepted():
+    acc = torch.tensor([[2, 5, -1], [-1, -1, -1], [0, 1, 4]], dtype=torch.int32)
+    num = torch.tensor([2, 0, 3], dtype=torch.int32)
+    rows = path_rows_from_accepted(acc, num)
+    assert rows.tolist() == [[0, 3, 6, -1], [0, -1, -1, -1], [0, 1, 2, 5]]
+
+
+def test_round_trip_with_tree_attention():
+    """After commit, attending over the committed path as a chain gives what the tree rows gave before."""
+    torch.manual_seed(0)
+    L, H, D = 6, 2, 8
+    parents = [-1, 0, -1, 1, 2, 3]  # node j is row j+1; rows 0-1-2-4-6 form a root-to-leaf path
+    rp = [-1] + [p + 1 for p in parents]
+    T = len(rp)
+    anc = torch.zeros(1, T, 1, dtype=torch.int64)
+    depth = []
+    for t in range(T):
+        u, d = t, 0
+        while u >= 0:
+            anc[0, t, 0] |= 1 << u
+            u, d = rp[u], d + 1
+        depth.append(d - 1)
+    anc = anc.to(torch.int32).view(torch.uint32)
+    k, v = torch.randn(1, H, L + T, D, dtype=torch.float64), torch.randn(1, H, L + T, D, dtype=torch.float64)
+    q = torch.randn(1, H, T, D, dtype=torch.float64)
+    pl, tl = torch.tensor([L], dtype=torch.int32), torch.tensor([T], dtype=torch.int32)
+    before = verispec.tree_attention(q, k, v, pl, tl, anc, backend="torch")
+    path = [0, 1, 2, 4, 6]
+    verispec.commit_kv(k, v, pl, torch.tensor([path], dtype=torch.int32), backend="torch")
+    n = len(path)
+    chain = torch.tensor([[[(1 << (t + 1)) - 1] for t in range(n)]], dtype=torch.int32).view(torch.uint32)
+    after = verispec.tree_attention(q[:, :, path], k, v, pl, torch.tensor([n], dtype=torch.int32), chain,
+                                    backend="torch")
+    torch.testing.assert_close(after, before[:, :, path], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "rows, match",
+    [
+        ([[1, 2, -1]], "start at the root"),
+        ([[0, 3, 2]], "strictly increase"),
+        ([[0, -1, 4]], "after the -1 padding"),
+        ([[0, 30, -1]], "beyond the cache capacity"),
+    ],
+)
+def test_commit_value_errors(rows, match):
+    cache = torch.zeros(1, 1, 12, 4)
+    with pytest.raises(ValueError, match=match):
+        verispec.commit_kv(cache, cache.clone(), torch.tensor([4], dtype=torch.int32),
+                           torch.tensor(rows, dtype=torch.int32), backend="torch")
+
+
+def test_commit_shape_errors():
+    cache = torch.zeros(2, 1, 12, 4)
+    pl, rows = torch.tensor([1, 2], dtype=torch.int32), torch.zeros(2, 3, dtype=torch.int32)
+    with pytest.raises(ValueError, match="k_cache has 2 layers but v_cache has 1"):
+        verispec.commit_kv([cache, cache], [cache], pl, rows, backend="torch")
+    with pytest.raises(TypeError, match="path_rows must be int32"):
+        verispec.commit_kv(cache, cache, pl, rows.long(), backend="torch")
+    with pytest.raises(ValueError, match=r"v_cache\[0\] holds 3 requests"):
+        verispec.commit_kv(cache, torch.zeros(3, 1, 12, 4), pl, rows, backend="torch")
+    with pytest.raises(ValueError, match=r"path_rows must be \[B=2, P\]"):
+        verispec.commit_kv(cache, cache, pl, rows[0], backend="torch")
+    with pytest.raises(TypeError, match="k_cache must be a tensor or a list"):
+        verispec.commit_kv("k", cache, pl, rows, backend="torch")
