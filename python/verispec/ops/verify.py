@@ -1,0 +1,578 @@
+"""Acceptance (verify): which path of each draft tree survives, and which token comes next.
+
+The target model has scored every verification row (root + nodes, see docs/architecture.md). For each
+request the op walks the tree from the root. At the current row it tests the children in node order:
+
+* ``greedy`` - a child is accepted iff its token is the argmax of the row (ties -> lowest id, as
+  ``torch.argmax``). The emitted token after the path is the argmax of the last accepted row.
+* ``exact`` - recursive rejection sampling; the output distribution is exactly the target's.
+  With ``p_res`` the current residual (the target distribution of the row, tempered and filtered),
+  child ``x`` drafted from ``q`` is accepted iff ``u * q(x) <= p_res(x)`` (``u`` uniform in (0, 1], so
+  probability ``min(1, p_res(x)/q(x))`` and never for ``p_res(x) = 0``); on rejection
+  ``p_res <- norm(max(p_res - q, 0))`` and the next sibling is tried; when none is left the next token is
+  drawn from ``p_res``. Without draft probabilities (retrieval / prompt-lookup drafts) ``q`` is the point
+  mass on ``x``: accept with probability ``p_res(x)``, on rejection zero ``x`` and renormalise, which also
+  makes a duplicate sibling token a certain rejection. With draft probabilities ``q`` is the
+  distribution the node was drawn from (one row per node): Leviathan/Chen for a chain, and for siblings
+  drawn independently (i.i.d. from one ``q``, or from different ``q``) the SpecInfer/multi-draft
+  recursive rejection, which is exact for independent drafts.
+* ``typical`` (Medusa) - accept the first child with ``p(x) > min(eps, delta * exp(-H(p)))``; the next
+  token is drawn from ``p``. **Lossy**: the output is not the target distribution.
+
+``temperature`` (0 = greedy for that request), ``top_k`` and ``top_p`` shape the target distribution per
+request inside the op. Random numbers come from a stateless Philox4x32-10 keyed by
+``(seed, offset, index, stream)`` (``_philox.py``): accept tests and the residual draw use separate
+streams; results do not depend on batch order. The residual draw is an exponential race
+(``argmax_v log p_res(v) - log E_v``, ``E_v ~ Exp(1)``), one pass over the vocabulary with no prefix sum.
+
+``verify_torch`` is the vectorised torch implementation (runs on any device, no host sync when
+``max_depth`` is given); ``verify_reference`` is the plain per-request loop that is the oracle for it and
+for the Triton and CUDA kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Union
+
+import torch
+
+from verispec import _backends
+from verispec.ops import _philox
+from verispec.ops.tree_buffers import TreeBuffers, tree_buffers
+from verispec.tree import DraftTree, pack_trees, validate_packed
+
+__all__ = [
+    "verify",
+    "VerifyResult",
+    "VerifyUniforms",
+    "verify_torch",
+    "verify_triton",
+    "verify_cuda",
+    "verify_reference",
+    "filter_thresholds",
+]
+
+MODES = ("greedy", "exact", "typical")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of `verify` for a batch of ``B`` requests (all on the logits' device).
+
+    Attributes
+    ----------
+    accepted_nodes : torch.Tensor
+        int32 ``[B, max_depth]``: request-local node indices along the accepted path, -1 padded.
+    num_accepted : torch.Tensor
+        int32 ``[B]``: number of accepted draft nodes.
+    tokens : torch.Tensor
+        int32 ``[B, max_depth + 1]``: the accepted draft tokens then the correction/bonus token, -1 padded
+        (``num_accepted + 1`` valid entries per request).
+    """
+
+    accepted_nodes: torch.Tensor
+    num_accepted: torch.Tensor
+    tokens: torch.Tensor
+
+    @property
+    def next_tokens(self) -> torch.Tensor:
+        """int32 ``[B]``: the correction/bonus token of every request (the last emitted one)."""
+        return self.tokens.gather(1, self.num_accepted.long().unsqueeze(1)).squeeze(1)
+
+
+class VerifyUniforms(NamedTuple):
+    """Test hook replacing the Philox numbers: ``accept`` float32 ``[N]`` in (0, 1] (one per node, used
+    when the node is tested) and ``exponential`` float32 ``[B, V]`` Exp(1) variates for the residual draw."""
+
+    accept: torch.Tensor
+    exponential: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """Normalised arguments every backend receives."""
+
+    logits: torch.Tensor  # [R, V], any float dtype, contiguous rows
+    tokens: torch.Tensor  # int32 [N]
+    cu_nodes: torch.Tensor  # int32 [B+1]
+    buffers: TreeBuffers
+    mode: str
+    draft_probs: Optional[torch.Tensor]  # float [N, V] or None
+    temperature: torch.Tensor  # float32 [B]; 0 = greedy
+    threshold: Optional[torch.Tensor]  # float32 [R] logit threshold from top-k/top-p, or None
+    seed: torch.Tensor  # int64 [B]
+    offset: torch.Tensor  # int64 [B]
+    uniforms: Optional[VerifyUniforms]
+    typical_epsilon: float
+    typical_delta: float
+    max_depth: int
+
+    @property
+    def B(self) -> int:
+        return self.cu_nodes.numel() - 1
+
+    @property
+    def V(self) -> int:
+        return self.logits.shape[1]
+
+
+def _fail(msg: str, exc: type[Exception] = ValueError):
+    raise exc(f"verispec.verify: {msg}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Target distribution: temperature, top-k, top-p
+# ----------------------------------------------------------------------------------------------------
+
+
+def filter_thresholds(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: Optional[torch.Tensor], top_p: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """float32 ``[R]`` logit thresholds: a token survives top-k/top-p iff its logit is ``>= threshold``.
+
+    top-k keeps every token whose logit is at least the k-th largest (ties are kept, so the result does
+    not depend on sort stability); top-p is then applied to the renormalised top-k distribution and keeps
+    the smallest set of most likely tokens whose mass reaches ``top_p`` (again with ties). Rows with
+    neither filter get ``-inf``. ``top_k`` int ``[R]`` (``<= 0`` or ``>= V``: off), ``top_p`` float
+    ``[R]`` (``>= 1``: off), ``temperature`` float32 ``[R]``. Sorts each row: costs more than the rest.
+    """
+    R, V = logits.shape
+    dev = logits.device
+    thr = torch.full((R,), float("-inf"), dtype=torch.float32, device=dev)
+    if top_k is None and top_p is None:
+        return thr
+    l_sorted, _ = torch.sort(logits.float(), dim=1, descending=True)
+    keep = torch.ones_like(l_sorted, dtype=torch.bool)
+    if top_k is not None:
+        k = top_k.long()
+        k_on = (k > 0) & (k < V)
+        kth = l_sorted.gather(1, (k.clamp(1, V) - 1).unsqueeze(1)).squeeze(1)
+        thr_k = torch.where(k_on, kth, thr)
+        keep = l_sorted >= thr_k.unsqueeze(1)
+        thr = thr_k
+    if top_p is not None:
+        p_on = top_p < 1.0
+        t = torch.where(temperature > 0, temperature, torch.ones_like(temperature)).unsqueeze(1)
+        z = (l_sorted - l_sorted[:, :1]) / t
+        w = torch.where(keep, torch.exp(z), torch.zeros_like(z))
+        probs = w / w.sum(1, keepdim=True)
+        exclusive = torch.cumsum(probs, 1) - probs
+        # Last sorted position whose exclusive mass is still below top_p; everything >= its logit stays.
+        below = (exclusive < top_p.unsqueeze(1)) & keep
+        last = (below.long().cumsum(1) == below.long().sum(1, keepdim=True)).long().argmax(1)
+        thr_p = l_sorted.gather(1, last.unsqueeze(1)).squeeze(1)
+        thr = torch.where(p_on, torch.maximum(thr, thr_p), thr)
+    return thr
+
+
+def target_probs(logits: torch.Tensor, temperature: torch.Tensor, threshold: Optional[torch.Tensor]) -> torch.Tensor:
+    """float32 ``[R, V]`` target distribution per row: ``softmax((l - max l) / T)`` over the tokens that
+    pass the threshold; rows with ``T == 0`` are the point mass on the argmax (lowest id on ties).
+
+    ``logits`` any float ``[R, V]``; ``temperature`` float32 ``[R]``; ``threshold`` float32 ``[R]`` or None.
+    """
+    l = logits.float()
+    greedy = temperature == 0
+    t = torch.where(greedy, torch.ones_like(temperature), temperature).unsqueeze(1)
+    m = l.max(dim=1, keepdim=True).values
+    w = torch.exp((l - m) / t)
+    if threshold is not None:
+        w = torch.where(l >= threshold.unsqueeze(1), w, torch.zeros_like(w))
+    p = w / w.sum(dim=1, keepdim=True)
+    onehot = torch.zeros_like(p).scatter_(1, l.argmax(dim=1, keepdim=True), 1.0)
+    return torch.where(greedy.unsqueeze(1), onehot, p)
+
+
+def _typical_threshold(p: torch.Tensor, eps: float, delta: float) -> torch.Tensor:
+    """float32 ``[R]``: Medusa's typical-acceptance bar ``min(eps, delta * exp(-H(p)))`` per row."""
+    plogp = torch.where(p > 0, p * torch.log(p), torch.zeros_like(p))
+    entropy = -plogp.sum(dim=1)
+    return torch.minimum(torch.full_like(entropy, eps), delta * torch.exp(-entropy))
+
+
+def _residual_step(p_res: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``norm(max(p_res - q, 0))`` over the last dim; keeps ``p_res`` where the residual has no mass
+    (possible only through rounding, since then the rejection itself had probability 0)."""
+    r = torch.clamp(p_res - q, min=0.0)
+    s = r.sum(dim=-1, keepdim=True)
+    return torch.where(s > 0, r / torch.where(s > 0, s, torch.ones_like(s)), p_res)
+
+
+def _race(p_res: torch.Tensor, exponential: torch.Tensor) -> torch.Tensor:
+    """Index drawn from ``p_res`` by the exponential race: argmax of ``log p - log E`` over ``p > 0``."""
+    key = torch.where(p_res > 0, torch.log(p_res) - torch.log(exponential), torch.full_like(p_res, -math.inf))
+    return key.argmax(dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The readable reference: one request at a time
+# ----------------------------------------------------------------------------------------------------
+
+
+def verify_reference(problem: _Problem) -> VerifyResult:
+    """Plain per-request walk (the oracle). Same arithmetic as `verify_torch`, one request at a time."""
+    pr = problem
+    buf = pr.buffers
+    B, V, D = pr.B, pr.V, pr.max_depth
+    dev = pr.logits.device
+    temp_rows = pr.temperature[buf.request.long()]
+    probs = target_probs(pr.logits, temp_rows, pr.threshold)  # [R, V]
+    accepted = torch.full((B, D), -1, dtype=torch.int32, device=dev)
+    out_tokens = torch.full((B, D + 1), -1, dtype=torch.int32, device=dev)
+    num = torch.zeros(B, dtype=torch.int32, device=dev)
+    cu_rows = buf.cu_rows.tolist()
+    cu_nodes = pr.cu_nodes.tolist()
+    first_child = buf.first_child.tolist()
+    next_sibling = buf.next_sibling.tolist()
+    tokens = pr.tokens.tolist()
+    for b in range(B):
+        greedy = pr.mode == "greedy" or float(pr.temperature[b]) == 0.0
+        row0 = cu_rows[b]
+        cur = 0
+        p_res = probs[row0].clone()
+        if pr.mode == "typical":
+            bar = _typical_threshold(probs[row0 : row0 + 1], pr.typical_epsilon, pr.typical_delta)[0]
+        cand = first_child[row0]
+        depth = 0
+        while cand != -1:
+            node = cand - 1
+            x = tokens[cu_nodes[b] + node]
+            if greedy:
+                ok = bool(p_res.argmax() == x)
+            elif pr.mode == "typical":
+                ok = bool(probs[row0 + cur, x] > bar)
+            else:
+                u = _accept_u(pr, b, node)
+                qx = 1.0 if pr.draft_probs is None else pr.draft_probs[cu_nodes[b] + node, x].float()
+                ok = bool(p_res[x] > 0) and bool(u * qx <= p_res[x])
+            if ok:
+                accepted[b, depth] = node
+                out_tokens[b, depth] = x
+                depth += 1
+                cur = cand
+                p_res = probs[row0 + cur].clone()
+                if pr.mode == "typical":
+                    bar = _typical_threshold(probs[row0 + cur : row0 + cur + 1], pr.typical_epsilon, pr.typical_delta)[0]
+                cand = first_child[row0 + cur]
+            else:
+                if pr.mode == "exact" and not greedy:
+                    if pr.draft_probs is None:
+                        q = torch.zeros(V, dtype=torch.float32, device=dev)
+                        q[x] = 1.0
+                    else:
+                        q = pr.draft_probs[cu_nodes[b] + node].float()
+                    p_res = _residual_step(p_res, q)
+                cand = next_sibling[row0 + cand]
+        if greedy:
+            last = int(p_res.argmax())
+        else:
+            last = int(_race(p_res, _exponentials(pr, b)))
+        out_tokens[b, depth] = last
+        num[b] = depth
+    return VerifyResult(accepted, num, out_tokens)
+
+
+def _accept_u(pr: _Problem, b: int, node: int) -> torch.Tensor:
+    if pr.uniforms is not None:
+        return pr.uniforms.accept[int(pr.cu_nodes[b]) + node].float()
+    idx = torch.tensor(node, dtype=torch.int64, device=pr.seed.device)
+    return _philox.accept_uniforms(pr.seed[b], pr.offset[b], idx)
+
+
+def _exponentials(pr: _Problem, b: int) -> torch.Tensor:
+    if pr.uniforms is not None:
+        return pr.uniforms.exponential[b].float()
+    return _philox.residual_exponentials(pr.seed[b : b + 1], pr.offset[b : b + 1], pr.V)[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Vectorised torch backend: every request walks in lock step, one candidate test per step
+# ----------------------------------------------------------------------------------------------------
+
+
+def verify_torch(problem: _Problem) -> VerifyResult:
+    """Vectorised torch walk over all requests at once (any device; no host sync). Each loop step tests
+    one candidate child per request, so ``max_rows - 1`` steps cover every tree."""
+    pr = problem
+    buf = pr.buffers
+    B, V, D = pr.B, pr.V, pr.max_depth
+    dev = pr.logits.device
+    i64 = torch.int64
+    req_rows = buf.request.long()
+    temp_rows = pr.temperature[req_rows]
+    probs = target_probs(pr.logits, temp_rows, pr.threshold)  # [R, V]
+    greedy = (pr.temperature == 0) if pr.mode != "greedy" else torch.ones(B, dtype=torch.bool, device=dev)
+    row0 = buf.cu_rows[:-1].long()
+    node0 = pr.cu_nodes[:-1].long()
+    first_child = buf.first_child.long()
+    next_sibling = buf.next_sibling.long()
+    bidx = torch.arange(B, device=dev)
+
+    cur = torch.zeros(B, dtype=i64, device=dev)
+    cand = first_child[row0]
+    depth = torch.zeros(B, dtype=i64, device=dev)
+    p_res = probs[row0].clone()
+    bar = None
+    if pr.mode == "typical":
+        bar_rows = _typical_threshold(probs, pr.typical_epsilon, pr.typical_delta)
+    accepted = torch.full((B, D + 1), -1, dtype=torch.int32, device=dev)  # one spare column for padding writes
+    out_tokens = torch.full((B, D + 2), -1, dtype=torch.int32, device=dev)
+    if pr.mode == "exact" and pr.uniforms is None:
+        # One uniform per node, drawn up front: u for node j depends only on (seed, offset, j).
+        nodes_local = torch.arange(pr.tokens.numel(), device=dev) - node0[_node_request(pr)]
+        u_nodes = _philox.accept_uniforms(pr.seed[_node_request(pr)], pr.offset[_node_request(pr)], nodes_local)
+    elif pr.uniforms is not None:
+        u_nodes = pr.uniforms.accept.float()
+    else:
+        u_nodes = None
+
+    for _ in range(max(buf.max_rows - 1, 0)):
+        active = cand >= 0
+        node = torch.where(active, cand - 1, torch.zeros_like(cand))
+        gnode = (node0 + node).clamp(max=max(pr.tokens.numel() - 1, 0))
+        if pr.tokens.numel() == 0:
+            break
+        x = pr.tokens[gnode].long()
+        px = p_res[bidx, x]
+        ok_greedy = p_res.argmax(dim=1) == x
+        if pr.mode == "typical":
+            row = row0 + cur
+            ok = torch.where(greedy, ok_greedy, probs[row, x] > bar_rows[row])
+        elif pr.mode == "exact":
+            qx = torch.ones_like(px) if pr.draft_probs is None else pr.draft_probs[gnode, x].float()
+            ok = torch.where(greedy, ok_greedy, (px > 0) & (u_nodes[gnode] * qx <= px))
+        else:
+            ok = ok_greedy
+        acc = active & ok
+        rej = active & ~ok
+        # Accepted: record, descend, reset the residual to the new row's distribution.
+        col = torch.where(acc, depth, torch.full_like(depth, D))
+        accepted[bidx, col] = torch.where(acc, node, -1).to(torch.int32)
+        out_tokens[bidx, col] = torch.where(acc, x, -1).to(torch.int32)
+        depth = depth + acc.long()
+        cur = torch.where(acc, cand, cur)
+        new_row = row0 + cur
+        p_res = torch.where(acc.unsqueeze(1), probs[new_row], p_res)
+        # Rejected (exact, sampling requests): residual step, then the next sibling.
+        if pr.mode == "exact":
+            upd = rej & ~greedy
+            if pr.draft_probs is None:
+                q = torch.zeros_like(p_res).scatter_(1, x.unsqueeze(1), 1.0)
+            else:
+                q = pr.draft_probs[gnode].float()
+            p_res = torch.where(upd.unsqueeze(1), _residual_step(p_res, q), p_res)
+        sib = next_sibling[(row0 + cand).clamp(min=0)]
+        cand = torch.where(acc, first_child[new_row], torch.where(rej, sib, cand))
+    if pr.mode == "greedy":
+        last = p_res.argmax(dim=1)
+    else:
+        if pr.uniforms is not None:
+            e = pr.uniforms.exponential.float()
+        else:
+            e = _philox.residual_exponentials(pr.seed, pr.offset, V)
+        last = torch.where(greedy, p_res.argmax(dim=1), _race(p_res, e))
+    out_tokens[bidx, depth] = last.to(torch.int32)
+    return VerifyResult(accepted[:, :D].contiguous(), depth.to(torch.int32), out_tokens[:, : D + 1].contiguous())
+
+
+def _node_request(pr: _Problem) -> torch.Tensor:
+    n = torch.arange(pr.tokens.numel(), device=pr.cu_nodes.device)
+    return torch.searchsorted(pr.cu_nodes[1:].long(), n, right=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Kernel backends
+# ----------------------------------------------------------------------------------------------------
+
+
+def verify_triton(problem: _Problem) -> VerifyResult:
+    """Triton kernels (``triton_kernels/verify.py``)."""
+    from verispec.triton_kernels.verify import verify_triton_launch
+
+    return verify_triton_launch(problem)
+
+
+def verify_cuda(problem: _Problem) -> VerifyResult:
+    """CUDA kernels (``csrc/sampling/verify.cu``) through ``verispec._C``."""
+    from verispec.ops._verify_cuda import verify_cuda_launch
+
+    return verify_cuda_launch(problem)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------
+
+TreesArg = Union[Sequence[DraftTree], tuple]
+
+
+def _per_request(value, B: int, dtype: torch.dtype, dev, what: str, default) -> Optional[torch.Tensor]:
+    if value is None:
+        if default is None:
+            return None
+        value = default
+    if isinstance(value, torch.Tensor):
+        t = value.to(device=dev, dtype=dtype).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(B).contiguous()
+        if t.numel() != B:
+            _fail(f"{what} must be a scalar or have one entry per request ({B}), got {value.numel()}")
+        return t
+    return torch.full((B,), value, dtype=dtype, device=dev)
+
+
+def verify(
+    logits: torch.Tensor,
+    trees: TreesArg,
+    *,
+    mode: str = "greedy",
+    draft_probs: Optional[torch.Tensor] = None,
+    temperature: Union[float, torch.Tensor, None] = None,
+    top_k: Union[int, torch.Tensor, None] = None,
+    top_p: Union[float, torch.Tensor, None] = None,
+    seed: Union[int, torch.Tensor, None] = None,
+    offset: Union[int, torch.Tensor, None] = None,
+    typical_epsilon: float = 0.09,
+    typical_delta: float = 0.3,
+    buffers: Optional[TreeBuffers] = None,
+    max_depth: Optional[int] = None,
+    uniforms: Optional[VerifyUniforms] = None,
+    backend: str = "auto",
+    validate: bool = True,
+) -> VerifyResult:
+    """Accept the longest valid prefix of every draft tree and emit the next token(s).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``[R, V]`` any float dtype, ``R = sum_b (n_b + 1)``: per request the root row then its node rows.
+    trees : list of DraftTree, or tuple ``(tokens, parents, cu_nodes)``
+        the draft trees; the flat form is int32 ``[N]``, ``[N]``, ``[B+1]`` (see ``verispec.pack_trees``).
+    mode : {"greedy", "exact", "typical"}
+        see the module docstring. ``typical`` is lossy.
+    draft_probs : torch.Tensor, optional
+        float ``[N, V]``: for ``exact``, the distribution each node's token was drawn from. None means
+        deterministic drafts (retrieval, prompt lookup).
+    temperature, top_k, top_p : scalar or tensor ``[B]``, optional
+        applied to the target logits per request; ``temperature=0`` makes that request greedy.
+        Defaults: 1.0, off, off.
+    seed, offset : int or int64 tensor ``[B]``, optional
+        Philox key and counter offset per request. Give every decoding step a fresh ``offset`` (e.g. the
+        number of tokens generated so far). ``seed=None`` draws one from torch's global generator.
+    typical_epsilon, typical_delta : float
+        Medusa's posterior threshold and alpha.
+    buffers : TreeBuffers, optional
+        precomputed ``tree_buffers`` of the batch (saves recomputing them).
+    max_depth : int, optional
+        width of the outputs (``>=`` deepest tree). Giving it, with ``buffers`` and ``validate=False``,
+        makes the call free of host synchronisation (CUDA-graph capturable).
+    uniforms : VerifyUniforms, optional
+        test hook replacing the Philox numbers.
+    backend : {"auto", "torch", "triton", "cuda"}
+    validate : bool
+        check trees, shapes, vocabulary and finiteness of the logits (host-synchronising).
+
+    Returns
+    -------
+    VerifyResult
+
+    Example
+    -------
+    Root argmax 7, then 9: the chain [7, 3] gets 7 accepted, 3 rejected and 9 emitted:
+    ``tokens = [[7, 9, -1]]``, ``num_accepted = [1]``, ``accepted_nodes = [[0, -1]]``.
+    """
+    if mode not in MODES:
+        _fail(f"mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        _fail(f"logits must be a 2-D tensor [rows, vocab], got {getattr(logits, 'shape', type(logits).__name__)}")
+    if logits.dtype not in _FLOAT_DTYPES:
+        _fail(f"logits must be floating point, got {logits.dtype}", TypeError)
+    dev = logits.device
+    V = logits.shape[1]
+    if V == 0:
+        _fail("logits has an empty vocabulary")
+    if isinstance(trees, tuple) and len(trees) == 3 and all(isinstance(t, torch.Tensor) for t in trees):
+        tokens, parents, cu_nodes = (t.to(dev) for t in trees)
+        if validate:
+            try:
+                validate_packed(tokens, parents, cu_nodes, vocab_size=V)
+            except (ValueError, TypeError) as exc:
+                _fail(str(exc), type(exc))
+    else:
+        if isinstance(trees, DraftTree):
+            trees = [trees]
+        try:
+            tokens, parents, cu_nodes = pack_trees(list(trees), device=dev, vocab_size=V if validate else None)
+        except (ValueError, TypeError) as exc:
+            _fail(str(exc), type(exc))
+    B = cu_nodes.numel() - 1
+    N = tokens.numel()
+    if logits.shape[0] != N + B:
+        _fail(f"logits has {logits.shape[0]} rows but the trees need {N + B} (one root row per request plus one per node)")
+    if buffers is None:
+        buffers = tree_buffers(parents, cu_nodes, validate=False)
+    if max_depth is None:
+        max_depth = int(buffers.depth.max()) if buffers.depth.numel() else 0
+    if validate:
+        bad = ~torch.isfinite(logits)
+        if bool(bad.any()):
+            r, v = (int(i) for i in bad.nonzero()[0])
+            _fail(f"logits has a non-finite value ({float(logits[r, v])}) at row {r}, vocab id {v}")
+        deepest = int(buffers.depth.max()) if buffers.depth.numel() else 0
+        if max_depth < deepest:
+            _fail(f"max_depth={max_depth} is smaller than the deepest tree ({deepest})")
+    if mode != "exact" and draft_probs is not None:
+        _fail(f"draft_probs are only used by mode='exact', got mode={mode!r}")
+    if draft_probs is not None:
+        if not isinstance(draft_probs, torch.Tensor) or draft_probs.dtype not in _FLOAT_DTYPES:
+            _fail("draft_probs must be a floating-point tensor [N, V]", TypeError)
+        if tuple(draft_probs.shape) != (N, V):
+            _fail(f"draft_probs must have shape [N, V] = [{N}, {V}], got {tuple(draft_probs.shape)}")
+        draft_probs = draft_probs.to(dev)
+        if validate and N and bool(((draft_probs < 0) | ~torch.isfinite(draft_probs)).any()):
+            _fail("draft_probs has negative or non-finite entries")
+    temp = _per_request(temperature, B, torch.float32, dev, "temperature", 1.0)
+    if validate and bool((temp < 0).any() | ~torch.isfinite(temp).all()):
+        _fail("temperature must be finite and >= 0")
+    k = _per_request(top_k, B, torch.int64, dev, "top_k", None)
+    p = _per_request(top_p, B, torch.float32, dev, "top_p", None)
+    if validate and p is not None and bool((p <= 0).any()):
+        _fail("top_p must be in (0, 1]")
+    threshold = None
+    if mode != "greedy" and (k is not None or p is not None):
+        req = buffers.request.long()
+        threshold = filter_thresholds(
+            logits, temp[req], None if k is None else k[req], None if p is None else p[req]
+        )
+    if seed is None and mode != "greedy":
+        seed = int(torch.randint(0, 2**62, (1,)))
+    seed_t = _per_request(0 if seed is None else seed, B, torch.int64, dev, "seed", 0)
+    offset_t = _per_request(offset, B, torch.int64, dev, "offset", 0)
+    if uniforms is not None:
+        if tuple(uniforms.accept.shape) != (N,) or tuple(uniforms.exponential.shape) != (B, V):
+            _fail(f"uniforms must be accept [N={N}] and exponential [B={B}, V={V}]")
+        uniforms = VerifyUniforms(uniforms.accept.to(dev), uniforms.exponential.to(dev))
+    if not logits.is_contiguous():
+        logits = logits.contiguous()
+    problem = _Problem(
+        logits=logits,
+        tokens=tokens,
+        cu_nodes=cu_nodes,
+        buffers=buffers,
+        mode=mode,
+        draft_probs=draft_probs,
+        temperature=temp if mode != "greedy" else torch.zeros_like(temp),
+        threshold=threshold,
+        seed=seed_t,
+        offset=offset_t,
+        uniforms=uniforms,
+        typical_epsilon=float(typical_epsilon),
+        typical_delta=float(typical_delta),
+        max_depth=int(max_depth),
+    )
+    _, fn = _backends.resolve("verify", backend, dev)
+    return fn(problem)

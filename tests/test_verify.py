@@ -1,0 +1,206 @@
+"""verify: golden cases, the vectorised torch backend against the per-request loop, errors."""
+
+import random
+
+import pytest
+import torch
+
+import verispec
+from verispec import DraftTree, pack_trees
+from verispec.ops import verify as vmod
+from verispec.ops.tree_buffers import tree_buffers
+
+
+def _logits_with_argmax(argmaxes, V, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    l = torch.randn(len(argmaxes), V, generator=g)
+    for r, a in enumerate(argmaxes):
+        l[r, a] = 20.0
+    return l.to(dtype)
+
+
+def _problem(logits, trees, **kw):
+    """The normalised problem verify() hands to backends (reuses verify's own checks)."""
+    captured = {}
+
+    def grab(problem):
+        captured["p"] = problem
+        return vmod.verify_torch(problem)
+
+    orig = vmod._backends.resolve
+    vmod._backends.resolve = lambda op, backend, dev: ("torch", grab)
+    try:
+        vmod.verify(logits, trees, backend="torch", **kw)
+    finally:
+        vmod._backends.resolve = orig
+    return captured["p"]
+
+
+def test_greedy_golden_two_requests():
+    # request 0: root -> 7 -> 3, root -> 5.  Root argmax 7 (accept node 0), row of node 0 argmax 9:
+    # node 1 (token 3) rejected, emit 9.  Request 1: chain 2 -> 4 -> 6, argmaxes 2, 4, 8: two accepted, emit 8.
+    trees = [DraftTree([7, 3, 5], [-1, 0, -1]), DraftTree.chain([2, 4, 6])]
+    logits = _logits_with_argmax([7, 9, 0, 1, 2, 4, 8, 3], V=111)
+    res = verispec.verify(logits, trees, mode="greedy", backend="torch")
+    assert res.accepted_nodes.tolist() == [[0, -1, -1], [0, 1, -1]]
+    assert res.num_accepted.tolist() == [1, 2]
+    assert res.tokens.tolist() == [[7, 9, -1, -1], [2, 4, 8, -1]]
+    assert res.next_tokens.tolist() == [9, 8]
+    for t in (res.accepted_nodes, res.num_accepted, res.tokens):
+        assert t.dtype == torch.int32
+
+
+def test_greedy_second_sibling_and_bonus_token():
+    # Root argmax 5 matches the second child; its child (token 1) is its argmax; leaf -> bonus argmax 6.
+    trees = [DraftTree([7, 5, 1], [-1, -1, 1])]
+    logits = _logits_with_argmax([5, 0, 1, 6], V=32)
+    res = verispec.verify(logits, trees, backend="torch")
+    assert res.accepted_nodes.tolist() == [[1, 2]]
+    assert res.tokens.tolist() == [[5, 1, 6]]
+
+
+def test_greedy_ties_take_lowest_id():
+    trees = [DraftTree([4, 2], [-1, -1])]
+    logits = torch.zeros(3, 8)
+    logits[0, [2, 4]] = 3.0  # tie between 2 and 4: argmax is 2, node 1 accepted
+    res = verispec.verify(logits, trees, backend="torch")
+    assert res.tokens[0, :2].tolist() == [2, 0]
+    assert res.accepted_nodes[0, 0] == 1
+
+
+def test_ragged_with_empty_trees_and_flat_form():
+    trees = [DraftTree.empty(), DraftTree.chain([3]), DraftTree.empty()]
+    logits = _logits_with_argmax([1, 3, 4, 2], V=16)
+    res = verispec.verify(logits, trees, backend="torch")
+    assert res.tokens.tolist() == [[1, -1], [3, 4], [2, -1]]
+    assert res.num_accepted.tolist() == [0, 1, 0]
+    flat = pack_trees(trees)
+    res2 = verispec.verify(logits, flat, backend="torch")
+    assert torch.equal(res.tokens, res2.tokens)
+
+
+def test_all_empty_batch():
+    res = verispec.verify(_logits_with_argmax([3, 5], V=9), [DraftTree.empty(), DraftTree.empty()], backend="torch")
+    assert res.tokens.tolist() == [[3], [5]] and res.accepted_nodes.shape == (2, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_greedy_dtypes(dtype):
+    trees = [DraftTree.chain([3, 4])]
+    logits = _logits_with_argmax([3, 4, 5], V=111, dtype=dtype)
+    assert verispec.verify(logits, trees, backend="torch").tokens.tolist() == [[3, 4, 5]]
+
+
+def test_max_depth_pads_outputs():
+    res = verispec.verify(_logits_with_argmax([3, 1], V=9), [DraftTree.chain([3])], backend="torch", max_depth=4)
+    assert res.tokens.tolist() == [[3, 1, -1, -1, -1]]
+    assert res.accepted_nodes.tolist() == [[0, -1, -1, -1]]
+
+
+def _random_batch(rng, B, V, max_nodes, dup=False):
+    trees = []
+    for _ in range(B):
+        n = rng.randrange(0, max_nodes + 1)
+        parents = [rng.randrange(-1, i) for i in range(n)]
+        toks = [rng.randrange(min(V, 6) if dup else V) for _ in range(n)]
+        trees.append(DraftTree(toks, parents))
+    return trees
+
+
+def _peaked_logits(trees, V, gen, scale=3.0):
+    # Logits that favour the drafted tokens so that walks go deep.
+    R = sum(len(t) + 1 for t in trees)
+    l = torch.randn(R, V, generator=gen) * scale
+    return l
+
+
+@pytest.mark.parametrize("mode", ["greedy", "exact", "typical"])
+@pytest.mark.parametrize("V", [7, 111])
+def test_vectorised_matches_loop_reference(mode, V):
+    rng = random.Random(V)
+    gen = torch.Generator().manual_seed(V)
+    for trial in range(4):
+        trees = _random_batch(rng, B=5, V=V, max_nodes=9, dup=True)
+        logits = _peaked_logits(trees, V, gen, scale=1.0 if mode != "greedy" else 3.0)
+        kw = {}
+        if mode != "greedy":
+            kw = dict(seed=torch.arange(5) + 100 * trial, offset=7, temperature=torch.tensor([1.0, 0.7, 0.0, 1.3, 1.0]))
+        p = _problem(logits, trees, mode=mode, **kw)
+        a = vmod.verify_torch(p)
+        b = vmod.verify_reference(p)
+        assert torch.equal(a.tokens, b.tokens), (trial, a.tokens, b.tokens)
+        assert torch.equal(a.accepted_nodes, b.accepted_nodes)
+        assert torch.equal(a.num_accepted, b.num_accepted)
+
+
+def test_invariants_random_trees():
+    rng = random.Random(0)
+    gen = torch.Generator().manual_seed(0)
+    trees = _random_batch(rng, B=20, V=50, max_nodes=12, dup=True)
+    logits = _peaked_logits(trees, 50, gen, scale=0.5)
+    res = verispec.verify(logits, trees, mode="exact", seed=1, offset=0, backend="torch")
+    _, parents, cu = pack_trees(trees)
+    for b, t in enumerate(trees):
+        k = int(res.num_accepted[b])
+        path = res.accepted_nodes[b, :k].tolist()
+        # each accepted node is a child of the previous one, and tokens are the drafted ones
+        prev = -1
+        for node in path:
+            assert int(t.parents[node]) == prev
+            prev = node
+        assert res.tokens[b, :k].tolist() == [int(t.tokens[j]) for j in path]
+        assert 0 <= int(res.tokens[b, k]) < 50
+        assert (res.tokens[b, k + 1 :] == -1).all() and (res.accepted_nodes[b, k:] == -1).all()
+
+
+# ---- errors -------------------------------------------------------------------------------------
+
+
+def test_nan_logits_named():
+    logits = _logits_with_argmax([1, 2], V=9)
+    logits[1, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite value \(nan\) at row 1, vocab id 4"):
+        verispec.verify(logits, [DraftTree.chain([1])], backend="torch")
+    logits[1, 4] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        verispec.verify(logits, [DraftTree.chain([1])], backend="torch")
+
+
+def test_token_outside_vocab():
+    with pytest.raises(ValueError, match="node 1 has token id 9 outside the vocabulary of size 9"):
+        verispec.verify(torch.zeros(3, 9), [DraftTree.chain([1, 9])], backend="torch")
+
+
+def test_row_count_mismatch():
+    with pytest.raises(ValueError, match="logits has 4 rows but the trees need 3"):
+        verispec.verify(torch.zeros(4, 9), [DraftTree.chain([1, 2])], backend="torch")
+
+
+def test_bad_tree_in_flat_form():
+    flat = (torch.tensor([1, 2], dtype=torch.int32), torch.tensor([-1, 3], dtype=torch.int32), torch.tensor([0, 2], dtype=torch.int32))
+    with pytest.raises(ValueError, match="request 0: parent 3 of node 1"):
+        verispec.verify(torch.zeros(3, 9), flat, backend="torch")
+
+
+def test_draft_probs_shape_and_mode():
+    trees = [DraftTree.chain([1, 2])]
+    with pytest.raises(ValueError, match=r"draft_probs must have shape \[N, V\] = \[2, 9\]"):
+        verispec.verify(torch.zeros(3, 9), trees, mode="exact", draft_probs=torch.ones(2, 8) / 8, backend="torch")
+    with pytest.raises(ValueError, match="only used by mode='exact'"):
+        verispec.verify(torch.zeros(3, 9), trees, draft_probs=torch.ones(2, 9) / 9, backend="torch")
+
+
+def test_bad_mode_and_logits():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        verispec.verify(torch.zeros(2, 9), [DraftTree.chain([1])], mode="nucleus")
+    with pytest.raises(TypeError, match="floating point"):
+        verispec.verify(torch.zeros(2, 9, dtype=torch.int32), [DraftTree.chain([1])])
+
+
+def test_tree_buffers_reused():
+    trees = [DraftTree([7, 3, 5], [-1, 0, -1])]
+    _, parents, cu = pack_trees(trees)
+    buf = tree_buffers(parents, cu)
+    logits = _logits_with_argmax([7, 3, 0, 1], V=11)
+    res = verispec.verify(logits, trees, buffers=buf, max_depth=2, validate=False, backend="torch")
+    assert res.tokens.tolist() == [[7, 3, 0]]
