@@ -1,0 +1,138 @@
+"""One stock Hugging Face causal LM seen as a verifier: ragged prefill and tree forwards.
+
+`TreeModel` wraps the model without changing it. Prefill runs each prompt on its own through the
+model's own attention (so left padding cannot exist, let alone corrupt anything) and places its K/V at
+cache indices ``0..L-1``. A tree forward runs ``T`` padded verification rows per request with
+``position_ids = prefix_len + depth``, through `verispec.tree_attention` (``attention="tree"``) or
+through the model's own attention with an additive 4D mask (``attention="mask"``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Optional
+
+import torch
+
+from verispec.hf.attention import ATTN_NAME, TreeMeta, tree_mask_4d, use_attention
+from verispec.hf.cache import RaggedCache
+
+__all__ = ["TreeModel", "check_model", "model_vocab_size"]
+
+_NON_ATTENTION_LAYERS = {"linear_attention", "mamba", "conv", "hybrid", "hybrid_sliding", "recurrent"}
+
+
+def _text_config(model: torch.nn.Module):
+    cfg = model.config
+    get = getattr(cfg, "get_text_config", None)
+    return get() if callable(get) else cfg
+
+
+def check_model(model: torch.nn.Module) -> None:
+    """Raise a clear error when ``model`` cannot be driven by `verispec.generate`."""
+    name = type(model).__name__
+    cfg = getattr(model, "config", None)
+    if cfg is None or not isinstance(model, torch.nn.Module):
+        raise TypeError(f"verispec.generate needs a transformers causal LM (a torch.nn.Module with .config), got {name}")
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise ValueError(f"verispec.generate supports decoder-only causal LMs; {name} is an encoder-decoder model")
+    if "past_key_values" not in inspect.signature(model.forward).parameters:
+        raise ValueError(
+            f"verispec.generate needs a model with a key/value cache; {name}.forward takes no past_key_values"
+        )
+    if model.get_output_embeddings() is None:
+        raise ValueError(f"verispec.generate needs a causal LM with a language-model head; {name} has none")
+    layer_types = getattr(_text_config(model), "layer_types", None) or []
+    odd = sorted(set(layer_types) & _NON_ATTENTION_LAYERS)
+    if odd:
+        raise ValueError(
+            f"verispec.generate supports attention-only models; {name} has {', '.join(odd)} layers whose "
+            "recurrent state cannot be rolled back per draft node"
+        )
+
+
+def model_vocab_size(model: torch.nn.Module) -> int:
+    head = model.get_output_embeddings()
+    n = getattr(head, "out_features", None)
+    if n is None and getattr(head, "weight", None) is not None:
+        n = head.weight.shape[0]
+    return int(n if n is not None else _text_config(model).vocab_size)
+
+
+class TreeModel:
+    """A Hugging Face causal LM driven by per-request caches and draft trees.
+
+    Parameters
+    ----------
+    model : a transformers causal LM (decoder-only, with a key/value cache).
+    attention : ``"auto"`` (tree attention when the model's attention goes through transformers'
+        AttentionInterface, else the mask fallback), ``"tree"`` or ``"mask"``.
+    backend : `verispec.tree_attention` / `verispec.commit_kv` backend.
+    """
+
+    def __init__(self, model: torch.nn.Module, attention: str = "auto", backend: str = "auto"):
+        check_model(model)
+        if attention not in ("auto", "tree", "mask"):
+            raise ValueError(f"attention must be 'auto', 'tree' or 'mask', got {attention!r}")
+        if attention == "auto":
+            attention = "tree" if getattr(model, "_supports_attention_backend", False) else "mask"
+        self.model = model
+        self.attention = attention
+        self.backend = backend
+        self.config = _text_config(model)
+        self.vocab_size = model_vocab_size(model)
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.num_layers = int(getattr(self.config, "num_hidden_layers", 0) or 0)
+        self._base = getattr(model, "base_model", None) or model
+
+    def new_cache(self, batch_size: int, capacity: int) -> RaggedCache:
+        return RaggedCache(self.num_layers, batch_size, capacity, self.device)
+
+    @torch.inference_mode()
+    def prefill(self, cache: RaggedCache, prompts: list[list[int]]) -> None:
+        """Cache the K/V of every prompt but its last token (that token is the first step's root)."""
+        for b, prompt in enumerate(prompts):
+            n = len(prompt) - 1
+            if n <= 0:
+                continue
+            ids = torch.tensor([prompt[:-1]], dtype=torch.long, device=self.device)
+            cache.plan_prefill(b)
+            # The base model (no LM head): the prefill's logits are never needed.
+            self._base(input_ids=ids, position_ids=torch.arange(n, device=self.device).view(1, n),
+                       past_key_values=cache, use_cache=True)
+            cache.set_prefill_length(b, n)
+        cache.reset_plan()
+
+    @torch.inference_mode()
+    def forward_tree(self, cache: RaggedCache, input_ids: torch.Tensor, meta: TreeMeta) -> torch.Tensor:
+        """Logits ``[B, T, V]`` of the padded verification rows ``input_ids [B, T]`` (int64)."""
+        T = input_ids.shape[1]
+        cache.plan_tree(T)
+        position_ids = meta.positions.long()
+        if self.attention == "tree":
+            with use_attention(self.model, ATTN_NAME):
+                out = self.model(input_ids=input_ids, position_ids=position_ids, past_key_values=cache,
+                                 use_cache=True, verispec_tree=meta)
+        else:
+            kv_len = cache._mask_sizes(T)[0]
+            out = self.model(input_ids=input_ids, position_ids=position_ids, past_key_values=cache,
+                             use_cache=True, attention_mask=self._masks(meta, kv_len))
+        return out.logits
+
+    def _masks(self, meta: TreeMeta, kv_len: int):
+        cfg = self.config
+        window = getattr(cfg, "sliding_window", None)
+        layer_types = getattr(cfg, "layer_types", None)
+        if layer_types:
+            # Models with per-layer mask types (Gemma 2, Qwen 2 ...) take a dict of prepared masks.
+            masks = {}
+            for kind in set(layer_types):
+                w = window if kind in ("sliding_attention", "chunked_attention") else None
+                masks[kind] = tree_mask_4d(meta, kv_len, self.dtype, w)
+            return masks
+        use_window = window if getattr(cfg, "use_sliding_window", True) else None
+        return tree_mask_4d(meta, kv_len, self.dtype, use_window)
+
+    def describe(self) -> str:
+        return f"{type(self.model).__name__} ({self.attention} attention, {self.dtype}, {self.device})"
