@@ -10,7 +10,7 @@ import torch
 import verispec
 from verispec.ops.commit_kv import path_rows_from_accepted
 
-BACKENDS = ["torch"]
+BACKENDS = ["torch", "triton"]
 
 
 def random_path(rng: random.Random, n_rows: int, max_len: int) -> list[int]:

@@ -1,0 +1,148 @@
+"""Triton tree attention against the float64 dense-mask oracle.
+
+On CPU the kernels run in the Triton interpreter (TRITON_INTERPRET=1 from conftest) at small sizes in
+fp32/fp16 (the interpreter mishandles bf16 math). The `gpu` tests run the same checks at real sizes
+in bf16/fp16 when a CUDA device is present.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_tree_attention import TOL, Case, check_close, run
+
+from verispec.ops.tree_attention import _check
+from verispec.triton_kernels.tree_attention import tree_attention_fwd
+
+CPU_SHAPES = [
+    # prefix lens, node counts, Hq, Hkv, D, kinds
+    ([0], [0], 1, 1, 16, ["chain"]),
+    ([5, 0, 17], [3, 6, -1], 4, 1, 16, ["chain", "star", "random"]),  # T_b = 0 for request 2
+    ([33, 70], [40, 9], 8, 2, 32, ["deep", "binary"]),  # 41 rows: two ancestor words
+    ([3], [0], 4, 4, 64, ["chain"]),  # D = 64, a lone root
+]
+
+
+def triton_run(case: Case, *, num_splits=None, paged_block=0, dtype=None):
+    """Call the kernel launcher directly so tests can force the number of splits."""
+    args = list(case.args())
+    block_table = None
+    if paged_block:
+        args[1], args[2], block_table = case.paged(paged_block)
+    out = torch.full_like(case.q, float("nan"))
+    p = _check(*args, case.scale, case.softcap, case.window, block_table, out)
+    return tree_attention_fwd(*args, p, block_table, out, num_splits=num_splits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: f"L{s[0]}-n{s[1]}-{s[2]}x{s[3]}-D{s[4]}")
+def test_triton_matches_dense_mask(shape, dtype):
+    prefix, nodes, Hq, Hkv, D, kinds = shape
+    case = Case(prefix, nodes, Hq, Hkv, D, kinds=kinds, dtype=dtype, seed=len(prefix) + D)
+    check_close(run(case, "triton"), case.expected(), TOL[dtype], what="triton")
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_triton_split_kv(num_splits):
+    """Split-KV partials merged by the combine kernel; splits with empty ranges must be harmless."""
+    case = Case([150, 2], [5, 12], 4, 2, 16, seed=4)
+    check_close(triton_run(case, num_splits=num_splits), case.expected(), TOL[torch.float32], what=f"splits={num_splits}")
+
+
+def test_triton_tree_beyond_128_rows():
+    """T = 140: five ancestor words, several packed-row tiles, rows that see many tree keys."""
+    case = Case([20], [139], 2, 1, 16, kinds=["deep"], seed=8)
+    check_close(triton_run(case, num_splits=1), case.expected(), TOL[torch.float32], what="T=140")
+
+
+@pytest.mark.parametrize("opts", [dict(softcap=5.0), dict(window=9), dict(softcap=3.0, window=30)])
+def test_triton_softcap_window(opts):
+    case = Case([40, 3], [20, 11], 4, 2, 16, kinds=["random", "deep"], seed=3, **opts)
+    check_close(triton_run(case, num_splits=2), case.expected(), TOL[torch.float32], what=str(opts))
+
+
+@pytest.mark.parametrize("block_size", [1, 16])
+def test_triton_paged(block_size):
+    case = Case([30, 0, 51], [9, 4, 20], 4, 2, 16, seed=5, window=40)
+    check_close(triton_run(case, paged_block=block_size, num_splits=2), case.expected(), TOL[torch.float32],
+                what=f"paged bs={block_size}")
+
+
+def test_triton_strided_output_and_inputs():
+    case = Case([9, 14], [5, 8], 4, 2, 16, seed=7)
+    q = case.q.transpose(1, 2).contiguous().transpose(1, 2)
+    k = case.k.transpose(1, 2).contiguous().transpose(1, 2)
+    out = torch.full((case.B, case.T, case.Hq, case.D), float("nan")).transpose(1, 2)
+    import verispec
+
+    verispec.tree_attention(q, k, case.v, case.prefix_lens, case.tree_lens, case.ancestors, case.positions,
+                            out=out, backend="triton")
+    check_close(out, case.expected(), TOL[torch.float32], what="strided")
+
+
+def test_triton_rejects_float64():
+    case = Case([3], [2], 1, 1, 16, dtype=torch.float64)
+    with pytest.raises(TypeError, match="float64"):
+        run(case, "triton")
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU: real sizes, bf16/fp16 (skipped without a CUDA device)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _to(case: Case, device) -> Case:
+    for name in ("q", "k", "v", "prefix_lens", "tree_lens", "ancestors", "positions"):
+        setattr(case, name, getattr(case, name).to(device))
+    return case
+
+
+def _paged_to(case: Case, block_size: int, device):
+    kp, vp, table = case.paged(block_size)
+    return kp.to(device), vp.to(device), table.to(device)
+
+
+GPU_SHAPES = [
+    ([1000, 3000, 0, 17], [15, 63, 127, 0], 32, 8, 128, ["star", "random", "deep", "chain"]),
+    ([4000], [127], 32, 8, 128, ["binary"]),
+    ([513, 2048], [40, 7], 16, 2, 64, ["random", "chain"]),
+    ([700, 90], [33, 129], 8, 1, 256, ["random", "deep"]),  # MQA, D=256, 5 words
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: f"L{s[0]}-D{s[4]}-{s[2]}x{s[3]}")
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+@pytest.mark.parametrize("opts", [{}, dict(softcap=50.0, window=512)], ids=["plain", "softcap+window"])
+def test_gpu_matches_dense_mask(backend, dtype, shape, layout, opts):
+    prefix, nodes, Hq, Hkv, D, kinds = shape
+    if backend == "cuda" and D != 128:
+        pytest.skip("the CUDA kernel covers D=128 only")
+    case = Case(prefix, nodes, Hq, Hkv, D, kinds=kinds, dtype=dtype, seed=D + len(prefix), **opts)
+    want = case.expected()
+    _to(case, "cuda")
+    extra = {}
+    args = list(case.args())
+    if layout == "paged":
+        args[1], args[2], extra["block_table"] = _paged_to(case, 16, "cuda")
+    import verispec
+
+    out = torch.full_like(case.q, float("nan"))
+    verispec.tree_attention(*args, backend=backend, out=out, **case.kwargs(), **extra)
+    torch.cuda.synchronize()
+    check_close(out.cpu(), want, TOL[dtype], rtol=TOL[dtype], what=f"{backend} {layout}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_splits", [1, 2, 7, 32])
+def test_gpu_split_counts_agree(num_splits):
+    case = Case([8000], [64], 32, 8, 128, kinds=["random"], dtype=torch.bfloat16, seed=1)
+    want = case.expected()
+    _to(case, "cuda")
+    out = torch.full_like(case.q, float("nan"))
+    p = _check(*case.args(), case.scale, None, None, None, out)
+    tree_attention_fwd(*case.args(), p, None, out, num_splits=num_splits)
+    torch.cuda.synchronize()
+    check_close(out.cpu(), want, TOL[torch.bfloat16], rtol=TOL[torch.bfloat16], what=f"splits={num_splits}")

@@ -1,0 +1,90 @@
+"""Triton KV commit: one launch moves the accepted path's K/V in every layer of one cache shape.
+
+Layers are addressed from the first layer's pointer plus a per-layer element offset (an int64 array),
+so a list of separately allocated per-layer tensors (as Hugging Face caches hold them) needs no copy
+and no per-layer launch. One program owns one (request, layer, KV head) and walks the request's path
+in chunks of BLOCK_P rows: it loads a whole chunk into registers, waits for every thread of the
+program, then stores it. Path rows strictly increase, so ``row_i >= i``: an entry never reads a slot
+that an earlier chunk wrote, and within a chunk the barrier orders every read before any write.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _slot_offsets(BT_row, b64, idx, ok, h64, sb, sh, ss, PAGED: tl.constexpr, PAGE):
+    if PAGED:
+        blk = tl.load(BT_row + idx // PAGE, mask=ok, other=0).to(tl.int64)
+        return blk * sb + (idx % PAGE).to(tl.int64) * ss + h64 * sh
+    return b64 * sb + idx.to(tl.int64) * ss + h64 * sh
+
+
+@triton.jit
+def _commit_kv_kernel(
+    C0, LAYER_OFFS, PL, ROWS, BT,
+    sb, sh, ss, sd, srb, srp, sbt,
+    Hkv, P, capacity, PAGE,
+    D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, PAGED: tl.constexpr,
+):
+    b = tl.program_id(0)
+    pid = tl.program_id(1)
+    layer = pid // Hkv
+    h64 = (pid % Hkv).to(tl.int64)
+    b64 = b.to(tl.int64)
+    base = C0 + tl.load(LAYER_OFFS + layer)
+    BT_row = BT + b64 * sbt
+    L = tl.load(PL + b)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    for p0 in range(0, P, BLOCK_P):
+        i = p0 + tl.arange(0, BLOCK_P)
+        row = tl.load(ROWS + b64 * srb + i * srp, mask=i < P, other=-1)
+        src = L + row
+        dst = L + i
+        # Rows that stay put are skipped; out-of-range sources are ignored rather than read.
+        move = (row >= 0) & (row != i) & (src < capacity) & (dst >= 0)
+        src_off = _slot_offsets(BT_row, b64, src, move, h64, sb, sh, ss, PAGED, PAGE)
+        dst_off = _slot_offsets(BT_row, b64, dst, move, h64, sb, sh, ss, PAGED, PAGE)
+        m2 = move[:, None] & d_ok[None, :]
+        vals = tl.load(base + src_off[:, None] + offs_d[None, :] * sd, mask=m2)
+        tl.debug_barrier()
+        tl.store(base + dst_off[:, None] + offs_d[None, :] * sd, vals, mask=m2)
+
+
+def commit_kv_fwd(caches: list[torch.Tensor], prefix_lens, path_rows, block_table) -> None:
+    """Launch one commit over caches that share shape, strides and dtype."""
+    first = caches[0]
+    esize = first.element_size()
+    deltas = [t.data_ptr() - first.data_ptr() for t in caches]
+    if any(d % esize for d in deltas):  # cannot happen for torch allocations; stay correct anyway
+        for t in caches:
+            commit_kv_fwd([t], prefix_lens, path_rows, block_table)
+        return
+    B, P = path_rows.shape
+    if B == 0 or P == 0:
+        return
+    offs = torch.tensor([d // esize for d in deltas], dtype=torch.int64).to(first.device, non_blocking=True)
+    if block_table is not None:
+        _, page, Hkv, D = first.shape
+        sb, ss, sh, sd = first.stride()
+        capacity = block_table.shape[1] * page
+        bt, sbt = block_table, block_table.stride(0)
+    else:
+        _, Hkv, capacity, D = first.shape
+        sb, sh, ss, sd = first.stride()
+        page, bt, sbt = 1, prefix_lens, 0
+    if Hkv == 0 or D == 0:
+        return
+    block_d = triton.next_power_of_2(D)
+    block_p = min(32, triton.next_power_of_2(P))
+    _commit_kv_kernel[(B, len(caches) * Hkv)](
+        first, offs, prefix_lens, path_rows, bt,
+        sb, sh, ss, sd, path_rows.stride(0), path_rows.stride(1), sbt,
+        Hkv, P, capacity, page,
+        D=D, BLOCK_P=block_p, BLOCK_D=block_d, PAGED=block_table is not None,
+        num_warps=4,
+    )
