@@ -32,13 +32,10 @@ _MASK = 0xFFFFFFFF
 
 
 def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # a * b can reach 2^64 and overflow int64, so multiply by 16-bit halves of b.
-    t0 = a * (b & 0xFFFF)
-    t1 = a * (b >> 16)
-    s = (t0 >> 16) + t1
-    hi = s >> 16
-    lo = ((s & 0xFFFF) << 16) | (t0 & 0xFFFF)
-    return hi, lo
+    # The 64-bit product of two uint32 values wraps in int64 two's complement with the same bits,
+    # so masking recovers both halves (tested against the Random123 known-answer vectors).
+    prod = b * a
+    return (prod >> 32) & _MASK, prod & _MASK
 
 
 def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10) -> tuple[torch.Tensor, ...]:
