@@ -216,13 +216,20 @@ def _combine_kernel(
     tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=(t < T)[:, None] & (offs_d < D)[None, :])
 
 
-def _pick_blocks(G: int, T: int, D: int) -> tuple[int, int]:
-    """BLOCK_M covers all packed rows of small trees (one K/V pass per KV head); capped for registers."""
+def _pick_blocks(G: int, T: int, D: int, esize: int = 2) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps). BLOCK_M covers all packed rows of small trees, so each KV head's
+    K/V is read once; the caps come from compiling for sm_90 without a GPU (ptxas reports no spills
+    for fp16/bf16 at these sizes). fp32 uses exact (non-tf32) dots, which run on FMA units and need
+    far more registers: small tiles, 8 warps (still a few hundred bytes of spills; not a hot path).
+    """
     block_d = triton.next_power_of_2(max(D, 16))
-    cap_m = 64 if block_d >= 256 else 128
-    block_m = min(cap_m, max(16, triton.next_power_of_2(G * max(T, 1))))
-    block_n = 32 if block_d >= 256 else 64
-    return block_m, block_n
+    rows = max(16, triton.next_power_of_2(G * max(T, 1)))
+    if esize >= 4:
+        return min(32, rows), 32, 8
+    if block_d >= 256:
+        return min(64, rows), 32, 8
+    block_m = min(128, rows)
+    return block_m, 64, 8 if block_m >= 128 else 4
 
 
 def _num_splits(programs: int, capacity: int, block_n: int, device: torch.device) -> int:
@@ -245,7 +252,7 @@ def tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p,
     G = Hq // p.Hkv
     if B == 0 or T == 0 or Hq == 0 or D == 0:
         return out
-    block_m, block_n = _pick_blocks(G, T, D)
+    block_m, block_n, num_warps = _pick_blocks(G, T, D, q.element_size())
     block_d = triton.next_power_of_2(max(D, 16))
     m_tiles = triton.cdiv(G * T, block_m)
     if num_splits is None:
@@ -267,7 +274,6 @@ def tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p,
         lpart = torch.empty(B * p.Hkv * num_splits * m_tiles * block_m, dtype=torch.float32, device=q.device)
     else:
         opart = lpart = out  # unused
-    big = block_d >= 256 or block_m >= 128
     _tree_attention_kernel[(m_tiles, B * p.Hkv, num_splits)](
         q, k, v, bt, prefix_lens, tree_lens, anc, pos, out, opart, lpart,
         *q.stride(), *sk, *sv,
@@ -278,7 +284,7 @@ def tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p,
         G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         PAGED=p.paged, SOFTCAP=bool(p.softcap), WINDOW=bool(p.window), SPLIT=split,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=8 if big else 4, num_stages=2,
+        num_warps=num_warps, num_stages=2,
     )
     if split:
         _combine_kernel[(m_tiles, B * p.Hkv)](
