@@ -24,6 +24,7 @@ _LAZY = {
     "commit_kv": "verispec.ops.commit_kv",
     # retrieval
     "Datastore": "verispec.datastore",
+    "PromptIndex": "verispec.datastore",
     # generation
     "generate": "verispec.generate",
     "GenerateOutput": "verispec.generate",

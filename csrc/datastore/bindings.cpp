@@ -1,0 +1,244 @@
+// Python bindings of the datastore family (verispec._C): DatastoreCore, PromptIndexCore and
+// build_datastore_file. Python (verispec/datastore.py) validates and converts inputs; arrays
+// arrive as C-contiguous uint32/uint64 numpy arrays, results leave as numpy arrays.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <thread>
+
+#include "datastore/pool.h"
+#include "datastore/store.h"
+#include "registry.h"
+
+namespace py = pybind11;
+using namespace verispec::ds;
+
+namespace {
+
+using U32 = py::array_t<uint32_t, py::array::c_style>;
+using U64 = py::array_t<uint64_t, py::array::c_style>;
+
+DraftParams make_params(int64_t budget, int64_t max_depth, int64_t max_match, int64_t min_count, int64_t min_match,
+                        double min_score, int mode, int64_t rest_max_matches) {
+  DraftParams p;
+  p.budget = budget;
+  p.max_depth = max_depth;
+  p.max_match = max_match;
+  p.min_count = min_count;
+  p.min_match = min_match;
+  p.min_score = min_score;
+  if (mode < 0 || mode > 2) throw std::invalid_argument("mode must be 0 (tree), 1 (chain) or 2 (rest)");
+  p.mode = DraftMode(mode);
+  p.rest_max_matches = rest_max_matches;
+  return p;
+}
+
+py::tuple to_python(const DraftResult& r) {
+  const py::ssize_t n = py::ssize_t(r.tokens.size());
+  py::array_t<int32_t> tokens(n), parents(n);
+  py::array_t<float> scores(n);
+  if (n) {
+    std::memcpy(tokens.mutable_data(), r.tokens.data(), size_t(n) * 4);
+    std::memcpy(parents.mutable_data(), r.parents.data(), size_t(n) * 4);
+    std::memcpy(scores.mutable_data(), r.scores.data(), size_t(n) * 4);
+  }
+  return py::make_tuple(tokens, parents, scores, r.match_len, r.match_count);
+}
+
+Corpus corpus_of(const U32& tokens, const U64& offsets, uint64_t vocab) {
+  if (offsets.ndim() != 1 || offsets.shape(0) < 2) throw std::invalid_argument("offsets must be 1-D with >= 2 entries");
+  Corpus c;
+  c.tokens = tokens.data();
+  c.num_tokens = uint64_t(tokens.size());
+  c.offsets = offsets.data();
+  c.num_docs = uint64_t(offsets.shape(0) - 1);
+  c.vocab_size = vocab;
+  return c;
+}
+
+Progress wrap_progress(py::object cb) {
+  if (cb.is_none()) return nullptr;
+  return [cb](const std::string& phase, double f) {
+    py::gil_scoped_acquire gil;
+    cb(phase, f);
+  };
+}
+
+py::dict header_dict(const FileHeader& h) {
+  py::dict d;
+  d["version"] = h.version;
+  d["token_bits"] = h.token_bits;
+  d["offset_bits"] = h.offset_bits;
+  d["vocab_size"] = h.vocab_size;
+  d["num_tokens"] = h.num_tokens;
+  d["num_docs"] = h.num_docs;
+  d["text_len"] = h.text_len;
+  d["file_bytes"] = h.file_bytes;
+  return d;
+}
+
+void bind_datastore(py::module_& m) {
+  m.def(
+      "build_datastore_file",
+      [](const U32& tokens, const U64& offsets, uint64_t vocab, const std::string& path, py::object progress) {
+        const Corpus c = corpus_of(tokens, offsets, vocab);
+        const Progress p = wrap_progress(progress);
+        FileHeader h;
+        {
+          py::gil_scoped_release nogil;
+          h = build_file(c, path, p);
+        }
+        return header_dict(h);
+      },
+      py::arg("tokens"), py::arg("offsets"), py::arg("vocab_size"), py::arg("path"), py::arg("progress") = py::none(),
+      "Build a datastore file from flat uint32 tokens and uint64 document offsets (atomic write).");
+
+  py::class_<Datastore, std::shared_ptr<Datastore>>(m, "DatastoreCore")
+      .def_static(
+          "open",
+          [](const std::string& path) {
+            py::gil_scoped_release nogil;
+            return Datastore::open(path);
+          },
+          py::arg("path"))
+      .def_static(
+          "in_memory",
+          [](const U32& tokens, const U64& offsets, uint64_t vocab) {
+            const Corpus c = corpus_of(tokens, offsets, vocab);
+            py::gil_scoped_release nogil;
+            return Datastore::in_memory(c);
+          },
+          py::arg("tokens"), py::arg("offsets"), py::arg("vocab_size"))
+      .def(
+          "draft",
+          [](const Datastore& d, const U32& ctx, int64_t budget, int64_t max_depth, int64_t max_match, int64_t min_count,
+             int64_t min_match, double min_score, int mode, int64_t rest_max_matches) {
+            const DraftParams p = make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches);
+            DraftResult r;
+            {
+              // A single query takes microseconds: releasing the GIL would cost more than it frees.
+              r = d.draft(ctx.data(), uint64_t(ctx.size()), p);
+            }
+            return to_python(r);
+          })
+      .def(
+          "draft_batch",
+          [](const Datastore& d, const std::vector<U32>& ctxs, int64_t budget, int64_t max_depth, int64_t max_match,
+             int64_t min_count, int64_t min_match, double min_score, int mode, int64_t rest_max_matches, int64_t threads) {
+            const DraftParams p = make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches);
+            std::vector<std::pair<const uint32_t*, uint64_t>> in;
+            in.reserve(ctxs.size());
+            for (const auto& c : ctxs) in.emplace_back(c.data(), uint64_t(c.size()));
+            std::vector<DraftResult> out(in.size());
+            {
+              py::gil_scoped_release nogil;
+              auto one = [&](size_t i) { out[i] = d.draft(in[i].first, in[i].second, p); };
+              if (threads == 1) {
+                for (size_t i = 0; i < in.size(); ++i) one(i);
+              } else {
+                ThreadPool::instance().parallel_for(in.size(), one);
+              }
+            }
+            py::list res;
+            for (const auto& r : out) res.append(to_python(r));
+            return res;
+          })
+      .def("count", [](const Datastore& d, const U32& pat) { return d.count(pat.data(), uint64_t(pat.size())); })
+      .def("longest_match",
+           [](const Datastore& d, const U32& ctx) {
+             int64_t m;
+             uint64_t c;
+             d.longest_match(ctx.data(), uint64_t(ctx.size()), m, c);
+             return py::make_tuple(m, c);
+           })
+      .def("continuations",
+           [](const Datastore& d, const U32& pat) {
+             py::dict out;
+             for (const auto& [t, c] : d.continuations(pat.data(), uint64_t(pat.size()))) out[py::int_(t)] = c;
+             return out;
+           })
+      .def("add",
+           [](Datastore& d, const U32& tokens, const U64& offsets) {
+             const Corpus c = corpus_of(tokens, offsets, d.vocab_size());
+             py::gil_scoped_release nogil;
+             d.add(c);
+           })
+      .def("merge",
+           [](Datastore& d) {
+             py::gil_scoped_release nogil;
+             d.merge();
+           })
+      .def(
+          "save",
+          [](const Datastore& d, const std::string& path, py::object progress) {
+            const Progress p = wrap_progress(progress);
+            FileHeader h;
+            {
+              py::gil_scoped_release nogil;
+              h = d.save(path, p);
+            }
+            return header_dict(h);
+          },
+          py::arg("path"), py::arg("progress") = py::none())
+      .def("verify",
+           [](const Datastore& d, int threads) {
+             py::gil_scoped_release nogil;
+             if (d.file()) d.file()->verify(threads);
+           })
+      .def("info",
+           [](const Datastore& d) {
+             py::dict info;
+             info["vocab_size"] = d.vocab_size();
+             info["num_tokens"] = d.num_tokens();
+             info["num_docs"] = d.num_docs();
+             info["num_segments"] = d.num_segments();
+             if (d.file()) {
+               py::dict f = header_dict(d.file()->header());
+               f["path"] = d.file()->path();
+               info["file"] = f;
+             } else {
+               info["file"] = py::none();
+             }
+             return info;
+           })
+      .def_property_readonly("vocab_size", &Datastore::vocab_size)
+      .def_property_readonly("num_tokens", &Datastore::num_tokens)
+      .def_property_readonly("num_docs", &Datastore::num_docs)
+      .def_property_readonly("num_segments", &Datastore::num_segments)
+      .def("text_slice", &Datastore::text_slice)
+      .def("suffix_array", &Datastore::suffix_array);
+
+  py::class_<PromptIndex>(m, "PromptIndexCore")
+      .def(py::init([](const U32& tokens, uint64_t vocab, uint64_t window, uint64_t min_sorted) {
+             return new PromptIndex(tokens.data(), uint64_t(tokens.size()), vocab, window, min_sorted);
+           }),
+           py::arg("tokens"), py::arg("vocab_size"), py::arg("window"), py::arg("min_sorted"))
+      .def("extend", [](PromptIndex& p, const U32& t) { p.extend(t.data(), uint64_t(t.size())); })
+      .def("draft",
+           [](PromptIndex& pi, int64_t budget, int64_t max_depth, int64_t max_match, int64_t min_count, int64_t min_match,
+              double min_score, int mode, int64_t rest_max_matches) {
+             return to_python(pi.draft(make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)));
+           })
+      .def("draft_context",
+           [](PromptIndex& pi, const U32& ctx, int64_t budget, int64_t max_depth, int64_t max_match, int64_t min_count,
+              int64_t min_match, double min_score, int mode, int64_t rest_max_matches) {
+             return to_python(pi.draft_context(ctx.data(), uint64_t(ctx.size()),
+                                               make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)));
+           })
+      .def("rebuild", &PromptIndex::rebuild)
+      .def("__len__", &PromptIndex::size)
+      .def_property_readonly("sorted_until", &PromptIndex::sorted_until)
+      .def_property_readonly("vocab_size", &PromptIndex::vocab_size)
+      .def("tokens", [](const PromptIndex& p) {
+        py::array_t<uint32_t> a(py::ssize_t(p.size()));
+        if (p.size()) std::memcpy(a.mutable_data(), p.data(), p.size() * 4);
+        return a;
+      });
+
+  m.def("datastore_threads", [] { return ThreadPool::instance().workers() + 1; });
+}
+
+}  // namespace
+
+VERISPEC_REGISTER_OPS(datastore, bind_datastore);

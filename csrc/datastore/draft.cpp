@@ -1,0 +1,449 @@
+// Draft construction. The tree rule, stated once:
+//   1. m = the longest suffix of the context (<= max_match) that occurs; if it occurs fewer than
+//      min_count times, the longest shorter suffix (>= min_match) that occurs >= min_count times.
+//   2. Every continuation path x of the matched suffix u has count(u x), an exact number of
+//      occurrences, obtained by refining suffix-array ranges (occurrences of u x t are a sub-range
+//      of those of u x). score(x) = count(u x) / count(u).
+//   3. Best-first: start with the children of the root in a max-heap keyed by
+//      (count desc, parent's output index asc, token asc); pop `budget` nodes, pushing each popped
+//      node's children (unless it is at max_depth). Counts never grow along a path, so the result
+//      is the `budget` most probable nodes; the key makes it deterministic.
+// Exactness at low cost: a node with count below tau (the budget-th largest count seen so far) can
+// never be picked, so children are enumerated by probing the parent's range at a stride that
+// finds every run of length >= tau, and only those runs get binary searches.
+#include "datastore/draft.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <queue>
+
+namespace verispec::ds {
+namespace {
+
+struct Range {
+  uint64_t lo = 0, hi = 0;
+  uint64_t size() const { return hi - lo; }
+};
+
+struct Node {
+  uint64_t count;
+  int32_t parent;  // output index of the parent, -1 for children of the root
+  uint32_t token;
+  int64_t depth;   // root 0
+  uint64_t first_range;  // index into ranges_ (one Range per segment)
+  uint64_t tail_begin, tail_end;  // into tail_pos_
+};
+
+class Index {
+ public:
+  Index(const Source& src) : src_(src), segs_(src.segments), S_(src.segments.size()) {}
+
+  // --- matching ------------------------------------------------------------------------------
+  // For every tail end e in [tail.start + 1, n - 1]: the longest l <= len with
+  // text[e-l, e) == ctx[len-l, len) and e - l >= tail.start.
+  void scan_tail(const uint32_t* ctx, uint64_t len) {
+    tail_match_.clear();
+    tail_max_ = 0;
+    const Tail* t = src_.tail;
+    if (!t || t->n < 2 || t->start + 1 > t->n - 1) return;
+    tail_match_.resize(t->n - 1 - t->start);
+    const uint32_t last = ctx[len - 1];
+    for (uint64_t e = t->start + 1; e <= t->n - 1; ++e) {
+      uint64_t l = 0;
+      if (t->text[e - 1] == last) {
+        const uint64_t lim = std::min<uint64_t>(len, e - t->start);
+        while (l < lim && t->text[e - 1 - l] == ctx[len - 1 - l]) ++l;
+      }
+      tail_match_[e - 1 - t->start] = uint32_t(l);
+      tail_max_ = std::max<uint64_t>(tail_max_, l);
+    }
+  }
+
+  bool occurs(const uint32_t* ctx, uint64_t len, uint64_t m) const {
+    if (m <= tail_max_) return true;
+    for (const Segment& s : segs_)
+      if (s.occurs(ctx + len - m, m)) return true;
+    return false;
+  }
+
+  uint64_t count(const uint32_t* ctx, uint64_t len, uint64_t m) const {
+    uint64_t c = 0;
+    for (const Segment& s : segs_) {
+      uint64_t lo, hi;
+      s.find(ctx + len - m, m, lo, hi);
+      c += hi - lo;
+    }
+    for (uint32_t l : tail_match_) c += l >= m;
+    return c;
+  }
+
+  // --- nodes -----------------------------------------------------------------------------------
+  uint64_t make_root(const uint32_t* ctx, uint64_t len, uint64_t m) {
+    m_ = m;
+    nodes_.clear();
+    ranges_.clear();
+    tail_pos_.clear();
+    Node root{0, -1, 0, 0, 0, 0, 0};
+    for (const Segment& s : segs_) {
+      Range r;
+      s.find(ctx + len - m, m, r.lo, r.hi);
+      ranges_.push_back(r);
+      root.count += r.size();
+    }
+    if (src_.tail) {
+      for (uint64_t j = 0; j < tail_match_.size(); ++j)
+        if (tail_match_[j] >= m) tail_pos_.push_back(src_.tail->start + 1 + j - m);
+      root.tail_end = tail_pos_.size();
+      root.count += root.tail_end;
+    }
+    nodes_.push_back(root);
+    return 0;
+  }
+
+  // Tokens of the children of v, including every child whose count is >= D (maybe others too).
+  void discover(uint64_t v, uint64_t D, std::vector<uint32_t>& out) {
+    out.clear();
+    const Node& nd = nodes_[v];
+    const uint64_t k = m_ + uint64_t(nd.depth);
+    if (src_.tail) {
+      const Tail& t = *src_.tail;
+      for (uint64_t j = nd.tail_begin; j < nd.tail_end; ++j) {
+        const uint64_t i = tail_pos_[j] + k;
+        if (i < t.n) out.push_back(t.text[i]);
+      }
+    }
+    uint64_t active = 0;
+    for (size_t s = 0; s < S_; ++s) active += ranges_[nd.first_range + s].size() > 0;
+    const uint64_t stride = std::max<uint64_t>(1, D / std::max<uint64_t>(1, active));
+    for (size_t s = 0; s < S_; ++s) {
+      const Segment& seg = segs_[s];
+      const Range r = ranges_[nd.first_range + s];
+      uint64_t g = r.lo;
+      while (g < r.hi) {
+        const uint64_t t = seg.tok_at(g, k);
+        if (t == seg.end_marker) break;  // markers sort last: the rest of the range ended here
+        out.push_back(uint32_t(t));
+        const uint64_t b = seg.upper_at(g, r.hi, k, t);
+        g = r.lo + ((b - r.lo + stride - 1) / stride) * stride;  // next probe at or after the run end
+      }
+    }
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+  }
+
+  uint64_t make_child(uint64_t v, uint32_t t, int32_t parent_out) {
+    const uint64_t k = m_ + uint64_t(nodes_[v].depth);
+    Node c{0, parent_out, t, nodes_[v].depth + 1, ranges_.size(), tail_pos_.size(), 0};
+    for (size_t s = 0; s < S_; ++s) {
+      const Range r = ranges_[nodes_[v].first_range + s];
+      Range q;
+      if (r.size()) {
+        q.lo = segs_[s].lower_at(r.lo, r.hi, k, t);
+        q.hi = segs_[s].upper_at(q.lo, r.hi, k, t);
+      }
+      ranges_.push_back(q);
+      c.count += q.size();
+    }
+    if (src_.tail) {
+      const Tail& tl = *src_.tail;
+      for (uint64_t j = nodes_[v].tail_begin; j < nodes_[v].tail_end; ++j) {
+        const uint64_t i = tail_pos_[j] + k;
+        if (i < tl.n && tl.text[i] == t) tail_pos_.push_back(tail_pos_[j]);
+      }
+    }
+    c.tail_end = tail_pos_.size();
+    c.count += c.tail_end - c.tail_begin;
+    nodes_.push_back(c);
+    return nodes_.size() - 1;
+  }
+
+  const Node& node(uint64_t v) const { return nodes_[v]; }
+  const std::vector<Segment>& segs() const { return segs_; }
+  uint64_t tail_max() const { return tail_max_; }
+  const std::vector<uint32_t>& tail_match() const { return tail_match_; }
+  const Source& src() const { return src_; }
+  const Range& range(uint64_t v, size_t s) const { return ranges_[nodes_[v].first_range + s]; }
+
+ private:
+  const Source& src_;
+  const std::vector<Segment>& segs_;
+  size_t S_;
+  uint64_t m_ = 0;
+  std::vector<Node> nodes_;
+  std::vector<Range> ranges_;
+  std::vector<uint64_t> tail_pos_;
+  std::vector<uint32_t> tail_match_;
+  uint64_t tail_max_ = 0;
+};
+
+// Step 1 of the rule; returns 0 when nothing usable matches.
+uint64_t choose_match(Index& ix, const uint32_t* ctx, uint64_t len, const DraftParams& p, uint64_t& count) {
+  const uint64_t top = std::min<uint64_t>(len, uint64_t(std::max<int64_t>(p.max_match, 0)));
+  uint64_t lo = 0, hi = top;  // occurs(lo) holds (length 0 trivially), find the largest
+  lo = std::min<uint64_t>(ix.tail_max(), top);
+  while (lo < hi) {
+    const uint64_t mid = lo + (hi - lo + 1) / 2;
+    if (ix.occurs(ctx, len, mid)) lo = mid; else hi = mid - 1;
+  }
+  uint64_t m = lo;
+  const uint64_t min_match = uint64_t(std::max<int64_t>(p.min_match, 1));
+  if (m < min_match) return 0;
+  count = ix.count(ctx, len, m);
+  if (count < uint64_t(std::max<int64_t>(p.min_count, 1))) {
+    // counts never grow with m: binary search for the longest m' in [min_match, m) with enough.
+    uint64_t a = min_match, b = m;  // answer in [a, b), or none
+    uint64_t best = 0, best_count = 0;
+    while (a < b) {
+      const uint64_t mid = a + (b - a) / 2;
+      const uint64_t c = ix.count(ctx, len, mid);
+      if (c >= uint64_t(p.min_count)) {
+        best = mid;
+        best_count = c;
+        a = mid + 1;
+      } else {
+        b = mid;
+      }
+    }
+    if (best) {
+      m = best;
+      count = best_count;
+    }
+  }
+  return m;
+}
+
+struct HeapEntry {
+  uint64_t count;
+  int32_t parent;
+  uint32_t token;
+  uint64_t node;
+};
+struct WorseFirst {  // std::priority_queue pops the "largest": make that the best entry
+  bool operator()(const HeapEntry& a, const HeapEntry& b) const {
+    if (a.count != b.count) return a.count < b.count;
+    if (a.parent != b.parent) return a.parent > b.parent;
+    return a.token > b.token;
+  }
+};
+
+void emit(DraftResult& out, const Node& n, uint64_t root_count) {
+  out.tokens.push_back(int32_t(n.token));
+  out.parents.push_back(n.parent);
+  out.scores.push_back(float(double(n.count) / double(root_count)));
+}
+
+void draft_tree(Index& ix, uint64_t root_count, const DraftParams& p, DraftResult& out) {
+  const uint64_t budget = uint64_t(p.budget);
+  const auto keep = [&](uint64_t c) { return c > 0 && double(c) / double(root_count) >= p.min_score; };
+  const uint64_t floor_abs = std::max<uint64_t>(1, uint64_t(std::floor(p.min_score * double(root_count))));
+  std::priority_queue<HeapEntry, std::vector<HeapEntry>, WorseFirst> heap;
+  std::priority_queue<uint64_t, std::vector<uint64_t>, std::greater<uint64_t>> best_counts;
+  const auto tau = [&]() -> uint64_t { return best_counts.size() < budget ? 1 : best_counts.top(); };
+  std::vector<uint32_t> found;
+  const auto expand = [&](uint64_t v, int32_t v_out) {
+    ix.discover(v, std::max(floor_abs, tau()), found);
+    for (uint32_t t : found) {
+      const uint64_t c = ix.make_child(v, t, v_out);
+      const Node& n = ix.node(c);
+      if (!keep(n.count) || n.count < tau()) continue;
+      heap.push({n.count, n.parent, n.token, c});
+      best_counts.push(n.count);
+      if (best_counts.size() > budget) best_counts.pop();
+    }
+  };
+  expand(0, -1);
+  while (out.tokens.size() < budget && !heap.empty()) {
+    const HeapEntry e = heap.top();
+    heap.pop();
+    const int32_t me = int32_t(out.tokens.size());
+    emit(out, ix.node(e.node), root_count);
+    if (ix.node(e.node).depth < p.max_depth) expand(e.node, me);
+  }
+}
+
+void draft_chain(Index& ix, uint64_t root_count, const DraftParams& p, DraftResult& out) {
+  const uint64_t limit = uint64_t(std::min(p.budget, p.max_depth));
+  const uint64_t lowest = std::max<uint64_t>(1, uint64_t(std::floor(p.min_score * double(root_count))));
+  std::vector<uint32_t> found;
+  uint64_t v = 0;
+  while (out.tokens.size() < limit) {
+    uint64_t D = std::max(lowest, (ix.node(v).count + 1) / 2);
+    uint64_t best = 0;
+    bool have = false;
+    for (;;) {
+      ix.discover(v, D, found);
+      for (uint32_t t : found) {
+        const uint64_t c = ix.make_child(v, t, int32_t(out.tokens.size()) - 1);
+        const Node& n = ix.node(c);
+        if (n.count == 0 || double(n.count) / double(root_count) < p.min_score) continue;
+        // found is sorted by token, so ">" keeps the smallest token among equal counts
+        if (!have || n.count > ix.node(best).count) {
+          best = c;
+          have = true;
+        }
+      }
+      // Every child with count >= D was found, so a found child with count >= D is the maximum.
+      if ((have && ix.node(best).count >= D) || D == lowest) break;
+      D = std::max(lowest, D / 4);
+      have = false;
+    }
+    if (!have) break;
+    emit(out, ix.node(best), root_count);
+    v = best;
+  }
+}
+
+// REST (He et al., 2023) as published: the first span from 16 down that occurs, up to 5000 of its
+// matches in suffix-array order, their continuations, and the `budget` most frequent prefixes.
+void draft_rest(Index& ix, const uint32_t* ctx, uint64_t len, const DraftParams& p, DraftResult& out) {
+  const Source& src = ix.src();
+  const uint64_t top = std::min<uint64_t>(len, uint64_t(std::max<int64_t>(p.max_match, 0)));
+  const uint64_t bottom = uint64_t(std::max<int64_t>(p.min_match, 1));
+  uint64_t span = 0, total = 0;
+  for (uint64_t s = top; s >= bottom && s > 0; --s) {
+    total = ix.count(ctx, len, s);
+    if (total) {
+      span = s;
+      break;
+    }
+  }
+  if (!span) return;
+  ix.make_root(ctx, len, span);
+  out.match_len = int64_t(span);
+  out.match_count = total;
+  const uint64_t cap = uint64_t(std::max<int64_t>(p.rest_max_matches, 1));
+  const uint64_t depth = uint64_t(std::max<int64_t>(p.max_depth, 0));
+  std::vector<std::vector<uint32_t>> conts;
+  int parts = 0;
+  for (size_t s = 0; s < ix.segs().size() && conts.size() < cap; ++s) {
+    const Segment& seg = ix.segs()[s];
+    const Range r = ix.range(0, s);
+    parts += r.size() > 0;
+    for (uint64_t k = r.lo; k < r.hi && conts.size() < cap; ++k) {
+      const uint64_t pos = seg.pos(k) + span;
+      std::vector<uint32_t> c;
+      for (uint64_t d = 0; d < depth; ++d) {
+        const uint64_t t = seg.tok(pos + d);
+        if (t == seg.end_marker) break;
+        c.push_back(uint32_t(t));
+      }
+      conts.push_back(std::move(c));
+    }
+  }
+  if (src.tail && conts.size() < cap) {
+    const Tail& t = *src.tail;
+    const auto& tm = ix.tail_match();
+    bool any = false;
+    for (uint64_t j = 0; j < tm.size() && conts.size() < cap; ++j) {
+      if (tm[j] < span) continue;
+      any = true;
+      const uint64_t pos = t.start + 1 + j;  // end of the match = start of the continuation
+      std::vector<uint32_t> c;
+      for (uint64_t d = 0; d < depth && pos + d < t.n; ++d) c.push_back(t.text[pos + d]);
+      conts.push_back(std::move(c));
+    }
+    parts += any;
+  }
+  const uint64_t used = conts.size();
+  if (parts > 1) std::sort(conts.begin(), conts.end());  // one range is already sorted
+  // Prefix trie over sorted continuations: shared prefixes are adjacent, so a stack suffices.
+  struct TNode {
+    uint32_t token;
+    int64_t parent;
+    uint64_t count;
+    uint64_t depth;
+  };
+  std::vector<TNode> trie;
+  std::vector<int64_t> stack;
+  const std::vector<uint32_t>* prev = nullptr;
+  for (const auto& c : conts) {
+    uint64_t l = 0;
+    if (prev)
+      while (l < c.size() && l < prev->size() && c[l] == (*prev)[l]) ++l;
+    stack.resize(l);
+    for (int64_t id : stack) trie[id].count++;
+    for (uint64_t d = l; d < c.size(); ++d) {
+      trie.push_back({c[d], d ? stack[d - 1] : -1, 1, d + 1});
+      stack.push_back(int64_t(trie.size()) - 1);
+    }
+    prev = &c;
+  }
+  std::vector<int64_t> order(trie.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = int64_t(i);
+  const size_t k = std::min<size_t>(order.size(), size_t(std::max<int64_t>(p.budget, 0)));
+  // Ties: shallower first (keeps parents before children), then lexicographic path order.
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int64_t a, int64_t b) {
+    if (trie[a].count != trie[b].count) return trie[a].count > trie[b].count;
+    if (trie[a].depth != trie[b].depth) return trie[a].depth < trie[b].depth;
+    return a < b;
+  });
+  std::vector<int32_t> out_index(trie.size(), -1);
+  for (size_t i = 0; i < k; ++i) {
+    const TNode& n = trie[order[i]];
+    out_index[order[i]] = int32_t(i);
+    out.tokens.push_back(int32_t(n.token));
+    out.parents.push_back(n.parent < 0 ? -1 : out_index[n.parent]);
+    out.scores.push_back(float(double(n.count) / double(used)));
+  }
+}
+
+}  // namespace
+
+DraftResult draft(const Source& src, const uint32_t* ctx, uint64_t len, const DraftParams& p) {
+  DraftResult out;
+  if (len == 0 || p.budget <= 0 || p.max_depth <= 0) return out;
+  Index ix(src);
+  ix.scan_tail(ctx, len);
+  if (p.mode == DraftMode::kRest) {
+    draft_rest(ix, ctx, len, p, out);
+    return out;
+  }
+  uint64_t count = 0;
+  const uint64_t m = choose_match(ix, ctx, len, p, count);
+  if (!m) return out;
+  ix.make_root(ctx, len, m);
+  out.match_len = int64_t(m);
+  out.match_count = ix.node(0).count;
+  if (out.match_count == 0) return out;
+  if (p.mode == DraftMode::kChain) {
+    draft_chain(ix, out.match_count, p, out);
+  } else {
+    draft_tree(ix, out.match_count, p, out);
+  }
+  return out;
+}
+
+uint64_t count_pattern(const Source& src, const uint32_t* pat, uint64_t m) {
+  if (m == 0) return 0;
+  Index ix(src);
+  ix.scan_tail(pat, m);
+  return ix.count(pat, m, m);
+}
+
+void longest_match(const Source& src, const uint32_t* ctx, uint64_t len, int64_t& m, uint64_t& count) {
+  DraftParams p;
+  p.max_match = int64_t(len);
+  Index ix(src);
+  ix.scan_tail(ctx, len);
+  count = 0;
+  m = int64_t(choose_match(ix, ctx, len, p, count));
+  if (!m) count = 0;
+}
+
+std::vector<std::pair<uint32_t, uint64_t>> continuations(const Source& src, const uint32_t* pat, uint64_t m) {
+  std::vector<std::pair<uint32_t, uint64_t>> out;
+  if (m == 0) return out;
+  Index ix(src);
+  ix.scan_tail(pat, m);
+  ix.make_root(pat, m, m);
+  std::vector<uint32_t> found;
+  ix.discover(0, 1, found);
+  for (uint32_t t : found) {
+    const uint64_t c = ix.make_child(0, t, -1);
+    if (ix.node(c).count) out.emplace_back(t, ix.node(c).count);
+  }
+  return out;
+}
+
+}  // namespace verispec::ds

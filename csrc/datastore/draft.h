@@ -1,0 +1,59 @@
+// Drafting from suffix-array segments: longest context-suffix match, then a draft tree grown
+// best-first from exact continuation counts (or a single best path, or REST's published rule).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "datastore/segment.h"
+
+namespace verispec::ds {
+
+enum class DraftMode : int { kTree = 0, kChain = 1, kRest = 2 };
+
+struct DraftParams {
+  int64_t budget = 32;        // maximum number of draft nodes
+  int64_t max_depth = 12;     // maximum node depth (children of the root have depth 1)
+  int64_t max_match = 16;     // longest context suffix looked up
+  int64_t min_count = 1;      // fallback: prefer the longest suffix occurring >= min_count times
+  int64_t min_match = 1;      // never use a suffix shorter than this
+  double min_score = 0.0;     // never propose a node with count/root_count below this
+  DraftMode mode = DraftMode::kTree;
+  int64_t rest_max_matches = 5000;  // REST mode: matches read, in suffix-array order
+};
+
+struct DraftResult {
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> parents;
+  std::vector<float> scores;
+  int64_t match_len = 0;     // length of the context suffix the tree continues
+  uint64_t match_count = 0;  // its number of occurrences (with a continuation, for a prompt index)
+};
+
+// Positions of a growing sequence that are not (yet) in a suffix array and are scanned linearly:
+// starts in [start, n) of text[0..n). The sequence has no end markers; a match must leave at least
+// one token after it (its continuation), so the trivial match at the very end never counts.
+struct Tail {
+  const uint32_t* text = nullptr;
+  uint64_t n = 0;
+  uint64_t start = 0;
+};
+
+// Everything one query searches: suffix-array segments plus an optional linear tail.
+struct Source {
+  std::vector<Segment> segments;
+  const Tail* tail = nullptr;
+};
+
+// ctx[0..len) are the last `len` context tokens (len <= max_match), already validated.
+DraftResult draft(const Source& src, const uint32_t* ctx, uint64_t len, const DraftParams& p);
+
+// Exact number of occurrences of pat[0..m) (tail: only those followed by another token).
+uint64_t count_pattern(const Source& src, const uint32_t* pat, uint64_t m);
+
+// Longest suffix of ctx that occurs (<= max_match) and its count.
+void longest_match(const Source& src, const uint32_t* ctx, uint64_t len, int64_t& m, uint64_t& count);
+
+// Next-token counts after pat[0..m): (token, count) sorted by token.
+std::vector<std::pair<uint32_t, uint64_t>> continuations(const Source& src, const uint32_t* pat, uint64_t m);
+
+}  // namespace verispec::ds

@@ -1,0 +1,182 @@
+#include "datastore/format.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+namespace verispec::ds {
+
+uint64_t fnv1a64(const void* data, uint64_t bytes) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (uint64_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+namespace {
+constexpr uint64_t kChunk = uint64_t(16) << 20;
+
+inline uint64_t mix(uint64_t x) {  // a 64-bit finaliser (splitmix64)
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+uint64_t chunk_hash(const uint8_t* p, uint64_t bytes) {
+  // Four independent lanes keep the multiply latency off the critical path.
+  uint64_t h[4] = {0x243f6a8885a308d3ull, 0x13198a2e03707344ull, 0xa4093822299f31d0ull, 0x082efa98ec4e6c89ull};
+  uint64_t i = 0;
+  for (; i + 32 <= bytes; i += 32) {
+    for (int l = 0; l < 4; ++l) {
+      uint64_t w;
+      std::memcpy(&w, p + i + 8 * l, 8);
+      h[l] = (h[l] ^ (w * 0x9e3779b97f4a7c15ull));
+      h[l] = ((h[l] << 31) | (h[l] >> 33)) * 0xff51afd7ed558ccdull;
+    }
+  }
+  uint64_t tail = 0;
+  for (uint64_t j = 0; i + j < bytes; ++j) tail |= uint64_t(p[i + j]) << (8 * (j & 7));
+  return mix(h[0] ^ mix(h[1] ^ mix(h[2] ^ mix(h[3] ^ tail ^ bytes))));
+}
+}  // namespace
+
+uint64_t section_checksum(const uint8_t* data, uint64_t bytes, int threads) {
+  const uint64_t nchunks = (bytes + kChunk - 1) / kChunk;
+  std::vector<uint64_t> hs(nchunks);
+  auto work = [&](int t, int nt) {
+    for (uint64_t c = uint64_t(t); c < nchunks; c += uint64_t(nt))
+      hs[c] = chunk_hash(data + c * kChunk, std::min(kChunk, bytes - c * kChunk));
+  };
+  if (threads > 1 && nchunks > 1) {
+    std::vector<std::thread> ts;
+    for (int t = 1; t < threads; ++t) ts.emplace_back(work, t, threads);
+    work(0, threads);
+    for (auto& t : ts) t.join();
+  } else {
+    work(0, 1);
+  }
+  uint64_t h = mix(bytes ^ 0x5851f42d4c957f2dull);
+  for (uint64_t x : hs) h = mix(h ^ x);
+  return h;
+}
+
+static uint64_t align64(uint64_t x) { return (x + 63) & ~uint64_t(63); }
+
+Layout layout_for(uint64_t text_len, unsigned token_bits, uint64_t num_tokens, unsigned offset_bits,
+                  uint64_t num_docs) {
+  Layout l{};
+  l.text_offset = kHeaderBytes;
+  l.text_bytes = packed_bytes(text_len, token_bits);
+  l.sa_offset = align64(l.text_offset + l.text_bytes);
+  l.sa_bytes = packed_bytes(num_tokens, offset_bits);
+  l.docs_offset = align64(l.sa_offset + l.sa_bytes);
+  l.docs_bytes = (num_docs + 1) * 8;
+  l.file_bytes = l.docs_offset + l.docs_bytes;
+  return l;
+}
+
+std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int e = errno;
+    const std::string msg = "cannot open datastore " + path + ": " + std::strerror(e);
+    throw std::runtime_error(msg);
+  }
+  struct FdGuard {
+    int fd;
+    ~FdGuard() { ::close(fd); }
+  } guard{fd};
+  struct stat st{};
+  if (fstat(fd, &st) != 0) throw std::runtime_error("cannot stat " + path + ": " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) throw std::invalid_argument(path + " is not a regular file");
+  const uint64_t size = uint64_t(st.st_size);
+  const std::string where = "datastore " + path + ": ";
+  FileHeader h{};
+  if (size < sizeof(kMagic)) throw std::invalid_argument(where + "file too short to be a verispec datastore (" + std::to_string(size) + " bytes)");
+  if (pread(fd, &h, std::min<uint64_t>(size, sizeof h), 0) < 0)
+    throw std::runtime_error(where + "read failed: " + std::strerror(errno));
+  if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0)
+    throw std::invalid_argument(where + "not a verispec datastore (bad magic bytes)");
+  if (size < kHeaderBytes) throw std::invalid_argument(where + "truncated inside the header (" + std::to_string(size) + " bytes)");
+  if (h.version != kFormatVersion)
+    throw std::invalid_argument(where + "format version " + std::to_string(h.version) + ", this verispec reads version " +
+                                std::to_string(kFormatVersion) + " (rebuild the datastore or upgrade verispec)");
+  if (fnv1a64(&h, offsetof(FileHeader, header_checksum)) != h.header_checksum)
+    throw std::invalid_argument(where + "header checksum mismatch (corrupt header)");
+  if (h.header_bytes != kHeaderBytes || h.token_bits < 1 || h.token_bits > 32 || h.offset_bits < 1 || h.offset_bits > 57 ||
+      h.text_len != h.num_tokens + h.num_docs || h.num_docs == 0 || h.num_tokens == 0 ||
+      h.vocab_size >= (uint64_t(1) << h.token_bits) || (h.text_len - 1) >> h.offset_bits)
+    throw std::invalid_argument(where + "inconsistent header fields (corrupt file)");
+  const Layout l = layout_for(h.text_len, h.token_bits, h.num_tokens, h.offset_bits, h.num_docs);
+  if (l.text_offset != h.text_offset || l.sa_offset != h.sa_offset || l.docs_offset != h.docs_offset ||
+      l.file_bytes != h.file_bytes)
+    throw std::invalid_argument(where + "section offsets do not match the header (corrupt file)");
+  if (size != h.file_bytes)
+    throw std::invalid_argument(where + "file is " + std::to_string(size) + " bytes but the header says " +
+                                std::to_string(h.file_bytes) + (size < h.file_bytes ? " (truncated)" : " (trailing data)"));
+  void* p = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) throw std::runtime_error(where + "mmap failed: " + std::strerror(errno));
+  // Queries touch a few cache lines at scattered places: read-ahead would only waste memory.
+  madvise(p, size, MADV_RANDOM);
+  std::shared_ptr<MappedFile> f(new MappedFile());
+  f->path_ = path;
+  f->header_ = h;
+  f->base_ = static_cast<const uint8_t*>(p);
+  f->size_ = size;
+  // O(1) structural checks that keep every later read in bounds: the text ends with a marker
+  // (so scans stop), and the document table spans the text.
+  const Segment s = f->segment();
+  if (s.tok(h.text_len - 1) != s.end_marker)
+    throw std::invalid_argument(where + "text does not end with a document end marker (corrupt file)");
+  if (f->doc_starts()[0] != 0 || f->doc_starts()[h.num_docs] != h.text_len)
+    throw std::invalid_argument(where + "document table does not span the text (corrupt file)");
+  return f;
+}
+
+MappedFile::~MappedFile() {
+  if (base_) munmap(const_cast<uint8_t*>(base_), size_);
+}
+
+Segment MappedFile::segment() const {
+  Segment s;
+  s.text = base_ + header_.text_offset;
+  s.sa = base_ + header_.sa_offset;
+  s.token_bits = header_.token_bits;
+  s.offset_bits = header_.offset_bits;
+  s.text_len = header_.text_len;
+  s.num_suffixes = header_.num_tokens;
+  s.end_marker = (uint64_t(1) << header_.token_bits) - 1;
+  return s;
+}
+
+void MappedFile::verify(int threads) const {
+  const FileHeader& h = header_;
+  const std::string where = "datastore " + path_ + ": ";
+  const Layout l = layout_for(h.text_len, h.token_bits, h.num_tokens, h.offset_bits, h.num_docs);
+  if (section_checksum(base_ + l.text_offset, l.text_bytes, threads) != h.text_checksum)
+    throw std::invalid_argument(where + "text section checksum mismatch (corrupt file)");
+  if (section_checksum(base_ + l.sa_offset, l.sa_bytes, threads) != h.sa_checksum)
+    throw std::invalid_argument(where + "suffix array checksum mismatch (corrupt file)");
+  if (section_checksum(base_ + l.docs_offset, l.docs_bytes, threads) != h.docs_checksum)
+    throw std::invalid_argument(where + "document table checksum mismatch (corrupt file)");
+  const Segment s = segment();
+  const uint64_t* d = doc_starts();
+  for (uint64_t i = 0; i < h.num_docs; ++i)
+    if (d[i + 1] <= d[i] || s.tok(d[i + 1] - 1) != s.end_marker)
+      throw std::invalid_argument(where + "document " + std::to_string(i) + " is malformed (corrupt file)");
+  for (uint64_t k = 0; k < h.num_tokens; ++k)
+    if (s.tok(s.pos(k)) == s.end_marker)
+      throw std::invalid_argument(where + "suffix array entry " + std::to_string(k) + " points at a marker (corrupt file)");
+}
+
+}  // namespace verispec::ds

@@ -1,0 +1,77 @@
+// The datastore file (little-endian), documented in docs/datastore.md:
+//   [0, 128)           header (FileHeader), ending in an FNV-1a 64 checksum of its first 120 bytes
+//   [text_offset, ..)  text: text_len packed token_bits-wide values; each document is followed by
+//                      an end marker (all token_bits set)
+//   [sa_offset, ..)    suffix array: num_tokens packed offset_bits-wide text positions, the
+//                      suffixes starting at tokens (never at markers) in lexicographic order
+//   [docs_offset, ..)  num_docs + 1 uint64 text positions where documents start (last = text_len)
+// Sections start at 64-byte boundaries; packed sections carry 8 bytes of padding.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "datastore/segment.h"
+
+namespace verispec::ds {
+
+constexpr char kMagic[8] = {'V', 'S', 'P', 'D', 'S', 'T', 'O', 'R'};
+constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kHeaderBytes = 128;
+
+struct FileHeader {
+  char magic[8];
+  uint32_t version;
+  uint32_t header_bytes;
+  uint32_t token_bits;
+  uint32_t offset_bits;
+  uint64_t vocab_size;
+  uint64_t num_tokens;
+  uint64_t num_docs;
+  uint64_t text_len;
+  uint64_t text_offset;
+  uint64_t sa_offset;
+  uint64_t docs_offset;
+  uint64_t file_bytes;
+  uint64_t text_checksum;
+  uint64_t sa_checksum;
+  uint64_t docs_checksum;
+  uint64_t reserved;
+  uint64_t header_checksum;
+};
+static_assert(sizeof(FileHeader) == kHeaderBytes, "header layout");
+
+uint64_t fnv1a64(const void* data, uint64_t bytes);
+// Checksum of a section: 16 MiB chunks hashed independently (so verification can use threads),
+// folded in order.
+uint64_t section_checksum(const uint8_t* data, uint64_t bytes, int threads = 1);
+
+struct Layout {
+  uint64_t text_offset, text_bytes, sa_offset, sa_bytes, docs_offset, docs_bytes, file_bytes;
+};
+Layout layout_for(uint64_t text_len, unsigned token_bits, uint64_t num_tokens, unsigned offset_bits,
+                  uint64_t num_docs);
+
+// A datastore file mapped read-only. Opening reads and checks the header only, so it costs the
+// same for any corpus size; pages come in on demand and are shared by every process mapping it.
+class MappedFile {
+ public:
+  static std::shared_ptr<MappedFile> open(const std::string& path);
+  ~MappedFile();
+  const FileHeader& header() const { return header_; }
+  Segment segment() const;
+  const uint64_t* doc_starts() const { return reinterpret_cast<const uint64_t*>(base_ + header_.docs_offset); }
+  const uint8_t* base() const { return base_; }
+  const std::string& path() const { return path_; }
+  // Full check: section checksums, document table, every suffix-array entry. O(corpus).
+  void verify(int threads) const;
+
+ private:
+  MappedFile() = default;
+  std::string path_;
+  FileHeader header_{};
+  const uint8_t* base_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+}  // namespace verispec::ds

@@ -1,0 +1,131 @@
+// Suffix array construction by induced sorting (SA-IS; Nong, Zhang and Chan, "Two Efficient
+// Algorithms for Linear Time Suffix Array Construction", 2009), written for verispec.
+//
+// The string s[0..n) holds symbols in [0, k) and ends in a *virtual* terminator smaller than every
+// symbol, so callers need not append one. I is the index type: uint32_t below 2^32 - 1 entries,
+// uint64_t beyond (the datastore picks the narrowest that fits, halving build memory for most
+// corpora).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace verispec::ds {
+
+template <class I>
+class SuffixSorter {
+ public:
+  static void sort(const I* s, I* sa, I n, I k) {
+    if (n == 0) return;
+    if (n == 1) {
+      sa[0] = 0;
+      return;
+    }
+    SuffixSorter self(s, sa, n, k);
+    self.run();
+  }
+
+ private:
+  static constexpr I kEmpty = ~I(0);
+  const I* s_;
+  I* sa_;
+  I n_, k_;
+  std::vector<uint8_t> stype_;  // 1 = S-type (smaller than the suffix after it), 0 = L-type
+  std::vector<I> bucket_end_;   // bucket_end_[c] = number of symbols <= c
+  std::vector<I> head_;
+
+  SuffixSorter(const I* s, I* sa, I n, I k) : s_(s), sa_(sa), n_(n), k_(k) {}
+
+  bool is_lms(I i) const { return i > 0 && stype_[i] && !stype_[i - 1]; }
+
+  void run() {
+    const I n = n_;
+    stype_.assign(n, 0);
+    // The last symbol is L-type: the virtual terminator after it is smaller.
+    for (I i = n - 1; i-- > 0;) stype_[i] = s_[i] < s_[i + 1] || (s_[i] == s_[i + 1] && stype_[i + 1]);
+    bucket_end_.assign(std::size_t(k_), 0);
+    for (I i = 0; i < n; ++i) ++bucket_end_[s_[i]];
+    I acc = 0;
+    for (I c = 0; c < k_; ++c) {
+      acc += bucket_end_[c];
+      bucket_end_[c] = acc;
+    }
+    head_.resize(std::size_t(k_));
+
+    std::vector<I> lms;
+    for (I i = 1; i < n; ++i)
+      if (is_lms(i)) lms.push_back(i);
+    const I m = I(lms.size());
+
+    // Step 1: induce from the LMS positions in text order; this sorts the LMS *substrings*.
+    induce(lms);
+    std::vector<I> sorted;
+    sorted.reserve(m);
+    for (I i = 0; i < n; ++i)
+      if (is_lms(sa_[i])) sorted.push_back(sa_[i]);
+
+    // Step 2: name the LMS substrings by rank. LMS positions are >= 2 apart, so slot p/2 of the
+    // (now free) output array can hold the name of position p.
+    for (I i = 0; i < n; ++i) sa_[i] = kEmpty;
+    I name = 0;
+    for (I j = 0; j < m; ++j) {
+      if (j > 0 && !same_lms_substring(sorted[j - 1], sorted[j])) ++name;
+      sa_[sorted[j] / 2] = name;
+    }
+    const I num_names = m ? name + 1 : 0;
+
+    // Step 3: sort the LMS suffixes, recursing when two LMS substrings share a name.
+    std::vector<I> order(m);
+    {
+      std::vector<I> reduced(m);
+      for (I j = 0; j < m; ++j) reduced[j] = sa_[lms[j] / 2];
+      if (num_names < m) {
+        SuffixSorter<I>::sort(reduced.data(), order.data(), m, num_names);
+      } else {
+        for (I j = 0; j < m; ++j) order[reduced[j]] = j;
+      }
+    }
+    for (I j = 0; j < m; ++j) sorted[j] = lms[order[j]];
+    std::vector<I>().swap(lms);
+    std::vector<I>().swap(order);
+
+    // Step 4: induce the full order from the sorted LMS suffixes.
+    induce(sorted);
+  }
+
+  bool same_lms_substring(I a, I b) const {
+    for (I d = 0;; ++d) {
+      const I ia = a + d, ib = b + d;
+      if (ia == n_ || ib == n_) return false;  // only one substring runs into the terminator
+      if (s_[ia] != s_[ib] || stype_[ia] != stype_[ib]) return false;
+      if (d > 0) {
+        const bool ea = is_lms(ia), eb = is_lms(ib);
+        if (ea || eb) return ea && eb;
+      }
+    }
+  }
+
+  void induce(const std::vector<I>& lms) {
+    I* sa = sa_;
+    const I n = n_;
+    for (I i = 0; i < n; ++i) sa[i] = kEmpty;
+    // LMS suffixes go to the ends of their buckets, keeping their given order.
+    for (I c = 0; c < k_; ++c) head_[c] = bucket_end_[c];
+    for (std::size_t j = lms.size(); j-- > 0;) sa[--head_[s_[lms[j]]]] = lms[j];
+    // L-type suffixes, left to right. The suffix n-1 follows the terminator, so it comes first.
+    for (I c = 0; c < k_; ++c) head_[c] = c ? bucket_end_[c - 1] : 0;
+    sa[head_[s_[n - 1]]++] = n - 1;
+    for (I i = 0; i < n; ++i) {
+      const I v = sa[i];
+      if (v != kEmpty && v > 0 && !stype_[v - 1]) sa[head_[s_[v - 1]]++] = v - 1;
+    }
+    // S-type suffixes, right to left; they overwrite the LMS placeholders.
+    for (I c = 0; c < k_; ++c) head_[c] = bucket_end_[c];
+    for (I i = n; i-- > 0;) {
+      const I v = sa[i];
+      if (v != kEmpty && v > 0 && stype_[v - 1]) sa[--head_[s_[v - 1]]] = v - 1;
+    }
+  }
+};
+
+}  // namespace verispec::ds

@@ -1,0 +1,115 @@
+// A searchable suffix-array segment: bit-packed text (tokens, one end marker after each document)
+// plus the suffix array over the token positions. Views only; the owner (a mapped file, an
+// in-memory segment, a prompt index) keeps the bytes alive.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "datastore/packed.h"
+
+namespace verispec::ds {
+
+struct CorruptError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Segment {
+  const uint8_t* text = nullptr;  // packed, text_len entries (+ padding)
+  const uint8_t* sa = nullptr;    // packed, num_suffixes entries (+ padding)
+  unsigned token_bits = 32;
+  unsigned offset_bits = 32;
+  uint64_t text_len = 0;
+  uint64_t num_suffixes = 0;
+  uint64_t end_marker = 0;  // (1 << token_bits) - 1: document end, compares above every token
+
+  uint64_t tok(uint64_t i) const { return packed_get(text, i, token_bits); }
+
+  // Text position of the k-th smallest suffix. A damaged file must not turn into an
+  // out-of-bounds read, so every offset is checked (one compare on a value already loaded).
+  uint64_t pos(uint64_t k) const {
+    const uint64_t p = packed_get(sa, k, offset_bits);
+    if (p >= text_len) throw CorruptError("datastore suffix array entry " + std::to_string(k) +
+                                          " points outside the text (corrupt file?)");
+    return p;
+  }
+
+  // Token at offset d of the k-th suffix. Reads stop at end markers: callers never pass a d that
+  // steps over one, and the text always ends with a marker.
+  uint64_t tok_at(uint64_t k, uint64_t d) const { return tok(pos(k) + d); }
+
+  // Compare the first m tokens of suffix k with pattern p: <0, 0 (p is a prefix), >0.
+  template <class T>
+  int compare(uint64_t k, const T* p, uint64_t m) const {
+    const uint64_t s = pos(k);
+    for (uint64_t d = 0; d < m; ++d) {
+      const uint64_t a = tok(s + d);
+      const uint64_t b = uint64_t(p[d]);
+      // A marker never matches, even a context id equal to its value (ids >= vocab_size are
+      // legal in contexts; they simply occur nowhere). Markers sort last, so this keeps order.
+      if (a == end_marker) return 1;
+      if (a != b) return a < b ? -1 : 1;
+    }
+    return 0;
+  }
+
+  // [lo, hi) of suffixes starting with pattern p[0..m).
+  template <class T>
+  void find(const T* p, uint64_t m, uint64_t& lo, uint64_t& hi) const {
+    uint64_t a = 0, b = num_suffixes;
+    while (a < b) {
+      const uint64_t mid = a + (b - a) / 2;
+      if (compare(mid, p, m) < 0) a = mid + 1; else b = mid;
+    }
+    lo = a;
+    b = num_suffixes;
+    while (a < b) {
+      const uint64_t mid = a + (b - a) / 2;
+      if (compare(mid, p, m) <= 0) a = mid + 1; else b = mid;
+    }
+    hi = a;
+  }
+
+  // Does pattern p[0..m) occur? One binary search instead of two.
+  template <class T>
+  bool occurs(const T* p, uint64_t m) const {
+    uint64_t a = 0, b = num_suffixes;
+    while (a < b) {
+      const uint64_t mid = a + (b - a) / 2;
+      if (compare(mid, p, m) < 0) a = mid + 1; else b = mid;
+    }
+    return a < num_suffixes && compare(a, p, m) == 0;
+  }
+
+  // Within [lo, hi), where all suffixes share their first d tokens (so the token at offset d is
+  // non-decreasing), the first index whose token at offset d is > t (upper) or >= t (lower).
+  // Galloping from lo: cheap when the run is short, logarithmic when it is long.
+  uint64_t upper_at(uint64_t lo, uint64_t hi, uint64_t d, uint64_t t) const {
+    uint64_t a = lo, b, step = 1;  // invariant: every index in [lo, a) has token <= t
+    for (;;) {
+      b = lo + step - 1;
+      if (b >= hi) {
+        b = hi;
+        break;
+      }
+      if (tok_at(b, d) > t) break;
+      a = b + 1;
+      step *= 2;
+    }
+    while (a < b) {
+      const uint64_t mid = a + (b - a) / 2;
+      if (tok_at(mid, d) <= t) a = mid + 1; else b = mid;
+    }
+    return a;
+  }
+  uint64_t lower_at(uint64_t lo, uint64_t hi, uint64_t d, uint64_t t) const {
+    uint64_t a = lo, b = hi;
+    while (a < b) {
+      const uint64_t mid = a + (b - a) / 2;
+      if (tok_at(mid, d) < t) a = mid + 1; else b = mid;
+    }
+    return a;
+  }
+};
+
+}  // namespace verispec::ds

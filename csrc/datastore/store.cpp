@@ -1,0 +1,516 @@
+#include "datastore/store.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+
+#include "datastore/sais.h"
+
+namespace verispec::ds {
+namespace {
+
+constexpr uint64_t kMaxTokenId = 0xFFFFFFFEull;  // 2^32 - 1 marks document ends
+
+void report(const Progress& p, const char* phase, double f) {
+  if (p) p(phase, f);
+}
+
+void check_corpus(const Corpus& c) {
+  if (c.num_docs == 0) throw std::invalid_argument("empty corpus: no documents");
+  if (c.num_tokens == 0) throw std::invalid_argument("empty corpus: the documents hold no tokens");
+  if (c.vocab_size == 0 || c.vocab_size > kMaxTokenId + 1)
+    throw std::invalid_argument("vocab_size must be in [1, 2^32 - 1], got " + std::to_string(c.vocab_size));
+  if (c.offsets[0] != 0 || c.offsets[c.num_docs] != c.num_tokens)
+    throw std::invalid_argument("document offsets must run from 0 to the number of tokens");
+  for (uint64_t d = 0; d < c.num_docs; ++d)
+    if (c.offsets[d + 1] < c.offsets[d])
+      throw std::invalid_argument("document offsets decrease at document " + std::to_string(d));
+}
+
+// Suffix-sorting symbols. Token order is kept; each document end becomes the largest symbol, so
+// it sorts last exactly like its stored all-ones value. Large vocabularies are ranked first so the
+// sorter's bucket arrays stay O(corpus).
+template <class I>
+I make_symbols(const Corpus& c, std::vector<I>& sym) {
+  const uint64_t text_len = c.num_tokens + c.num_docs;
+  sym.resize(text_len);
+  const bool direct = c.vocab_size + 1 <= std::max<uint64_t>(uint64_t(1) << 24, text_len);
+  std::vector<uint32_t> ranks;  // sorted distinct ids, when not direct
+  if (!direct) {
+    ranks.assign(c.tokens, c.tokens + c.num_tokens);
+    std::sort(ranks.begin(), ranks.end());
+    ranks.erase(std::unique(ranks.begin(), ranks.end()), ranks.end());
+  }
+  const I marker = direct ? I(c.vocab_size) : I(ranks.size());
+  std::atomic<uint64_t> bad_doc{~uint64_t(0)};
+  auto fill = [&](uint64_t d0, uint64_t d1) {
+    for (uint64_t d = d0; d < d1; ++d) {
+      const uint64_t b = c.offsets[d], e = c.offsets[d + 1];
+      I* out = sym.data() + b + d;  // d markers precede this document
+      for (uint64_t i = b; i < e; ++i) {
+        const uint32_t t = c.tokens[i];
+        if (t >= c.vocab_size) {
+          uint64_t cur = bad_doc.load();
+          while (d < cur && !bad_doc.compare_exchange_weak(cur, d)) {
+          }
+          return;
+        }
+        *out++ = direct ? I(t) : I(std::lower_bound(ranks.begin(), ranks.end(), t) - ranks.begin());
+      }
+      *out = marker;
+    }
+  };
+  // Split by tokens, not documents, so one huge document does not leave a core idle.
+  uint64_t mid = std::upper_bound(c.offsets, c.offsets + c.num_docs + 1, c.num_tokens / 2) - c.offsets;
+  mid = std::min<uint64_t>(std::max<uint64_t>(mid, 1), c.num_docs);
+  std::thread t1(fill, mid, c.num_docs);
+  fill(0, mid);
+  t1.join();
+  if (bad_doc.load() != ~uint64_t(0)) {
+    const uint64_t d = bad_doc.load();
+    for (uint64_t i = c.offsets[d]; i < c.offsets[d + 1]; ++i)
+      if (c.tokens[i] >= c.vocab_size)
+        throw std::invalid_argument("document " + std::to_string(d) + ", position " + std::to_string(i - c.offsets[d]) +
+                                    ": token id " + std::to_string(c.tokens[i]) + " is outside the vocabulary of size " +
+                                    std::to_string(c.vocab_size));
+  }
+  return marker + 1;
+}
+
+void pack_text(const Corpus& c, uint8_t* dst, unsigned bits) {
+  const uint64_t marker = (uint64_t(1) << bits) - 1;
+  uint64_t pos = 0;
+  for (uint64_t d = 0; d < c.num_docs; ++d) {
+    for (uint64_t i = c.offsets[d]; i < c.offsets[d + 1]; ++i) packed_put(dst, pos++, bits, c.tokens[i]);
+    packed_put(dst, pos++, bits, marker);
+  }
+}
+
+template <class I>
+void pack_sa(const std::vector<I>& sa, const std::vector<I>& sym, I marker, uint64_t n, uint8_t* dst, unsigned bits) {
+  // Split at a multiple of 8 entries: the halves then start on byte boundaries and never share a byte.
+  const uint64_t mid = (n / 2) & ~uint64_t(7);
+  std::atomic<bool> bad{false};
+  auto work = [&](uint64_t a, uint64_t b) {
+    for (uint64_t k = a; k < b; ++k) {
+      if (sym[sa[k]] == marker) bad = true;
+      packed_put(dst, k, bits, uint64_t(sa[k]));
+    }
+  };
+  std::thread t(work, mid, n);
+  work(0, mid);
+  t.join();
+  if (bad) throw std::logic_error("internal error: a document end sorted before a token suffix");
+}
+
+// Builds text and suffix array into zeroed buffers sized by layout_for/packed_bytes.
+template <class I>
+void build_into(const Corpus& c, unsigned token_bits, unsigned offset_bits, uint8_t* text, uint8_t* sa_out,
+                const Progress& progress) {
+  report(progress, "preparing symbols", 0.0);
+  std::vector<I> sym;
+  const I k = make_symbols<I>(c, sym);
+  // The text packs on a second core while the suffix sort runs on this one.
+  std::exception_ptr text_error;
+  std::thread text_thread([&] {
+    try {
+      pack_text(c, text, token_bits);
+    } catch (...) {
+      text_error = std::current_exception();
+    }
+  });
+  std::vector<I> sa;
+  try {
+    report(progress, "sorting suffixes", 0.0);
+    sa.resize(sym.size());
+    SuffixSorter<I>::sort(sym.data(), sa.data(), I(sym.size()), k);
+  } catch (...) {
+    text_thread.join();
+    throw;
+  }
+  text_thread.join();
+  if (text_error) std::rethrow_exception(text_error);
+  report(progress, "packing suffix array", 0.0);
+  pack_sa<I>(sa, sym, I(k - 1), c.num_tokens, sa_out, offset_bits);
+}
+
+void build_any(const Corpus& c, unsigned token_bits, unsigned offset_bits, uint8_t* text, uint8_t* sa,
+               const Progress& progress) {
+  const uint64_t text_len = c.num_tokens + c.num_docs;
+  // 32-bit indices halve the sorter's memory; ~0 is its "empty" value, so stay below it.
+  if (text_len < 0xFFFFFFF0ull && c.vocab_size < 0xFFFFFFF0ull) {
+    build_into<uint32_t>(c, token_bits, offset_bits, text, sa, progress);
+  } else {
+    build_into<uint64_t>(c, token_bits, offset_bits, text, sa, progress);
+  }
+}
+
+std::atomic<uint64_t> g_tmp_counter{0};
+
+std::string parent_dir(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+}  // namespace
+
+FileHeader build_file(const Corpus& c, const std::string& path, const Progress& progress) {
+  check_corpus(c);
+  const unsigned token_bits = bits_for(c.vocab_size);  // all-ones stays free for the marker
+  const uint64_t text_len = c.num_tokens + c.num_docs;
+  const unsigned offset_bits = bits_for(text_len - 1);
+  const Layout l = layout_for(text_len, token_bits, c.num_tokens, offset_bits, c.num_docs);
+
+  const std::string tmp = path + ".tmp-" + std::to_string(getpid()) + "-" + std::to_string(g_tmp_counter++);
+  const int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0)
+    throw std::invalid_argument("cannot write datastore " + path + ": " + std::strerror(errno) +
+                                " (creating a temporary file in " + parent_dir(path) + ")");
+  uint8_t* base = nullptr;
+  bool fd_open = true;
+  try {
+    // Reserve the blocks now: a full disk must fail here, not as SIGBUS on a mapped write.
+    if (int e = posix_fallocate(fd, 0, off_t(l.file_bytes)))
+      throw std::runtime_error("cannot write datastore " + path + ": " + std::strerror(e) + " (reserving " +
+                               std::to_string(l.file_bytes) + " bytes)");
+    void* p = mmap(nullptr, l.file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) throw std::runtime_error("cannot map " + tmp + ": " + std::strerror(errno));
+    base = static_cast<uint8_t*>(p);
+    build_any(c, token_bits, offset_bits, base + l.text_offset, base + l.sa_offset, progress);
+    uint64_t* docs = reinterpret_cast<uint64_t*>(base + l.docs_offset);
+    for (uint64_t d = 0; d <= c.num_docs; ++d) docs[d] = c.offsets[d] + d;
+    report(progress, "checksums", 0.0);
+    FileHeader h{};
+    std::memcpy(h.magic, kMagic, sizeof kMagic);
+    h.version = kFormatVersion;
+    h.header_bytes = kHeaderBytes;
+    h.token_bits = token_bits;
+    h.offset_bits = offset_bits;
+    h.vocab_size = c.vocab_size;
+    h.num_tokens = c.num_tokens;
+    h.num_docs = c.num_docs;
+    h.text_len = text_len;
+    h.text_offset = l.text_offset;
+    h.sa_offset = l.sa_offset;
+    h.docs_offset = l.docs_offset;
+    h.file_bytes = l.file_bytes;
+    std::thread th([&] { h.text_checksum = section_checksum(base + l.text_offset, l.text_bytes); });
+    h.sa_checksum = section_checksum(base + l.sa_offset, l.sa_bytes);
+    th.join();
+    h.docs_checksum = section_checksum(base + l.docs_offset, l.docs_bytes);
+    h.header_checksum = fnv1a64(&h, offsetof(FileHeader, header_checksum));
+    std::memcpy(base, &h, sizeof h);
+    report(progress, "writing", 0.0);
+    munmap(base, l.file_bytes);
+    base = nullptr;
+    if (fsync(fd) != 0) throw std::runtime_error("cannot write datastore " + path + ": fsync: " + std::strerror(errno));
+    fd_open = false;
+    if (::close(fd) != 0) {
+      const int e = errno;
+      ::unlink(tmp.c_str());
+      throw std::runtime_error("cannot write datastore " + path + ": close: " + std::strerror(e));
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+      const int e = errno;
+      ::unlink(tmp.c_str());
+      throw std::invalid_argument("cannot write datastore " + path + ": rename: " + std::strerror(e));
+    }
+    report(progress, "done", 1.0);
+    return h;
+  } catch (...) {
+    if (base) munmap(base, l.file_bytes);
+    if (fd_open) ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+}
+
+Segment MemSegment::view() const {
+  Segment s;
+  s.text = text.data();
+  s.sa = sa.data();
+  s.token_bits = token_bits;
+  s.offset_bits = offset_bits;
+  s.text_len = text_len;
+  s.num_suffixes = num_tokens;
+  s.end_marker = (uint64_t(1) << token_bits) - 1;
+  return s;
+}
+
+std::shared_ptr<MemSegment> build_mem_segment(const Corpus& c) {
+  check_corpus(c);
+  auto m = std::make_shared<MemSegment>();
+  m->token_bits = bits_for(c.vocab_size);
+  m->text_len = c.num_tokens + c.num_docs;
+  m->num_tokens = c.num_tokens;
+  m->num_docs = c.num_docs;
+  m->offset_bits = bits_for(m->text_len - 1);
+  m->text.assign(packed_bytes(m->text_len, m->token_bits), 0);
+  m->sa.assign(packed_bytes(m->num_tokens, m->offset_bits), 0);
+  build_any(c, m->token_bits, m->offset_bits, m->text.data(), m->sa.data(), nullptr);
+  return m;
+}
+
+void unpack_documents(const Segment& s, std::vector<uint32_t>& tokens, std::vector<uint64_t>& offsets) {
+  tokens.reserve(tokens.size() + s.text_len);
+  for (uint64_t i = 0; i < s.text_len; ++i) {
+    const uint64_t t = s.tok(i);
+    if (t == s.end_marker) {
+      offsets.push_back(tokens.size());
+    } else {
+      tokens.push_back(uint32_t(t));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+std::shared_ptr<Datastore> Datastore::open(const std::string& path) {
+  auto d = std::make_shared<Datastore>();
+  d->file_ = MappedFile::open(path);
+  d->vocab_size_ = d->file_->header().vocab_size;
+  return d;
+}
+
+std::shared_ptr<Datastore> Datastore::in_memory(const Corpus& c) {
+  auto d = std::make_shared<Datastore>();
+  d->mem_.push_back(build_mem_segment(c));
+  d->vocab_size_ = c.vocab_size;
+  return d;
+}
+
+Source Datastore::source_locked() const {
+  Source s;
+  if (file_) s.segments.push_back(file_->segment());
+  for (const auto& m : mem_) s.segments.push_back(m->view());
+  return s;
+}
+
+DraftResult Datastore::draft(const uint32_t* ctx, uint64_t len, const DraftParams& p) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return ds::draft(source_locked(), ctx, len, p);
+}
+
+uint64_t Datastore::count(const uint32_t* pat, uint64_t m) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return count_pattern(source_locked(), pat, m);
+}
+
+void Datastore::longest_match(const uint32_t* ctx, uint64_t len, int64_t& m, uint64_t& count) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  ds::longest_match(source_locked(), ctx, len, m, count);
+}
+
+std::vector<std::pair<uint32_t, uint64_t>> Datastore::continuations(const uint32_t* pat, uint64_t m) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return ds::continuations(source_locked(), pat, m);
+}
+
+static std::shared_ptr<MemSegment> merge_two(const MemSegment& a, const MemSegment& b, uint64_t vocab) {
+  std::vector<uint32_t> tokens;
+  std::vector<uint64_t> offsets{0};
+  unpack_documents(a.view(), tokens, offsets);
+  unpack_documents(b.view(), tokens, offsets);
+  Corpus c{tokens.data(), tokens.size(), offsets.data(), offsets.size() - 1, vocab};
+  return build_mem_segment(c);
+}
+
+void Datastore::add(const Corpus& c) {
+  std::lock_guard<std::mutex> writer(writer_mu_);
+  Corpus cc = c;
+  cc.vocab_size = vocab_size_;
+  auto seg = build_mem_segment(cc);
+  std::vector<std::shared_ptr<MemSegment>> list;
+  {
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    list = mem_;
+  }
+  list.push_back(seg);
+  while (list.size() >= 2 && list.back()->num_tokens * 2 >= list[list.size() - 2]->num_tokens) {
+    auto merged = merge_two(*list[list.size() - 2], *list.back(), vocab_size_);
+    list.pop_back();
+    list.back() = merged;
+  }
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  mem_.swap(list);
+}
+
+void Datastore::merge() {
+  std::lock_guard<std::mutex> writer(writer_mu_);
+  std::vector<std::shared_ptr<MemSegment>> list;
+  {
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    list = mem_;
+  }
+  while (list.size() >= 2) {
+    auto merged = merge_two(*list[list.size() - 2], *list.back(), vocab_size_);
+    list.pop_back();
+    list.back() = merged;
+  }
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  mem_.swap(list);
+}
+
+FileHeader Datastore::save(const std::string& path, const Progress& progress) const {
+  std::vector<uint32_t> tokens;
+  std::vector<uint64_t> offsets{0};
+  {
+    std::shared_lock<std::shared_mutex> lk(mu_);
+    report(progress, "collecting documents", 0.0);
+    for (const Segment& s : source_locked().segments) unpack_documents(s, tokens, offsets);
+  }
+  Corpus c{tokens.data(), tokens.size(), offsets.data(), offsets.size() - 1, vocab_size_};
+  return build_file(c, path, progress);
+}
+
+uint64_t Datastore::num_tokens() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  uint64_t n = file_ ? file_->header().num_tokens : 0;
+  for (const auto& m : mem_) n += m->num_tokens;
+  return n;
+}
+
+uint64_t Datastore::num_docs() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  uint64_t n = file_ ? file_->header().num_docs : 0;
+  for (const auto& m : mem_) n += m->num_docs;
+  return n;
+}
+
+size_t Datastore::num_segments() const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  return (file_ ? 1 : 0) + mem_.size();
+}
+
+std::vector<uint32_t> Datastore::text_slice(uint64_t seg, uint64_t begin, uint64_t end) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  const Source s = source_locked();
+  if (seg >= s.segments.size()) throw std::out_of_range("segment " + std::to_string(seg) + " does not exist");
+  const Segment& g = s.segments[seg];
+  end = std::min(end, g.text_len);
+  std::vector<uint32_t> out;
+  for (uint64_t i = begin; i < end; ++i) out.push_back(uint32_t(g.tok(i)));
+  return out;
+}
+
+std::vector<uint64_t> Datastore::suffix_array(uint64_t seg) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  const Source s = source_locked();
+  if (seg >= s.segments.size()) throw std::out_of_range("segment " + std::to_string(seg) + " does not exist");
+  const Segment& g = s.segments[seg];
+  std::vector<uint64_t> out(g.num_suffixes);
+  for (uint64_t k = 0; k < g.num_suffixes; ++k) out[k] = g.pos(k);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+PromptIndex::PromptIndex(const uint32_t* tokens, uint64_t n, uint64_t vocab_size, uint64_t window, uint64_t min_sorted)
+    : vocab_size_(vocab_size), min_sorted_(min_sorted) {
+  window_ = std::max<uint64_t>(window, 2);
+  text_.assign(2, 0);
+  extend(tokens, n);
+  if (n_ >= min_sorted_) rebuild(window_);
+}
+
+void PromptIndex::extend(const uint32_t* tokens, uint64_t n) {
+  const uint64_t limit = vocab_size_ ? vocab_size_ : kMaxTokenId + 1;
+  for (uint64_t i = 0; i < n; ++i)
+    if (tokens[i] >= limit)
+      throw std::invalid_argument("token " + std::to_string(i) + " has id " + std::to_string(tokens[i]) +
+                                  (vocab_size_ ? ", outside the vocabulary of size " + std::to_string(vocab_size_)
+                                               : ", above the largest allowed id 2^32 - 2"));
+  text_.resize(n_ + n + 2);
+  std::memcpy(text_.data() + n_, tokens, n * sizeof(uint32_t));
+  n_ += n;
+  text_[n_] = text_[n_ + 1] = 0;
+}
+
+void PromptIndex::rebuild(uint64_t window) {
+  window_ = std::max<uint64_t>(window, 2);
+  built_len_ = n_;
+  sa_limit_ = n_ > window_ ? n_ - window_ : 0;
+  sa_count_ = 0;
+  sa_.assign(2, 0);
+  if (sa_limit_ == 0) return;
+  // Symbols: ids themselves when the id range is small enough for the sorter's buckets,
+  // otherwise dense ranks (same order).
+  uint32_t mx = 0;
+  for (uint64_t i = 0; i < n_; ++i) mx = std::max(mx, text_[i]);
+  std::vector<uint32_t> sym;
+  const uint32_t* s = text_.data();
+  uint64_t k = uint64_t(mx) + 1;
+  if (k > std::max<uint64_t>(uint64_t(1) << 18, 4 * n_)) {
+    std::vector<uint32_t> ranks(text_.begin(), text_.begin() + n_);
+    std::sort(ranks.begin(), ranks.end());
+    ranks.erase(std::unique(ranks.begin(), ranks.end()), ranks.end());
+    sym.resize(n_);
+    for (uint64_t i = 0; i < n_; ++i) sym[i] = uint32_t(std::lower_bound(ranks.begin(), ranks.end(), text_[i]) - ranks.begin());
+    s = sym.data();
+    k = ranks.size();
+  }
+  std::vector<uint32_t> sa(n_);
+  SuffixSorter<uint32_t>::sort(s, sa.data(), uint32_t(n_), uint32_t(k));
+  sa_.clear();
+  sa_.reserve(sa_limit_ + 2);
+  for (uint32_t p : sa)
+    if (p < sa_limit_) sa_.push_back(p);
+  sa_count_ = sa_.size();
+  sa_.push_back(0);
+  sa_.push_back(0);
+}
+
+void PromptIndex::maybe_rebuild(const DraftParams& p) {
+  const uint64_t need = uint64_t(std::max<int64_t>(p.max_match, 1) + std::max<int64_t>(p.max_depth, 1));
+  if (need > window_ && sa_count_) {
+    rebuild(need);
+    return;
+  }
+  window_ = std::max(window_, need);
+  if (n_ >= min_sorted_ && n_ - built_len_ > std::max(min_sorted_, built_len_ / 4)) rebuild(window_);
+}
+
+Source PromptIndex::source(Tail& tail) const {
+  Source src;
+  if (sa_count_) {
+    Segment s;
+    s.text = reinterpret_cast<const uint8_t*>(text_.data());
+    s.sa = reinterpret_cast<const uint8_t*>(sa_.data());
+    s.token_bits = 32;
+    s.offset_bits = 32;
+    s.text_len = built_len_;
+    s.num_suffixes = sa_count_;
+    s.end_marker = 0xFFFFFFFFull;
+    src.segments.push_back(s);
+  }
+  tail.text = text_.data();
+  tail.n = n_;
+  tail.start = sa_count_ ? sa_limit_ : 0;
+  src.tail = &tail;
+  return src;
+}
+
+DraftResult PromptIndex::draft(const DraftParams& p) {
+  maybe_rebuild(p);
+  Tail tail;
+  const Source src = source(tail);
+  const uint64_t len = std::min<uint64_t>(n_, uint64_t(std::max<int64_t>(p.max_match, 1)));
+  return ds::draft(src, text_.data() + n_ - len, len, p);
+}
+
+DraftResult PromptIndex::draft_context(const uint32_t* ctx, uint64_t len, const DraftParams& p) {
+  maybe_rebuild(p);
+  Tail tail;
+  const Source src = source(tail);
+  return ds::draft(src, ctx, len, p);
+}
+
+}  // namespace verispec::ds
