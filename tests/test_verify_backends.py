@@ -1,0 +1,220 @@
+"""Triton and CUDA verify against the per-request torch reference: integer outputs must be identical.
+
+On a CPU-only machine the Triton kernels run in the interpreter (TRITON_INTERPRET=1, set by conftest),
+so sizes stay small there; the CUDA backend needs a GPU (tests marked gpu). Both backends use the same
+Philox numbers as the reference, so exact modes are compared draw for draw.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import verispec
+from verispec import DraftTree
+from verispec.ops import _philox
+from verispec.ops import verify as vmod
+
+HAS_GPU = torch.cuda.is_available()
+BACKENDS = [
+    pytest.param("triton", id="triton"),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.gpu),
+]
+
+
+def _dev():
+    return torch.device("cuda" if HAS_GPU else "cpu")
+
+
+def _random_trees(rng, B, V, max_nodes, dup=True):
+    trees = []
+    for _ in range(B):
+        n = rng.randrange(0, max_nodes + 1)
+        parents = [rng.randrange(-1, i) for i in range(n)]
+        toks = [rng.randrange(min(V, 5) if dup else V) for _ in range(n)]
+        trees.append(DraftTree(toks, parents))
+    return trees
+
+
+def _capture(logits, trees, **kw):
+    """verify()'s normalised problem, to feed the reference and a backend the very same inputs."""
+    box = {}
+    orig = vmod._backends.resolve
+    vmod._backends.resolve = lambda op, backend, dev: ("torch", lambda p: box.setdefault("p", p) and None)
+    try:
+        vmod.verify(logits, trees, backend="torch", **kw)
+    finally:
+        vmod._backends.resolve = orig
+    return box["p"]
+
+
+def _compare(backend, logits, trees, **kw):
+    pr = _capture(logits, trees, **kw)
+    ref = vmod.verify_reference(pr)
+    fn = {"triton": vmod.verify_triton, "cuda": vmod.verify_cuda}[backend]
+    got = fn(pr)
+    for name in ("tokens", "accepted_nodes", "num_accepted"):
+        a, b = getattr(ref, name).cpu(), getattr(got, name).cpu()
+        assert a.dtype == b.dtype == torch.int32, name
+        assert torch.equal(a, b), f"{name}: reference {a.tolist()} vs {backend} {b.tolist()}"
+    # the public entry point dispatches to the same backend
+    res = verispec.verify(logits, trees, backend=backend, **kw)
+    assert torch.equal(res.tokens.cpu(), ref.tokens.cpu())
+    return ref
+
+
+def _logits(trees, V, gen, scale, dtype=torch.float32):
+    R = sum(len(t) + 1 for t in trees)
+    return (torch.randn(R, V, generator=gen) * scale).to(dtype).to(_dev())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("V,dtype", [(7, torch.float32), (111, torch.float16), (32000, torch.float32)])
+def test_greedy_matches_reference(backend, V, dtype):
+    rng, gen = random.Random(V), torch.Generator().manual_seed(V)
+    trees = _random_trees(rng, 5, V, 8)
+    # peaked rows whose argmax is often a drafted token, so paths go deep
+    _compare(backend, _logits(trees, V, gen, 4.0, dtype), trees, mode="greedy")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_greedy_golden(backend):
+    trees = [DraftTree([7, 3, 5], [-1, 0, -1]), DraftTree.empty(), DraftTree.chain([2, 4, 6])]
+    logits = torch.zeros(9, 111)
+    for r, a in enumerate([7, 9, 0, 1, 4, 2, 4, 8, 3]):
+        logits[r, a] = 5.0
+    res = verispec.verify(logits.to(_dev()), trees, backend=backend)
+    assert res.tokens.cpu().tolist() == [[7, 9, -1, -1], [4, -1, -1, -1], [2, 4, 8, -1]]
+    assert res.accepted_nodes.cpu().tolist() == [[0, -1, -1], [-1, -1, -1], [0, 1, -1]]
+    assert res.num_accepted.cpu().tolist() == [1, 0, 2]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("V", [7, 111])
+def test_exact_deterministic_drafts(backend, V):
+    rng, gen = random.Random(10 + V), torch.Generator().manual_seed(10 + V)
+    for trial in range(3):
+        trees = _random_trees(rng, 6, V, 9)
+        temp = torch.tensor([1.0, 0.5, 0.0, 2.0, 1.0, 0.8])
+        _compare(backend, _logits(trees, V, gen, 1.5), trees, mode="exact", temperature=temp,
+                 seed=torch.arange(6) * 7 + trial, offset=11)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("V", [7, 111])
+def test_exact_with_draft_probs(backend, V):
+    rng, gen = random.Random(20 + V), torch.Generator().manual_seed(20 + V)
+    for trial in range(3):
+        trees = _random_trees(rng, 5, V, 8)
+        N = sum(len(t) for t in trees)
+        q = torch.softmax(torch.randn(N, V, generator=gen) * 2, dim=1)
+        q[:, 0] = 0.0  # zero entries in the draft distribution
+        q = q / q.sum(1, keepdim=True)
+        _compare(backend, _logits(trees, V, gen, 1.0), trees, mode="exact", draft_probs=q.to(_dev()),
+                 temperature=torch.tensor([1.0, 0.7, 1.0, 0.0, 1.2]), seed=trial, offset=torch.arange(5))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("top_k,top_p", [(3, None), (None, 0.6), (5, 0.8), (1, None), (None, 1e-6)])
+def test_exact_top_k_top_p(backend, top_k, top_p):
+    rng, gen = random.Random(30), torch.Generator().manual_seed(30)
+    trees = _random_trees(rng, 4, 50, 7)
+    _compare(backend, _logits(trees, 50, gen, 1.0), trees, mode="exact", top_k=top_k, top_p=top_p,
+             temperature=0.9, seed=5, offset=torch.arange(4))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_typical(backend):
+    rng, gen = random.Random(40), torch.Generator().manual_seed(40)
+    trees = _random_trees(rng, 6, 111, 9)
+    _compare(backend, _logits(trees, 111, gen, 2.5), trees, mode="typical", temperature=torch.tensor([1.0, 0.7, 0.0, 1.0, 0.5, 1.0]),
+             seed=3, offset=1, typical_epsilon=0.2, typical_delta=0.4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uniforms_hook(backend):
+    rng, gen = random.Random(50), torch.Generator().manual_seed(50)
+    trees = _random_trees(rng, 4, 20, 6)
+    N = sum(len(t) for t in trees)
+    u = (torch.randint(1, 2**24 + 1, (N,), generator=gen).float() * 2.0**-24).to(_dev())
+    e = torch.empty(4, 20).exponential_(generator=gen).to(_dev())
+    hook = vmod.VerifyUniforms(u, e)
+    for draft_probs in (None, torch.softmax(torch.randn(N, 20, generator=gen), 1).to(_dev())):
+        _compare(backend, _logits(trees, 20, gen, 1.0), trees, mode="exact", uniforms=hook, draft_probs=draft_probs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("V", [pytest.param(128256, marks=pytest.mark.gpu), 151936])
+def test_real_vocab_sizes(backend, V):
+    rng, gen = random.Random(V), torch.Generator().manual_seed(V)
+    trees = [DraftTree.chain([rng.randrange(V) for _ in range(3)]), DraftTree([1, 2, 1], [-1, -1, 0])]
+    logits = _logits(trees, V, gen, 1.0)
+    _compare(backend, logits, trees, mode="greedy")
+    _compare(backend, logits, trees, mode="exact", seed=1, offset=2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outputs_fully_written(backend, monkeypatch):
+    """Poison every buffer the kernels fill: a missing store shows up as -7777 or NaN."""
+    if backend == "triton":
+        import verispec.triton_kernels.verify as tk
+
+        def poisoned(*shape, dtype, device):
+            t = torch.empty(*shape, dtype=dtype, device=device)
+            return t.fill_(float("nan") if dtype.is_floating_point else -7777)
+
+        monkeypatch.setattr(tk, "_alloc", poisoned)
+    else:
+        monkeypatch.setattr(vmod, "_cuda_alloc", lambda *s, dtype, device: torch.full(s, -7777, dtype=dtype, device=device))
+    rng, gen = random.Random(60), torch.Generator().manual_seed(60)
+    trees = _random_trees(rng, 5, 30, 6) + [DraftTree.empty()]
+    for mode in ("greedy", "exact", "typical"):
+        ref = _compare(backend, _logits(trees, 30, gen, 2.0), trees, mode=mode, seed=2, max_depth=9)
+        assert ref.tokens.shape == (6, 10)
+
+
+try:
+    import triton
+    import triton.language as tl
+
+    from verispec.triton_kernels.verify import _exponential, _uniform
+except ImportError:  # pragma: no cover - triton is a test dependency
+    triton = None
+
+if triton is not None:
+    _SA = tl.constexpr(_philox.STREAM_ACCEPT)
+    _SR = tl.constexpr(_philox.STREAM_RESIDUAL)
+
+    @triton.jit
+    def _philox_probe(SEED, OFF, U, E, n, BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        ok = i < n
+        seed = tl.load(SEED)
+        off = tl.load(OFF)
+        lo = (off & 0xFFFFFFFF).to(tl.uint32)
+        hi = ((off >> 32) & 0xFFFFFFFF).to(tl.uint32)
+        z = i.to(tl.uint32) * 0
+        a, _, _, _ = tl.philox(seed, i.to(tl.uint32), z + _SA, z + lo, z + hi)
+        tl.store(U + i, _uniform(a), mask=ok)
+        w0, w1, w2, w3 = tl.philox(seed, (i // 4).to(tl.uint32), z + _SR, z + lo, z + hi)
+        lane = i % 4
+        bits = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
+        tl.store(E + i, _exponential(bits), mask=ok)
+
+
+@pytest.mark.skipif(triton is None, reason="triton is not installed")
+def test_triton_philox_bits_match_torch():
+    dev = _dev()
+    for seed, off in [(0, 0), (2**40 + 12345, 2**33 + 7), (2**63 - 1, 99)]:
+        s = torch.tensor([seed], dtype=torch.int64, device=dev)
+        o = torch.tensor([off], dtype=torch.int64, device=dev)
+        n = 103
+        u = torch.empty(n, device=dev)
+        e = torch.empty(n, device=dev)
+        _philox_probe[(1,)](s, o, u, e, n, BLOCK=128)
+        ref_u = _philox.accept_uniforms(s, o, torch.arange(n, device=dev))
+        ref_e = _philox.residual_exponentials(s, o, n)[0]
+        assert torch.equal(u, ref_u)
+        torch.testing.assert_close(e, ref_e, rtol=2e-7, atol=0)  # log may differ by an ulp across libms

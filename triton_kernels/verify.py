@@ -1,0 +1,308 @@
+"""Triton acceptance (verify): two launches, the same walk as ``verispec.ops.verify.verify_reference``.
+
+1. ``_row_stats_kernel``, one program per verification row, reads the target logits once: argmax
+   (lowest id on ties), max, ``Z = sum exp((l - max) / T)`` over the tokens passing the top-k/top-p
+   threshold and, for ``typical``, ``sum w * z`` (entropy), all with an online (streaming) softmax.
+   This pass is the floor every acceptance sampler pays.
+2. ``_walk_kernel``, one program per request, walks the tree with scalar work: ``p(x)`` of a candidate
+   is one logit gather plus the row stats. Full-vocabulary passes happen only for the final residual /
+   bonus draw (an exponential race, no prefix sum) and, with draft probabilities, once per rejected
+   sibling (``max(p_res - q, 0)`` into a double-buffered scratch row).
+
+Random numbers: ``tl.philox`` with key = seed and counter ``(index, stream, offset_lo, offset_hi)``, the
+same Philox4x32-10 as ``verispec/ops/_philox.py`` (tested bit-equal in the interpreter).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from verispec.ops import _philox
+
+STREAM_ACCEPT: tl.constexpr = tl.constexpr(_philox.STREAM_ACCEPT)
+STREAM_RESIDUAL: tl.constexpr = tl.constexpr(_philox.STREAM_RESIDUAL)
+
+
+@triton.jit
+def _row_stats_kernel(
+    L, stride_l, V, TEMP, THR, MAX, SUM, ENT, ARGMAX,
+    HAS_THR: tl.constexpr, NEED_SUM: tl.constexpr, NEED_ENT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    r = tl.program_id(0)
+    base = L + r.to(tl.int64) * stride_l
+    offs = tl.arange(0, BLOCK)
+    t = tl.load(TEMP + r)
+    t = tl.where(t > 0, t, 1.0)
+    thr = -float("inf")
+    if HAS_THR:
+        thr = tl.load(THR + r)
+    m = -float("inf")
+    a = 0
+    z_sum = 0.0
+    s1 = 0.0
+    for v0 in range(0, V, BLOCK):
+        idx = v0 + offs
+        ok = idx < V
+        x = tl.load(base + idx, mask=ok, other=-float("inf")).to(tl.float32)
+        bm = tl.max(x, 0)
+        barg = tl.min(tl.where(x == bm, idx, 2147483647), 0)
+        # Blocks ascend, so a strictly larger block max keeps the lowest id on ties.
+        a = tl.where(bm > m, barg, a)
+        m_new = tl.maximum(m, bm)
+        if NEED_SUM:
+            keep = ok & (x >= thr)
+            z = tl.where(keep, (x - m_new) / t, 0.0)
+            w = tl.where(keep, tl.exp(z), 0.0)
+            alpha = tl.exp((m - m_new) / t)
+            if NEED_ENT:
+                # sum w*z relative to the running max: shifting the max by d scales w by e^-d and moves z by -d
+                d = tl.where(z_sum > 0, (m_new - m) / t, 0.0)
+                s1 = tl.where(z_sum > 0, alpha * (s1 - d * z_sum), 0.0) + tl.sum(tl.where(keep, w * z, 0.0), 0)
+            z_sum = z_sum * alpha + tl.sum(w, 0)
+        m = m_new
+    tl.store(ARGMAX + r, a)
+    tl.store(MAX + r, m)
+    if NEED_SUM:
+        tl.store(SUM + r, z_sum)
+    if NEED_ENT:
+        tl.store(ENT + r, tl.log(z_sum) - s1 / z_sum)
+
+
+@triton.jit
+def _uniform(bits):
+    # (0, 1], exact in float32: ((bits >> 8) + 1) * 2^-24
+    return ((bits >> 8) + 1).to(tl.float32) * 5.9604644775390625e-08
+
+
+@triton.jit
+def _exponential(bits):
+    # -log1p(-s), s = (bits + 0.5) * 2^-32 clamped below 1; log1p in Kahan's form as in _philox.py
+    s = (bits.to(tl.float32) + 0.5) * 2.3283064365386963e-10
+    s = tl.minimum(s, 0.99999994)
+    y = 1.0 - s
+    den = y - 1.0
+    safe = tl.where(den == 0, 1.0, den)
+    l1p = tl.where(den == 0, -s, tl.log(y) * (-s) / safe)
+    return -l1p
+
+
+@triton.jit
+def _walk_kernel(
+    L, stride_l, V, TOK, CU_NODES, CU_ROWS, FIRST, NEXT,
+    TEMP, THR, MAX, SUM, ENT, ARGMAX,
+    Q, stride_q, SCRATCH, SEED, OFFSET, U_HOOK, E_HOOK,
+    ACC_OUT, NUM_OUT, TOK_OUT, D, eps, delta,
+    MODE: tl.constexpr, HAS_Q: tl.constexpr, HAS_THR: tl.constexpr, HOOK: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0)
+    b64 = b.to(tl.int64)
+    row0 = tl.load(CU_ROWS + b)
+    n0 = tl.load(CU_NODES + b)
+    temp = 0.0
+    if MODE != 0:
+        temp = tl.load(TEMP + b)
+    greedy = temp == 0
+    sampling = temp != 0
+    t = tl.where(greedy, 1.0, temp)
+    seed = tl.load(SEED + b)
+    off = tl.load(OFFSET + b)
+    off_lo = (off & 0xFFFFFFFF).to(tl.uint32)
+    off_hi = ((off >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    offs = tl.arange(0, BLOCK)
+    scratch_row = SCRATCH + b64 * 2 * V
+
+    cur = row0 * 0
+    cand = tl.load(FIRST + row0)
+    depth = row0 * 0
+    mass = 0.0  # deterministic drafts: target mass of the distinct siblings rejected so far
+    scr = row0 * 0  # 1: the residual lives in scratch slot `slot`, with sum s_res
+    slot = row0 * 0
+    s_res = 1.0
+    while cand >= 0:
+        node = cand - 1
+        x = tl.load(TOK + n0 + node)
+        row = row0 + cur
+        # Defined on every path so the compiled kernel sees one type per variable.
+        m = 0.0
+        zs = 1.0
+        p_row = 0.0
+        px = 0.0
+        if greedy:
+            ok = x == tl.load(ARGMAX + row)
+        else:
+            m = tl.load(MAX + row)
+            zs = tl.load(SUM + row)
+            lx = tl.load(L + row.to(tl.int64) * stride_l + x).to(tl.float32)
+            keep = True
+            if HAS_THR:
+                keep = lx >= tl.load(THR + row)
+            p_row = tl.where(keep, tl.exp((lx - m) / t) / zs, 0.0)
+            if MODE == 2:
+                bar = tl.minimum(eps, delta * tl.exp(-tl.load(ENT + row)))
+                ok = p_row > bar
+            else:
+                if HAS_Q:
+                    qx = tl.load(Q + (n0 + node).to(tl.int64) * stride_q + x).to(tl.float32)
+                    if scr != 0:
+                        px = tl.load(scratch_row + slot * V + x) / s_res
+                    else:
+                        px = p_row
+                else:
+                    qx = 1.0
+                    # A token equal to an earlier (rejected) sibling has no residual mass left.
+                    dup = 0
+                    c = tl.load(FIRST + row)
+                    while c < cand:
+                        dup = tl.where(tl.load(TOK + n0 + c - 1) == x, 1, dup)
+                        c = tl.load(NEXT + row0 + c)
+                    px = tl.where(dup != 0, 0.0, p_row / (1.0 - mass))
+                if HOOK:
+                    u = tl.load(U_HOOK + n0 + node)
+                else:
+                    z32 = node.to(tl.uint32) * 0
+                    bits, _, _, _ = tl.philox(seed, node.to(tl.uint32), z32 + STREAM_ACCEPT, off_lo, off_hi)
+                    u = _uniform(bits)
+                ok = (px > 0) & (u * qx <= px)
+        if ok:
+            tl.store(ACC_OUT + b64 * D + depth, node)
+            tl.store(TOK_OUT + b64 * (D + 1) + depth, x)
+            depth += 1
+            cur = cand
+            cand = tl.load(FIRST + row0 + cur)
+            mass = 0.0
+            scr = scr * 0
+            s_res = 1.0
+        else:
+            if MODE == 1:
+                if sampling:
+                    if HAS_Q:
+                        # residual <- max(residual - q, 0) into the other scratch slot
+                        new_slot = 1 - slot
+                        q_row = Q + (n0 + node).to(tl.int64) * stride_q
+                        l_row = L + row.to(tl.int64) * stride_l
+                        acc = 0.0
+                        for v0 in range(0, V, BLOCK):
+                            idx = v0 + offs
+                            okv = idx < V
+                            if scr != 0:
+                                pv = tl.load(scratch_row + slot * V + idx, mask=okv, other=0.0) / s_res
+                            else:
+                                lv = tl.load(l_row + idx, mask=okv, other=-float("inf")).to(tl.float32)
+                                kv = okv
+                                if HAS_THR:
+                                    kv = kv & (lv >= tl.load(THR + row))
+                                pv = tl.where(kv, tl.exp((lv - m) / t) / zs, 0.0)
+                            qv = tl.load(q_row + idx, mask=okv, other=0.0).to(tl.float32)
+                            w = tl.maximum(pv - qv, 0.0)
+                            tl.store(scratch_row + new_slot * V + idx, w, mask=okv)
+                            acc += tl.sum(w, 0)
+                        # No residual mass (rounding only): keep the previous residual, as the reference.
+                        if acc > 0:
+                            if scr == 0:
+                                scr = scr + 1
+                            slot = new_slot
+                            s_res = acc
+                    else:
+                        mass = tl.where(px > 0, mass + p_row, mass)
+            cand = tl.load(NEXT + row0 + cand)
+
+    row = row0 + cur
+    if greedy:
+        last = tl.load(ARGMAX + row)
+    else:
+        m = tl.load(MAX + row)
+        l_row = L + row.to(tl.int64) * stride_l
+        best = -float("inf")
+        last = tl.load(ARGMAX + row)
+        z32 = offs.to(tl.uint32) * 0
+        for v0 in range(0, V, BLOCK):
+            idx = v0 + offs
+            okv = idx < V
+            if scr != 0:
+                w = tl.load(scratch_row + slot * V + idx, mask=okv, other=0.0)
+                logp = tl.where(w > 0, tl.log(w), -float("inf"))
+            else:
+                lv = tl.load(l_row + idx, mask=okv, other=-float("inf")).to(tl.float32)
+                kv = okv
+                if HAS_THR:
+                    kv = kv & (lv >= tl.load(THR + row))
+                if MODE == 1:
+                    if not HAS_Q:
+                        c = tl.load(FIRST + row)
+                        while c >= 0:
+                            kv = kv & (idx != tl.load(TOK + n0 + c - 1))
+                            c = tl.load(NEXT + row0 + c)
+                logp = tl.where(kv, (lv - m) / t, -float("inf"))
+            if HOOK:
+                e = tl.load(E_HOOK + b64 * V + idx, mask=okv, other=1.0)
+            else:
+                c0 = (idx // 4).to(tl.uint32)
+                w0, w1, w2, w3 = tl.philox(seed, c0, z32 + STREAM_RESIDUAL, z32 + off_lo, z32 + off_hi)
+                lane = idx % 4
+                bits = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
+                e = _exponential(bits)
+            key = tl.where(logp > -float("inf"), logp - tl.log(e), -float("inf"))
+            bk = tl.max(key, 0)
+            bi = tl.min(tl.where(key == bk, idx, 2147483647), 0)
+            take = bk > best
+            last = tl.where(take, bi, last)
+            best = tl.maximum(best, bk)
+    tl.store(TOK_OUT + b64 * (D + 1) + depth, last)
+    tl.store(NUM_OUT + b, depth)
+    for d0 in range(0, D + 1, BLOCK_D):
+        j = d0 + tl.arange(0, BLOCK_D)
+        tl.store(ACC_OUT + b64 * D + j, tl.full([BLOCK_D], -1, tl.int32), mask=(j >= depth) & (j < D))
+        tl.store(TOK_OUT + b64 * (D + 1) + j, tl.full([BLOCK_D], -1, tl.int32), mask=(j > depth) & (j <= D))
+
+
+_MODES = {"greedy": 0, "exact": 1, "typical": 2}
+# Every buffer the kernels fill comes from here; tests swap in a poisoning allocator to catch unwritten entries.
+_alloc = torch.empty
+
+
+def verify_triton_launch(problem):
+    """Run the two kernels for a validated ``verispec.ops.verify._Problem``; returns a VerifyResult."""
+    from verispec.ops.verify import VerifyResult
+
+    pr = problem
+    buf = pr.buffers
+    logits = pr.logits
+    dev = logits.device
+    R, V = logits.shape
+    B, D = pr.B, pr.max_depth
+    mode = _MODES[pr.mode]
+    f32 = torch.float32
+    temp_rows = pr.temperature[buf.request.long()].contiguous()
+    row_max = _alloc(R, dtype=f32, device=dev)
+    row_sum = _alloc(R, dtype=f32, device=dev)
+    row_ent = _alloc(R, dtype=f32, device=dev)
+    row_arg = _alloc(R, dtype=torch.int32, device=dev)
+    has_thr = pr.threshold is not None
+    thr = pr.threshold.contiguous() if has_thr else row_max
+    BLOCK = min(2048, triton.next_power_of_2(V))
+    if R:
+        _row_stats_kernel[(R,)](
+            logits, logits.stride(0), V, temp_rows, thr, row_max, row_sum, row_ent, row_arg,
+            HAS_THR=has_thr, NEED_SUM=mode != 0, NEED_ENT=mode == 2, BLOCK=BLOCK,
+        )
+    has_q = pr.draft_probs is not None
+    q = pr.draft_probs.contiguous() if has_q else row_max
+    scratch = torch.empty(B * 2 * V if has_q else 1, dtype=f32, device=dev)
+    hook = pr.uniforms is not None
+    u_hook = pr.uniforms.accept.float().contiguous() if hook else row_max
+    e_hook = pr.uniforms.exponential.float().contiguous() if hook else row_max
+    acc = _alloc(B, D, dtype=torch.int32, device=dev)
+    num = _alloc(B, dtype=torch.int32, device=dev)
+    tok = _alloc(B, D + 1, dtype=torch.int32, device=dev)
+    _walk_kernel[(B,)](
+        logits, logits.stride(0), V, pr.tokens, pr.cu_nodes, buf.cu_rows, buf.first_child, buf.next_sibling,
+        pr.temperature.contiguous(), thr, row_max, row_sum, row_ent, row_arg,
+        q, q.stride(0) if has_q else 0, scratch, pr.seed.contiguous(), pr.offset.contiguous(), u_hook, e_hook,
+        acc, num, tok, D, pr.typical_epsilon, pr.typical_delta,
+        MODE=mode, HAS_Q=has_q, HAS_THR=has_thr, HOOK=hook,
+        BLOCK=min(1024, triton.next_power_of_2(V)), BLOCK_D=min(128, triton.next_power_of_2(D + 1)),
+    )
+    return VerifyResult(acc, num, tok)
