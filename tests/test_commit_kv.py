@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import verispec
+import verispec._backends as verispec_backends
 from verispec.ops.commit_kv import path_rows_from_accepted
 
 BACKENDS = ["torch", "triton"]
@@ -181,3 +182,46 @@ def test_commit_shape_errors():
         verispec.commit_kv(cache, cache, pl, rows[0], backend="torch")
     with pytest.raises(TypeError, match="k_cache must be a tensor or a list"):
         verispec.commit_kv("k", cache, pl, rows, backend="torch")
+
+
+def test_cuda_backend_is_refused_on_cpu_tensors():
+    cache = torch.zeros(1, 1, 4, 8)
+    with pytest.raises(verispec_backends.BackendUnavailable, match="cuda"):
+        verispec.commit_kv(cache, cache, torch.tensor([1], dtype=torch.int32), torch.zeros(1, 1, dtype=torch.int32),
+                           backend="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("paged", [False, True])
+def test_gpu_commit_matches_reference(backend, dtype, paged):
+    """32 layers of Llama-3-8B-shaped caches, 8 requests, paths up to 20 rows, in one call."""
+    rng = random.Random(7)
+    B, H, D, layers, P = 8, 8, 128, 32, 20
+    prefix = [rng.randint(0, 3000) for _ in range(B)]
+    tree = [rng.randint(1, 64) for _ in range(B)]
+    S = max(p + t for p, t in zip(prefix, tree)) + 5
+    paths, rows = make_batch(prefix, tree, P, rng)
+    pl = torch.tensor(prefix, dtype=torch.int32)
+    kwargs = {}
+    if paged:
+        bs = 16
+        per = (S + bs - 1) // bs
+        perm = torch.randperm(B * per + 1, generator=torch.Generator().manual_seed(3))
+        table = perm[: B * per].view(B, per).to(torch.int32)
+        ks = [torch.randn(B * per + 1, bs, H, D, device="cuda").to(dtype) for _ in range(layers)]
+        vs = [torch.randn(B * per + 1, bs, H, D, device="cuda").to(dtype) for _ in range(layers)]
+        ref_k, ref_v = [t.clone() for t in ks], [t.clone() for t in vs]
+        verispec.commit_kv(ref_k, ref_v, pl.cuda(), rows.cuda(), block_table=table.cuda(), backend="torch")
+        kwargs["block_table"] = table.cuda()
+    else:
+        ks = [torch.randn(B, H, S, D, device="cuda").to(dtype) for _ in range(layers)]
+        vs = [torch.randn(B, H, S, D, device="cuda").to(dtype) for _ in range(layers)]
+        ref_k = [expected_contiguous(t.cpu(), prefix, paths).cuda() for t in ks]
+        ref_v = [expected_contiguous(t.cpu(), prefix, paths).cuda() for t in vs]
+    lens = verispec.commit_kv(ks, vs, pl.cuda(), rows.cuda(), backend=backend, **kwargs)
+    torch.cuda.synchronize()
+    assert lens.cpu().tolist() == [p + len(path) for p, path in zip(prefix, paths)]
+    for got, want in zip(ks + vs, ref_k + ref_v):
+        assert torch.equal(got, want)

@@ -201,12 +201,31 @@ def commit_kv_cuda(
     *,
     block_table: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """CUDA KV commit: one launch for all layers of one shape. See `commit_kv`."""
-    from verispec.ops._tree_attention_cuda import commit_kv_cuda_launch
+    """CUDA KV commit: one launch for all layers of one shape. See `commit_kv`. Unverified on GPU."""
+    from verispec import _native
 
-    caches, _ = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
+    caches, capacity = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
+    if prefix_lens.device.type != "cuda":
+        _fail(f"backend='cuda' needs CUDA tensors, got {prefix_lens.device}")
+    B, P = path_rows.shape
+    paged = block_table is not None
+    stream = _native.cuda_stream_handle(prefix_lens.device)
     for group in _grouped(caches):
-        commit_kv_cuda_launch(group, prefix_lens, path_rows, block_table)
+        first = group[0]
+        if paged:
+            _, page, Hkv, D = first.shape
+            st = (first.stride(0), first.stride(2), first.stride(1), first.stride(3))
+        else:
+            _, Hkv, _, D = first.shape
+            page, st = 0, first.stride()
+        if D * first.element_size() > 1024:
+            _fail(f"backend='cuda' moves rows of at most 1024 bytes, got head dim {D} of {first.dtype}")
+        ptrs = torch.tensor([t.data_ptr() for t in group], dtype=torch.int64).to(first.device, non_blocking=True)
+        _native.native().commit_kv_cuda(
+            ptrs.data_ptr(), len(group), prefix_lens.data_ptr(), path_rows.data_ptr(),
+            block_table.data_ptr() if paged else 0, B, P, Hkv, D, first.element_size(), st, path_rows.stride(),
+            block_table.stride(0) if paged else 0, page, capacity, stream,
+        )
     return _new_lengths(prefix_lens, path_rows)
 
 

@@ -289,8 +289,10 @@ def tree_attention_triton(
     window: Optional[int] = None,
     block_table: Optional[torch.Tensor] = None,
     out: Optional[torch.Tensor] = None,
+    num_splits: Optional[int] = None,
 ) -> torch.Tensor:
-    """Triton tree attention (split-KV, GQA-packed). Same contract as `tree_attention`."""
+    """Triton tree attention (split-KV, GQA-packed), the main GPU path. Same contract as `tree_attention`
+    (``num_splits`` overrides the split-KV heuristic, for benchmarks and tests). Unverified on GPU."""
     p = _check(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window, block_table, out)
     if q.device.type == "cpu":
         _check_lengths(p, prefix_lens, tree_lens)  # free on the host; on a GPU it would sync
@@ -300,7 +302,24 @@ def tree_attention_triton(
 
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    return tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, out)
+    return tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, out,
+                              num_splits=num_splits)
+
+
+def _cuda_num_splits(programs: int, capacity: int, device: torch.device) -> int:
+    """Enough split-KV chunks for ~2 waves of blocks; chunks never shorter than 4 tiles of 64 keys."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    want = math.ceil(2 * sms / max(programs, 1))
+    return max(1, min(want, capacity // 256, 64))
+
+
+def _cuda_ready(name: str, t: torch.Tensor, elems: int) -> None:
+    """The CUDA kernel moves 16-byte (q/k/v) or 4-byte (out) vectors along D; say so when it cannot."""
+    bad = t.stride(-1) != 1 or any(s % elems for s in t.stride()[:-1]) or t.data_ptr() % (elems * t.element_size())
+    if bad:
+        _fail(f"backend='cuda' needs {name} with unit stride along D, other strides multiples of {elems} "
+              f"elements and a {elems * t.element_size()}-byte aligned start; got strides {t.stride()} "
+              f"(use backend='triton' or 'torch' for arbitrary layouts)")
 
 
 def tree_attention_cuda(
@@ -317,14 +336,59 @@ def tree_attention_cuda(
     window: Optional[int] = None,
     block_table: Optional[torch.Tensor] = None,
     out: Optional[torch.Tensor] = None,
+    num_splits: Optional[int] = None,
 ) -> torch.Tensor:
-    """CUDA tree attention (hot path: fp16/bf16, D=128, GQA, both layouts). Same contract as `tree_attention`."""
-    from verispec.ops._tree_attention_cuda import run_cuda
+    """CUDA tree attention, the hot path: fp16/bf16, D = 128, GQA, both layouts. Same contract as
+    `tree_attention` (``num_splits`` overrides the split-KV heuristic, for benchmarks and tests).
+    Unverified on GPU."""
+    from verispec import _native
 
     p = _check(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window, block_table, out)
+    if q.device.type != "cuda":
+        _fail(f"backend='cuda' needs CUDA tensors, got {q.device}")
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        _fail(f"backend='cuda' supports float16 and bfloat16, got {q.dtype} (use backend='triton' or 'torch')",
+              TypeError)
+    if p.D != 128:
+        _fail(f"backend='cuda' supports head dim 128, got {p.D} (use backend='triton' for 64 and 256)")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _cuda_ready(name, t, 8)
     if p.window and positions is None:
         positions = positions_from_ancestors(prefix_lens, ancestors)
-    return run_cuda(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, out)
+    result = out
+    if out is None or out.stride(-1) != 1 or any(s % 2 for s in out.stride()) or out.data_ptr() % 4:
+        result = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if p.B == 0 or p.T == 0 or p.Hq == 0:
+        return result if out is None else out
+    anc = ancestors if ancestors.stride(-1) == 1 else ancestors.contiguous()
+    G = p.Hq // p.Hkv
+    m_tiles = (G * p.T + 63) // 64
+    if num_splits is None:
+        num_splits = _cuda_num_splits(p.B * p.Hkv * m_tiles, p.capacity, q.device)
+    if num_splits > 1:
+        o_part = torch.empty(p.B * p.Hkv * num_splits * m_tiles * 64 * 128, dtype=torch.float32, device=q.device)
+        lse_part = torch.empty(p.B * p.Hkv * num_splits * m_tiles * 64, dtype=torch.float32, device=q.device)
+        parts = (o_part.data_ptr(), lse_part.data_ptr())
+    else:
+        parts = (0, 0)
+    if p.paged:
+        ks = (k.stride(0), k.stride(2), k.stride(1))
+        vs = (v.stride(0), v.stride(2), v.stride(1))
+        bt_ptr, bt_stride = block_table.data_ptr(), block_table.stride(0)
+    else:
+        ks, vs, bt_ptr, bt_stride = k.stride()[:3], v.stride()[:3], 0, 0
+    use_pos = positions is not None and p.window > 0
+    _native.native().tree_attention_cuda(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), result.data_ptr(), prefix_lens.data_ptr(), tree_lens.data_ptr(),
+        anc.data_ptr(), positions.data_ptr() if use_pos else 0, bt_ptr, *parts,
+        p.B, p.Hq, p.Hkv, p.T, p.D, q.stride()[:3], ks, vs, result.stride()[:3], anc.stride()[:2],
+        positions.stride() if use_pos else (0, 0), bt_stride, p.block_size, p.capacity, num_splits, m_tiles,
+        p.scale, p.softcap, p.window, q.dtype == torch.bfloat16, _native.cuda_stream_handle(q.device),
+    )
+    if out is not None and result is not out:
+        out.copy_(result)
+        return out
+    return result
 
 
 def tree_attention(

@@ -1,0 +1,144 @@
+// pybind11 wrappers of the tree attention and KV commit launchers. Python (verispec/ops/tree_attention.py,
+// commit_kv.py) validates dtypes, devices, shapes, strides and alignment and passes raw pointers; this
+// layer re-checks the sizes the kernels rely on and turns launch failures into Python exceptions.
+#ifdef VERISPEC_WITH_CUDA
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "attention/tree_attention.h"
+#include "common/cuda_check.h"
+#include "registry.h"
+
+namespace py = pybind11;
+
+namespace verispec {
+namespace {
+
+template <typename T>
+T* ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw py::value_error(msg);
+}
+
+void tree_attention_cuda_binding(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t out,
+                                 std::uintptr_t prefix_lens, std::uintptr_t tree_lens, std::uintptr_t ancestors,
+                                 std::uintptr_t positions, std::uintptr_t block_table, std::uintptr_t o_part,
+                                 std::uintptr_t lse_part, int batch, int q_heads, int kv_heads, int rows,
+                                 int head_dim, std::array<int64_t, 3> q_stride, std::array<int64_t, 3> k_stride,
+                                 std::array<int64_t, 3> v_stride, std::array<int64_t, 3> o_stride,
+                                 std::array<int64_t, 2> anc_stride, std::array<int64_t, 2> pos_stride,
+                                 int64_t bt_stride, int page_size, int64_t capacity, int num_splits, int m_tiles,
+                                 float scale, float softcap, int window, bool bf16, std::uintptr_t stream) {
+  const char* where = "verispec.tree_attention(backend='cuda')";
+  require(head_dim == 128, std::string(where) + ": head_dim must be 128, got " + std::to_string(head_dim));
+  require(kv_heads >= 1 && q_heads % kv_heads == 0,
+          std::string(where) + ": q heads must be a multiple of the K/V heads");
+  require(num_splits >= 1 && num_splits <= 64, std::string(where) + ": num_splits must be in 1..64");
+  require(m_tiles * 64LL >= static_cast<int64_t>(q_heads / kv_heads) * rows, std::string(where) + ": m_tiles too small");
+  require(batch * static_cast<int64_t>(kv_heads) <= 65535, std::string(where) + ": B * Hkv must be <= 65535");
+  require(page_size >= 0 && (page_size == 0 || block_table != 0), std::string(where) + ": paged layout needs a block table");
+  require(window == 0 || positions != 0, std::string(where) + ": a sliding window needs positions");
+  require(num_splits == 1 || (o_part != 0 && lse_part != 0), std::string(where) + ": split-KV needs workspaces");
+  TreeAttentionParams p{};
+  p.q = ptr<const void>(q);
+  p.k = ptr<const void>(k);
+  p.v = ptr<const void>(v);
+  p.out = ptr<void>(out);
+  p.prefix_lens = ptr<const int32_t>(prefix_lens);
+  p.tree_lens = ptr<const int32_t>(tree_lens);
+  p.ancestors = ptr<const uint32_t>(ancestors);
+  p.positions = ptr<const int32_t>(positions);
+  p.block_table = ptr<const int32_t>(block_table);
+  p.o_part = ptr<float>(o_part);
+  p.lse_part = ptr<float>(lse_part);
+  p.batch = batch;
+  p.q_heads = q_heads;
+  p.kv_heads = kv_heads;
+  p.rows = rows;
+  p.head_dim = head_dim;
+  for (int i = 0; i < 3; ++i) {
+    p.q_stride[i] = q_stride[i];
+    p.k_stride[i] = k_stride[i];
+    p.v_stride[i] = v_stride[i];
+    p.o_stride[i] = o_stride[i];
+  }
+  for (int i = 0; i < 2; ++i) {
+    p.anc_stride[i] = anc_stride[i];
+    p.pos_stride[i] = pos_stride[i];
+  }
+  p.bt_stride = bt_stride;
+  p.page_size = page_size;
+  p.capacity = capacity;
+  p.num_splits = num_splits;
+  p.m_tiles = m_tiles;
+  p.scale = scale;
+  p.softcap = softcap;
+  p.window = window;
+  p.bf16 = bf16;
+  check_cuda(tree_attention_launch(p, as_stream(stream)), "tree_attention");
+}
+
+void commit_kv_cuda_binding(std::uintptr_t caches, int num_caches, std::uintptr_t prefix_lens,
+                            std::uintptr_t path_rows, std::uintptr_t block_table, int batch, int path_len,
+                            int kv_heads, int head_dim, int elem_size, std::array<int64_t, 4> stride,
+                            std::array<int64_t, 2> rows_stride, int64_t bt_stride, int page_size, int64_t capacity,
+                            std::uintptr_t stream) {
+  const char* where = "verispec.commit_kv(backend='cuda')";
+  require(num_caches >= 1 && kv_heads >= 1 && batch >= 0 && path_len >= 0, std::string(where) + ": bad sizes");
+  require(static_cast<int64_t>(num_caches) * kv_heads <= 65535,
+          std::string(where) + ": layers * 2 * Hkv must be <= 65535");
+  require(head_dim * elem_size <= 1024, std::string(where) + ": a K/V row (head_dim * element size) must be <= 1024 bytes");
+  require(elem_size == 2 || elem_size == 4 || elem_size == 8, std::string(where) + ": element size must be 2, 4 or 8");
+  require(page_size == 0 || block_table != 0, std::string(where) + ": paged layout needs a block table");
+  CommitKvParams p{};
+  p.caches = ptr<const uint64_t>(caches);
+  p.num_caches = num_caches;
+  p.prefix_lens = ptr<const int32_t>(prefix_lens);
+  p.path_rows = ptr<const int32_t>(path_rows);
+  p.block_table = ptr<const int32_t>(block_table);
+  p.batch = batch;
+  p.path_len = path_len;
+  p.kv_heads = kv_heads;
+  p.head_dim = head_dim;
+  p.elem_size = elem_size;
+  for (int i = 0; i < 4; ++i) p.stride[i] = stride[i];
+  p.rows_stride[0] = rows_stride[0];
+  p.rows_stride[1] = rows_stride[1];
+  p.bt_stride = bt_stride;
+  p.page_size = page_size;
+  p.capacity = capacity;
+  check_cuda(commit_kv_launch(p, as_stream(stream)), "commit_kv");
+}
+
+void bind_attention(py::module_& m) {
+  m.def("tree_attention_cuda", &tree_attention_cuda_binding,
+        "Tree attention launcher (pointers as ints; see verispec.ops.tree_attention.tree_attention_cuda).",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("prefix_lens"), py::arg("tree_lens"),
+        py::arg("ancestors"), py::arg("positions"), py::arg("block_table"), py::arg("o_part"), py::arg("lse_part"),
+        py::arg("batch"), py::arg("q_heads"), py::arg("kv_heads"), py::arg("rows"), py::arg("head_dim"),
+        py::arg("q_stride"), py::arg("k_stride"), py::arg("v_stride"), py::arg("o_stride"), py::arg("anc_stride"),
+        py::arg("pos_stride"), py::arg("bt_stride"), py::arg("page_size"), py::arg("capacity"),
+        py::arg("num_splits"), py::arg("m_tiles"), py::arg("scale"), py::arg("softcap"), py::arg("window"),
+        py::arg("bf16"), py::arg("stream"));
+  m.def("commit_kv_cuda", &commit_kv_cuda_binding,
+        "KV commit launcher (pointers as ints; see verispec.ops.commit_kv.commit_kv_cuda).", py::arg("caches"),
+        py::arg("num_caches"), py::arg("prefix_lens"), py::arg("path_rows"), py::arg("block_table"),
+        py::arg("batch"), py::arg("path_len"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("elem_size"),
+        py::arg("stride"), py::arg("rows_stride"), py::arg("bt_stride"), py::arg("page_size"), py::arg("capacity"),
+        py::arg("stream"));
+}
+
+}  // namespace
+
+VERISPEC_REGISTER_OPS(attention, bind_attention);
+
+}  // namespace verispec
+#endif  // VERISPEC_WITH_CUDA
