@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cstring>
 #include <thread>
 
 #include "datastore/pool.h"
@@ -36,14 +38,19 @@ DraftParams make_params(int64_t budget, int64_t max_depth, int64_t max_match, in
 
 py::tuple to_python(const DraftResult& r) {
   const py::ssize_t n = py::ssize_t(r.tokens.size());
-  py::array_t<int32_t> tokens(n), parents(n);
+  // Token ids go out as uint32 (a datastore holds ids up to 2^32 - 2); the largest one tells
+  // Python whether they fit DraftTree's int32 without a scan.
+  py::array_t<uint32_t> tokens(n);
+  py::array_t<int32_t> parents(n);
   py::array_t<float> scores(n);
+  uint32_t max_token = 0;
   if (n) {
     std::memcpy(tokens.mutable_data(), r.tokens.data(), size_t(n) * 4);
     std::memcpy(parents.mutable_data(), r.parents.data(), size_t(n) * 4);
     std::memcpy(scores.mutable_data(), r.scores.data(), size_t(n) * 4);
+    for (int32_t t : r.tokens) max_token = std::max(max_token, uint32_t(t));
   }
-  return py::make_tuple(tokens, parents, scores, r.match_len, r.match_count);
+  return py::make_tuple(tokens, parents, scores, r.match_len, r.match_count, max_token);
 }
 
 Corpus corpus_of(const U32& tokens, const U64& offsets, uint64_t vocab) {

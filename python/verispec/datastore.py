@@ -38,7 +38,8 @@ ProgressArg = Union[bool, Callable[[str, float], Any], None]
 class DraftArrays(NamedTuple):
     """A draft as numpy arrays (what `draft_arrays` returns; `draft` wraps it as a DraftTree).
 
-    tokens: int32 ``[n]``; parents: int32 ``[n]`` (-1 = child of the root); scores: float32 ``[n]``;
+    tokens: uint32 ``[n]`` (ids up to 2**32 - 2); parents: int32 ``[n]`` (-1 = child of the root);
+    scores: float32 ``[n]``;
     match_len: length of the context suffix the draft continues (0 = no match);
     match_count: occurrences of that suffix.
     """
@@ -133,13 +134,20 @@ def _params(budget: int, max_depth: int, max_match: int, min_count: int, min_mat
 
 
 def _tree(raw: tuple) -> DraftTree:
+    if raw[5] > 2**31 - 1:
+        raise ValueError(f"draft holds token id {raw[5]}, which does not fit DraftTree's int32 tokens "
+                         "(use draft_arrays for ids >= 2**31)")
     # The core guarantees the DraftTree invariants (parents earlier, ids in range; tested against a
     # brute-force reference), so skip DraftTree.__init__'s re-validation on the hot path.
     tree = DraftTree.__new__(DraftTree)
-    object.__setattr__(tree, "tokens", torch.from_numpy(raw[0]))
+    object.__setattr__(tree, "tokens", torch.from_numpy(raw[0].view(np.int32)))
     object.__setattr__(tree, "parents", torch.from_numpy(raw[1]))
     object.__setattr__(tree, "scores", torch.from_numpy(raw[2]))
     return tree
+
+
+def _arrays(raw: tuple) -> DraftArrays:
+    return DraftArrays(*raw[:5])
 
 
 class _Reporter:
@@ -336,7 +344,7 @@ class Datastore:
         """`draft` as numpy arrays plus the match length and count (no torch objects)."""
         p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)
         ctx = _context(context, p[2])
-        return DraftArrays(*self._core.draft(ctx, *p))
+        return _arrays(self._core.draft(ctx, *p))
 
     def draft(self, context: TokenIds, *, budget: int = 32, max_depth: int = 12, max_match: int = 16,
               min_count: int = 1, min_match: int = 1, min_score: float = 0.0, mode: str = "tree",
@@ -455,7 +463,7 @@ class PromptIndex:
                      min_match: int = 1, min_score: float = 0.0, mode: str = "tree",
                      rest_max_matches: int = 5000) -> DraftArrays:
         p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)
-        return DraftArrays(*self._core.draft(*p))
+        return _arrays(self._core.draft(*p))
 
     def draft(self, *, budget: int = 16, max_depth: int = 8, max_match: int = 16, min_count: int = 1,
               min_match: int = 1, min_score: float = 0.0, mode: str = "tree", rest_max_matches: int = 5000) -> DraftTree:
