@@ -243,8 +243,12 @@ def _num_splits(programs: int, capacity: int, block_n: int, device: torch.device
 
 
 def tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, out,
-                       num_splits: int | None = None):
-    """Launch the kernels for a validated problem `p` (see verispec.ops.tree_attention._Problem)."""
+                       num_splits: int | None = None, config: tuple[int, int, int, int] | None = None):
+    """Launch the kernels for a validated problem `p` (see verispec.ops.tree_attention._Problem).
+
+    ``num_splits`` and ``config = (BLOCK_M, BLOCK_N, num_warps, num_stages)`` override the heuristics
+    (benchmarks sweep them on a GPU; BLOCK_M/BLOCK_N must be powers of two >= 16).
+    """
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"verispec.tree_attention(backend='triton'): dtype {q.dtype} is not supported; "
                         "use float16, bfloat16 or float32 (the torch backend handles float64)")
@@ -253,6 +257,9 @@ def tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p,
     if B == 0 or T == 0 or Hq == 0 or D == 0:
         return out
     block_m, block_n, num_warps = _pick_blocks(G, T, D, q.element_size())
+    num_stages = 2
+    if config is not None:
+        block_m, block_n, num_warps, num_stages = config
     block_d = triton.next_power_of_2(max(D, 16))
     m_tiles = triton.cdiv(G * T, block_m)
     if num_splits is None:
@@ -284,7 +291,7 @@ def tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p,
         G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         PAGED=p.paged, SOFTCAP=bool(p.softcap), WINDOW=bool(p.window), SPLIT=split,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=num_warps, num_stages=2,
+        num_warps=num_warps, num_stages=num_stages,
     )
     if split:
         _combine_kernel[(m_tiles, B * p.Hkv)](

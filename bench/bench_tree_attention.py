@@ -1,0 +1,451 @@
+"""Tree attention benchmark: verispec (Triton, CUDA) beside the ways people verify draft trees today.
+
+Shapes are Llama-3-8B's attention (32 query heads, 8 KV heads, D = 128, bf16): prefix L in
+{1k, 4k, 16k, 32k}, tree rows T in {1, 16, 64, 128}, batch B in {1, 8, 32}. Peers, timed in the same
+run on the same inputs:
+
+* ``sdpa_dense``   torch SDPA with a dense boolean [B, 1, T, L+T] mask (Medusa / HF 4D-mask path);
+* ``flex``         FlexAttention (torch.compile) with a tree block mask, kernel only;
+* ``flex+mask``    the same plus rebuilding the block mask, as a new tree each step requires;
+* ``flashinfer``   FlashInfer ragged prefill with a custom mask, when flashinfer imports;
+* ``sdpa_causal``  SDPA with bottom-right causal masking at the same T and L: the practical lower
+                   bound (no tree, no mask bits).
+
+Each result gives the median time (triton.testing.do_bench, L2 flushed between runs), the achieved
+bandwidth over the bytes that must move (K and V of L+T keys per KV head, Q in, O out) and its
+fraction of the device's measured device-to-device copy bandwidth. GPU runs are written to
+bench/results/ with device, commit and date.
+
+Usage::
+
+    python bench/bench_tree_attention.py                 # full sweep on a GPU
+    python bench/bench_tree_attention.py --quick         # a few shapes
+    python bench/bench_tree_attention.py --cpu-check     # tiny shapes on CPU: correctness of every path
+    pytest bench/bench_tree_attention.py                 # the CPU check (+ one GPU case when present)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+if not torch.cuda.is_available():  # the Triton kernels run in the interpreter on CPU
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import verispec  # noqa: E402
+from verispec.ops.tree_attention import _check, tree_attention_torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    B: int
+    L: int
+    T: int
+    Hq: int = 32
+    Hkv: int = 8
+    D: int = 128
+    dtype: torch.dtype = torch.bfloat16
+    tensors: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"B={self.B} L={self.L} T={self.T}"
+
+    def floor_bytes(self) -> int:
+        """Bytes any exact implementation must move: K/V of every visible key, Q in, O out."""
+        e = torch.tensor([], dtype=self.dtype).element_size()
+        kv = 2 * self.B * self.Hkv * (self.L + self.T) * self.D * e
+        qo = 2 * self.B * self.Hq * self.T * self.D * e
+        return kv + qo
+
+
+def random_parents(n: int, rng: random.Random) -> list[int]:
+    """A drafter-like tree: mostly extends a recent node, sometimes branches near the root."""
+    parents = []
+    for i in range(n):
+        parents.append(-1 if i == 0 or rng.random() < 0.1 else rng.randrange(max(-1, i - 4), i))
+    return parents
+
+
+def build(pr: Problem, device: torch.device, seed: int = 0) -> Problem:
+    rng = random.Random(seed)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    B, L, T, Hq, Hkv, D = pr.B, pr.L, pr.T, pr.Hq, pr.Hkv, pr.D
+    S = L + T
+    W = (T + 31) // 32
+    anc = torch.zeros(B, T, W, dtype=torch.int64)
+    pos = torch.zeros(B, T, dtype=torch.int32)
+    dense = torch.zeros(B, T, S, dtype=torch.bool)
+    dense[:, :, :L] = True
+    for b in range(B):
+        rp = [-1] + [p + 1 for p in random_parents(T - 1, rng)]
+        for t in range(T):
+            u, depth = t, -1
+            while u >= 0:
+                anc[b, t, u // 32] |= 1 << (u % 32)
+                dense[b, t, L + u] = True
+                u, depth = rp[u], depth + 1
+            pos[b, t] = L + depth
+    anc = torch.where(anc >= 2**31, anc - 2**32, anc).to(torch.int32).view(torch.uint32)
+    q = torch.randn(B, Hq, T, D, generator=g).to(pr.dtype)
+    k = torch.randn(B, Hkv, S, D, generator=g).to(pr.dtype)
+    v = torch.randn(B, Hkv, S, D, generator=g).to(pr.dtype)
+    t = dict(q=q, k=k, v=v, prefix_lens=torch.full((B,), L, dtype=torch.int32),
+             tree_lens=torch.full((B,), T, dtype=torch.int32), ancestors=anc, positions=pos, dense=dense)
+    pr.tensors = {name: x.to(device) for name, x in t.items()}
+    return pr
+
+
+# ---------------------------------------------------------------------------------------------------
+# Implementations: each returns a zero-argument callable producing [B, Hq, T, D]
+# ---------------------------------------------------------------------------------------------------
+
+
+def _args(pr: Problem):
+    t = pr.tensors
+    return t["q"], t["k"], t["v"], t["prefix_lens"], t["tree_lens"], t["ancestors"], t["positions"]
+
+
+def impl_verispec(backend: str, num_splits: Optional[int] = None, config=None):
+    def make(pr: Problem) -> Callable[[], torch.Tensor]:
+        args = _args(pr)
+        out = torch.empty_like(pr.tensors["q"])
+        if backend == "triton" and (num_splits is not None or config is not None):
+            from verispec.triton_kernels.tree_attention import tree_attention_fwd
+
+            p = _check(*args, None, None, None, None, out)
+            return lambda: tree_attention_fwd(*args, p, None, out, num_splits=num_splits, config=config)
+        return lambda: verispec.tree_attention(*args, out=out, backend=backend)
+
+    return make
+
+
+def impl_sdpa_dense(pr: Problem):
+    F = torch.nn.functional
+    q, k, v = pr.tensors["q"], pr.tensors["k"], pr.tensors["v"]
+    mask = pr.tensors["dense"][:, None]
+    try:
+        F.scaled_dot_product_attention(q[:1, :, :1], k[:1], v[:1], attn_mask=mask[:1, :, :1], enable_gqa=True)
+        return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    except (RuntimeError, TypeError):  # no GQA support: repeat K/V the way HF's repeat_kv does, inside the timing
+        rep = pr.Hq // pr.Hkv
+        return lambda: F.scaled_dot_product_attention(
+            q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), attn_mask=mask)
+
+
+def impl_sdpa_causal(pr: Problem):
+    from torch.nn.attention.bias import causal_lower_right
+
+    F = torch.nn.functional
+    q, k, v = pr.tensors["q"], pr.tensors["k"], pr.tensors["v"]
+    bias = causal_lower_right(pr.T, pr.L + pr.T)
+    try:
+        F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
+        return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
+    except (RuntimeError, TypeError, ValueError):
+        rep = pr.Hq // pr.Hkv
+        kr, vr = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)  # outside the timing: a bound
+        return lambda: F.scaled_dot_product_attention(q, kr, vr, attn_mask=bias)
+
+
+_FLEX = {}
+
+
+def _flex_parts(pr: Problem):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if "fn" not in _FLEX:
+        compiled = pr.tensors["q"].device.type == "cuda"
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+    dense = pr.tensors["dense"]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return dense[b, q_idx, kv_idx]
+
+    def block_mask():
+        return create_block_mask(mask_mod, pr.B, None, pr.T, pr.L + pr.T, device=dense.device)
+
+    return _FLEX["fn"], block_mask
+
+
+def impl_flex(rebuild: bool):
+    def make(pr: Problem):
+        fn, block_mask = _flex_parts(pr)
+        q, k, v = pr.tensors["q"], pr.tensors["k"], pr.tensors["v"]
+        if rebuild:
+            return lambda: fn(q, k, v, block_mask=block_mask(), enable_gqa=True)
+        bm = block_mask()
+        return lambda: fn(q, k, v, block_mask=bm, enable_gqa=True)
+
+    return make
+
+
+def impl_flashinfer(pr: Problem):
+    import flashinfer  # noqa: F401  (ImportError: reported as unavailable)
+
+    B, T, S, Hq, Hkv, D = pr.B, pr.T, pr.L + pr.T, pr.Hq, pr.Hkv, pr.D
+    dev = pr.tensors["q"].device
+    q = pr.tensors["q"].transpose(1, 2).reshape(B * T, Hq, D).contiguous()
+    k = pr.tensors["k"].transpose(1, 2).reshape(B * S, Hkv, D).contiguous()
+    v = pr.tensors["v"].transpose(1, 2).reshape(B * S, Hkv, D).contiguous()
+    ws = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device=dev)
+    wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD")
+    qo_indptr = torch.arange(0, B + 1, dtype=torch.int32, device=dev) * T
+    kv_indptr = torch.arange(0, B + 1, dtype=torch.int32, device=dev) * S
+    wrapper.plan(qo_indptr, kv_indptr, Hq, Hkv, D, custom_mask=pr.tensors["dense"].reshape(-1), q_data_type=pr.dtype)
+    return lambda: wrapper.run(q, k, v)
+
+
+# Output layout of each peer relative to verispec's [B, Hq, T, D].
+def _as_bhtd(name: str, out: torch.Tensor, pr: Problem) -> torch.Tensor:
+    if name == "flashinfer":
+        return out.view(pr.B, pr.T, pr.Hq, pr.D).transpose(1, 2)
+    return out
+
+
+PEERS: dict[str, Callable] = {
+    "verispec_triton": impl_verispec("triton"),
+    "verispec_cuda": impl_verispec("cuda"),
+    "sdpa_dense": impl_sdpa_dense,
+    "flex": impl_flex(rebuild=False),
+    "flex+mask": impl_flex(rebuild=True),
+    "flashinfer": impl_flashinfer,
+    "sdpa_causal": impl_sdpa_causal,
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Measurement
+# ---------------------------------------------------------------------------------------------------
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
+    """Measured device-to-device copy bandwidth in GB/s (bytes read + bytes written per second)."""
+    from triton.testing import do_bench
+
+    src = torch.empty(nbytes // 2, dtype=torch.int16, device=device)
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=10, rep=200, return_mode="median")
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def time_ms(fn: Callable[[], torch.Tensor]) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
+
+
+def reference(pr: Problem) -> torch.Tensor:
+    """fp32 oracle on the device (the float64 comparison lives in tests/; this guards the benchmark)."""
+    a = [x.float() if x.is_floating_point() else x for x in _args(pr)]
+    return tree_attention_torch(*a)
+
+
+def commit_hash() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_gpu(shapes: list[tuple[int, int, int]], peers: list[str], out_dir: Path) -> dict:
+    device = torch.device("cuda")
+    props = torch.cuda.get_device_properties(device)
+    bw = copy_bandwidth(device)
+    print(f"device: {props.name} ({props.multi_processor_count} SMs), measured copy bandwidth {bw:.0f} GB/s")
+    rows = []
+    for B, L, T in shapes:
+        pr = build(Problem(B, L, T), device)
+        want = reference(pr)
+        row = {"B": B, "L": L, "T": T, "floor_bytes": pr.floor_bytes(), "impls": {}}
+        for name in peers:
+            entry: dict = {}
+            try:
+                fn = PEERS[name](pr)
+                got = _as_bhtd(name, fn(), pr).float()
+                err = float((got - want).abs().max())
+                entry["max_abs_err"] = err
+                if not math.isfinite(err) or err > 0.1:
+                    entry["error"] = f"wrong output (max abs err {err:.3g})"
+                else:
+                    ms = time_ms(fn)
+                    gbs = pr.floor_bytes() / (ms * 1e-3) / 1e9
+                    entry.update(ms=ms, GBps=gbs, pct_copy_bw=100 * gbs / bw)
+            except Exception as exc:  # a peer that cannot run here is reported, not fatal
+                entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            row["impls"][name] = entry
+            torch.cuda.empty_cache()
+        rows.append(row)
+        print(format_row(row), flush=True)
+        del pr
+        torch.cuda.empty_cache()
+    result = {
+        "bench": "tree_attention",
+        "device": props.name,
+        "sms": props.multi_processor_count,
+        "copy_bandwidth_GBps": bw,
+        "commit": commit_hash(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "shape": "Llama-3-8B attention: Hq=32, Hkv=8, D=128, bf16",
+        "rows": rows,
+    }
+    result["targets"] = check_targets(result)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"tree_attention-{props.name.replace(' ', '_')}-{result['date'][:10]}-{result['commit']}"
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    (out_dir / f"{stem}.md").write_text(markdown(result))
+    print(f"wrote {out_dir / stem}.json and .md")
+    return result
+
+
+def format_row(row: dict) -> str:
+    parts = [f"B={row['B']:>2} L={row['L']:>5} T={row['T']:>3}"]
+    for name, e in row["impls"].items():
+        parts.append(f"{name}: " + (f"{e['ms'] * 1e3:8.1f}us {e['pct_copy_bw']:5.1f}%" if "ms" in e else "n/a"))
+    return " | ".join(parts)
+
+
+def check_targets(result: dict) -> list[str]:
+    """The issue's H100 targets, evaluated on this run's numbers for the best verispec backend."""
+    lines = []
+    for row in result["rows"]:
+        ours = [e for n, e in row["impls"].items() if n.startswith("verispec") and "ms" in e]
+        if not ours:
+            continue
+        best = min(ours, key=lambda e: e["ms"])
+        label = f"B={row['B']} L={row['L']} T={row['T']}"
+        if row["L"] >= 8192:
+            ok = best["pct_copy_bw"] >= 70
+            lines.append(f"{'PASS' if ok else 'MISS'} {label}: {best['pct_copy_bw']:.0f}% of copy bandwidth (target >= 70%)")
+        for peer in ("sdpa_dense", "flex", "flashinfer"):
+            e = row["impls"].get(peer, {})
+            if "ms" in e:
+                x = e["ms"] / best["ms"]
+                lines.append(f"{'PASS' if x >= 2 else 'MISS'} {label}: {x:.2f}x faster than {peer} (target >= 2x)")
+        e = row["impls"].get("sdpa_causal", {})
+        if "ms" in e:
+            x = best["ms"] / e["ms"]
+            lines.append(f"{'PASS' if x <= 1.2 else 'MISS'} {label}: {x:.2f}x the causal bound (target <= 1.2x)")
+    return lines
+
+
+def markdown(result: dict) -> str:
+    names = list(result["rows"][0]["impls"]) if result["rows"] else []
+    out = [f"# tree_attention on {result['device']}", "",
+           f"commit {result['commit']}, {result['date']}, torch {result['torch']}; {result['shape']}; "
+           f"measured copy bandwidth {result['copy_bandwidth_GBps']:.0f} GB/s. Cells: median time (µs) and "
+           "achieved bandwidth over the bytes that must move, as % of copy bandwidth.", "",
+           "| B | L | T | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for row in result["rows"]:
+        cells = []
+        for n in names:
+            e = row["impls"][n]
+            cells.append(f"{e['ms'] * 1e3:.1f} ({e['pct_copy_bw']:.0f}%)" if "ms" in e else "–")
+        out.append(f"| {row['B']} | {row['L']} | {row['T']} | " + " | ".join(cells) + " |")
+    errors = {(n, e["error"]) for row in result["rows"] for n, e in row["impls"].items() if "error" in e}
+    if errors:
+        out += ["", "Unavailable or failing peers:"] + [f"- {n}: {msg}" for n, msg in sorted(errors)]
+    out += ["", "Targets:"] + [f"- {line}" for line in result["targets"]]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------
+# CPU correctness pass (tiny shapes, every path once)
+# ---------------------------------------------------------------------------------------------------
+
+
+def cpu_check() -> list[str]:
+    """Run every implementation that can run on CPU once at tiny sizes against the fp64 oracle."""
+    report = []
+    for B, L, T in [(2, 5, 1), (2, 40, 9), (1, 0, 33)]:
+        pr = build(Problem(B, L, T, Hq=4, Hkv=2, D=16, dtype=torch.float32), torch.device("cpu"), seed=L + T)
+        a = [x.double() if x.is_floating_point() else x for x in _args(pr)]
+        want = tree_attention_torch(*a)
+        for name, make in [("verispec_torch", impl_verispec("torch")), ("verispec_triton", impl_verispec("triton")),
+                           ("sdpa_dense", impl_sdpa_dense), ("sdpa_causal", impl_sdpa_causal),
+                           ("flex", impl_flex(rebuild=True))]:
+            if name == "sdpa_causal" and any(b.any() for b in (pr.tensors["dense"] != causal_dense(pr))):
+                continue  # only comparable on chains
+            try:
+                got = _as_bhtd(name, make(pr)(), pr).double()
+            except Exception as exc:
+                report.append(f"{pr.label} {name}: skipped ({type(exc).__name__})")
+                continue
+            err = float((got - want).abs().max())
+            if not err < 1e-4:
+                raise AssertionError(f"{pr.label} {name}: max abs error {err:.3g} against the float64 oracle")
+            report.append(f"{pr.label} {name}: max abs err {err:.2e}")
+    return report
+
+
+def causal_dense(pr: Problem) -> torch.Tensor:
+    S = pr.L + pr.T
+    return torch.ones(pr.T, S, dtype=torch.bool).tril(diagonal=pr.L).expand(pr.B, -1, -1)
+
+
+def full_shapes() -> list[tuple[int, int, int]]:
+    return [(B, L, T) for B in (1, 8, 32) for L in (1024, 4096, 16384, 32768) for T in (1, 16, 64, 128)]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a handful of shapes")
+    ap.add_argument("--cpu-check", action="store_true", help="tiny shapes on CPU, correctness only")
+    ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    if args.cpu_check or not torch.cuda.is_available():
+        for line in cpu_check():
+            print(line)
+        print("CPU check passed (timings are meaningless on CPU; run on a GPU for numbers)")
+        return 0
+    shapes = [(1, 32768, 16), (8, 16384, 64), (32, 4096, 128), (1, 1024, 1)] if args.quick else full_shapes()
+    run_gpu(shapes, [p for p in args.peers.split(",") if p], args.out)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# pytest entry points
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_cpu_check():
+    assert cpu_check()
+
+
+def test_gpu_llama3_shape(benchmark=None):
+    import pytest
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    pr = build(Problem(8, 16384, 64), torch.device("cuda"))
+    fn = impl_verispec("triton")(pr)
+    want = reference(pr)
+    assert float((fn().float() - want).abs().max()) < 0.05
+    if benchmark is not None:
+        benchmark(lambda: (fn(), torch.cuda.synchronize()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
