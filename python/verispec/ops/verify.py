@@ -302,10 +302,15 @@ def verify_torch(problem: _Problem) -> VerifyResult:
     B, V, D = pr.B, pr.V, pr.max_depth
     dev = pr.logits.device
     i64 = torch.int64
-    req_rows = buf.request.long()
-    temp_rows = pr.temperature[req_rows]
-    probs = target_probs(pr.logits, temp_rows, pr.threshold)  # [R, V]
-    greedy = (pr.temperature == 0) if pr.mode != "greedy" else torch.ones(B, dtype=torch.bool, device=dev)
+    sampling = pr.mode != "greedy"
+    # Greedy requests only ever need the argmax of a row (ties -> lowest id, as torch.argmax).
+    row_argmax = pr.logits.argmax(dim=1)
+    if sampling:
+        probs = target_probs(pr.logits, pr.temperature[buf.request.long()], pr.threshold)  # [R, V]
+        greedy = pr.temperature == 0
+    else:
+        probs = None
+        greedy = torch.ones(B, dtype=torch.bool, device=dev)
     row0 = buf.cu_rows[:-1].long()
     node0 = pr.cu_nodes[:-1].long()
     first_child = buf.first_child.long()
@@ -315,8 +320,7 @@ def verify_torch(problem: _Problem) -> VerifyResult:
     cur = torch.zeros(B, dtype=i64, device=dev)
     cand = first_child[row0]
     depth = torch.zeros(B, dtype=i64, device=dev)
-    p_res = probs[row0].clone()
-    bar = None
+    p_res = probs[row0].clone() if sampling else None
     if pr.mode == "typical":
         bar_rows = _typical_threshold(probs, pr.typical_epsilon, pr.typical_delta)
     accepted = torch.full((B, D + 1), -1, dtype=torch.int32, device=dev)  # one spare column for padding writes
@@ -337,12 +341,12 @@ def verify_torch(problem: _Problem) -> VerifyResult:
         if pr.tokens.numel() == 0:
             break
         x = pr.tokens[gnode].long()
-        px = p_res[bidx, x]
-        ok_greedy = p_res.argmax(dim=1) == x
+        ok_greedy = row_argmax[row0 + cur] == x
         if pr.mode == "typical":
             row = row0 + cur
             ok = torch.where(greedy, ok_greedy, probs[row, x] > bar_rows[row])
         elif pr.mode == "exact":
+            px = p_res[bidx, x]
             qx = torch.ones_like(px) if pr.draft_probs is None else pr.draft_probs[gnode, x].float()
             ok = torch.where(greedy, ok_greedy, (px > 0) & (u_nodes[gnode] * qx <= px))
         else:
@@ -356,7 +360,8 @@ def verify_torch(problem: _Problem) -> VerifyResult:
         depth = depth + acc.long()
         cur = torch.where(acc, cand, cur)
         new_row = row0 + cur
-        p_res = torch.where(acc.unsqueeze(1), probs[new_row], p_res)
+        if sampling:
+            p_res = torch.where(acc.unsqueeze(1), probs[new_row], p_res)
         # Rejected (exact, sampling requests): residual step, then the next sibling.
         if pr.mode == "exact":
             upd = rej & ~greedy
@@ -367,14 +372,15 @@ def verify_torch(problem: _Problem) -> VerifyResult:
             p_res = torch.where(upd.unsqueeze(1), _residual_step(p_res, q), p_res)
         sib = next_sibling[(row0 + cand).clamp(min=0)]
         cand = torch.where(acc, first_child[new_row], torch.where(rej, sib, cand))
-    if pr.mode == "greedy":
-        last = p_res.argmax(dim=1)
+    last_argmax = row_argmax[row0 + cur]
+    if not sampling:
+        last = last_argmax
     else:
         if pr.uniforms is not None:
             e = pr.uniforms.exponential.float()
         else:
             e = _philox.residual_exponentials(pr.seed, pr.offset, V)
-        last = torch.where(greedy, p_res.argmax(dim=1), _race(p_res, e))
+        last = torch.where(greedy, last_argmax, _race(p_res, e))
     out_tokens[bidx, depth] = last.to(torch.int32)
     return VerifyResult(accepted[:, :D].contiguous(), depth.to(torch.int32), out_tokens[:, : D + 1].contiguous())
 
@@ -396,11 +402,61 @@ def verify_triton(problem: _Problem) -> VerifyResult:
     return verify_triton_launch(problem)
 
 
-def verify_cuda(problem: _Problem) -> VerifyResult:
-    """CUDA kernels (``csrc/sampling/verify.cu``) through ``verispec._C``."""
-    from verispec.ops._verify_cuda import verify_cuda_launch
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_MODE_CODES = {"greedy": 0, "exact": 1, "typical": 2}
+# Every buffer the CUDA kernels fill comes from here; tests swap in a poisoning allocator.
+_cuda_alloc = torch.empty
 
-    return verify_cuda_launch(problem)
+
+def verify_cuda(problem: _Problem) -> VerifyResult:
+    """CUDA kernels (``csrc/sampling/verify.cu``) through ``verispec._C``: a row-stats pass over the
+    logits, then one block per request for the walk. No host synchronisation."""
+    from verispec import _native
+
+    pr = problem
+    logits = pr.logits
+    dev = logits.device
+    if dev.type != "cuda":
+        _fail(f"backend='cuda' needs CUDA tensors, got logits on {dev}")
+    if logits.dtype == torch.float64:
+        logits = logits.float()  # the kernels read float32 / float16 / bfloat16
+    C = _native.native()
+    buf = pr.buffers
+    R, V = logits.shape
+    B, D = pr.B, pr.max_depth
+    f32, i32 = torch.float32, torch.int32
+    stream = _native.cuda_stream_handle(dev)
+    mode = _MODE_CODES[pr.mode]
+    temp_rows = pr.temperature[buf.request.long()].contiguous()
+    row_max = _cuda_alloc(R, dtype=f32, device=dev)
+    row_sum = _cuda_alloc(R, dtype=f32, device=dev)
+    row_ent = _cuda_alloc(R, dtype=f32, device=dev)
+    row_arg = _cuda_alloc(R, dtype=i32, device=dev)
+    thr = pr.threshold.float().contiguous() if pr.threshold is not None else None
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    C.verify_row_stats_cuda(
+        logits.data_ptr(), _DTYPE_CODES[logits.dtype], logits.stride(0), R, V, temp_rows.data_ptr(), ptr(thr),
+        row_max.data_ptr(), row_sum.data_ptr(), row_ent.data_ptr(), row_arg.data_ptr(), mode != 0, mode == 2, stream,
+    )
+    q = pr.draft_probs.float().contiguous() if pr.draft_probs is not None else None
+    scratch = torch.empty(B * 2 * V, dtype=f32, device=dev) if q is not None else None
+    hook_u = pr.uniforms.accept.float().contiguous() if pr.uniforms is not None else None
+    hook_e = pr.uniforms.exponential.float().contiguous() if pr.uniforms is not None else None
+    acc = _cuda_alloc(B, D, dtype=i32, device=dev)
+    num = _cuda_alloc(B, dtype=i32, device=dev)
+    tok = _cuda_alloc(B, D + 1, dtype=i32, device=dev)
+    temp = pr.temperature.float().contiguous()
+    seed = pr.seed.contiguous()
+    offset = pr.offset.contiguous()
+    C.verify_walk_cuda(
+        logits.data_ptr(), _DTYPE_CODES[logits.dtype], logits.stride(0), B, V, pr.tokens.data_ptr(),
+        pr.cu_nodes.data_ptr(), buf.cu_rows.data_ptr(), buf.first_child.data_ptr(), buf.next_sibling.data_ptr(),
+        temp.data_ptr(), ptr(thr), row_max.data_ptr(), row_sum.data_ptr(), row_ent.data_ptr(), row_arg.data_ptr(),
+        ptr(q), q.stride(0) if q is not None else 0, ptr(scratch), seed.data_ptr(), offset.data_ptr(),
+        ptr(hook_u), ptr(hook_e), acc.data_ptr(), num.data_ptr(), tok.data_ptr(), D,
+        pr.typical_epsilon, pr.typical_delta, mode, stream,
+    )
+    return VerifyResult(acc, num, tok)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -496,7 +552,10 @@ def verify(
     if V == 0:
         _fail("logits has an empty vocabulary")
     if isinstance(trees, tuple) and len(trees) == 3 and all(isinstance(t, torch.Tensor) for t in trees):
-        tokens, parents, cu_nodes = (t.to(dev) for t in trees)
+        tokens, parents, cu_nodes = (t.to(dev).contiguous() for t in trees)
+        for name, t in (("tokens", tokens), ("parents", parents), ("cu_nodes", cu_nodes)):
+            if t.dtype != torch.int32 or t.dim() != 1:
+                _fail(f"flat trees: {name} must be a 1-D int32 tensor, got {t.dtype} {tuple(t.shape)}", TypeError)
         if validate:
             try:
                 validate_packed(tokens, parents, cu_nodes, vocab_size=V)
