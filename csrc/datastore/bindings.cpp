@@ -243,6 +243,7 @@ void bind_datastore(py::module_& m) {
         return a;
       });
 
+  m.def("_datastore_force_wide_index", [](bool on) { g_force_wide_index = on; });
   m.def("datastore_threads", [] { return ThreadPool::instance().workers() + 1; });
 }
 

@@ -15,6 +15,9 @@
 #include "datastore/sais.h"
 
 namespace verispec::ds {
+
+bool g_force_wide_index = false;
+
 namespace {
 
 constexpr uint64_t kMaxTokenId = 0xFFFFFFFEull;  // 2^32 - 1 marks document ends
@@ -146,7 +149,7 @@ void build_any(const Corpus& c, unsigned token_bits, unsigned offset_bits, uint8
                const Progress& progress) {
   const uint64_t text_len = c.num_tokens + c.num_docs;
   // 32-bit indices halve the sorter's memory; ~0 is its "empty" value, so stay below it.
-  if (text_len < 0xFFFFFFF0ull && c.vocab_size < 0xFFFFFFF0ull) {
+  if (!g_force_wide_index && text_len < 0xFFFFFFF0ull && c.vocab_size < 0xFFFFFFF0ull) {
     build_into<uint32_t>(c, token_bits, offset_bits, text, sa, progress);
   } else {
     build_into<uint64_t>(c, token_bits, offset_bits, text, sa, progress);

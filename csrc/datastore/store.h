@@ -16,6 +16,10 @@ namespace verispec::ds {
 
 using Progress = std::function<void(const std::string& phase, double fraction)>;
 
+// Test hook: build with 64-bit suffix-sorting indices even for small corpora (the path corpora
+// beyond 2^32 tokens take), to check that both index widths produce identical files.
+extern bool g_force_wide_index;
+
 // Documents as one flat token array plus offsets: document d is tokens[offsets[d], offsets[d+1]).
 struct Corpus {
   const uint32_t* tokens = nullptr;

@@ -1,0 +1,309 @@
+"""Datastore files: layout, round trips, atomic writes, and every kind of bad input or bad file.
+
+Bad input must raise a clear exception naming the problem; it must never crash the process and
+never leave a partial file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from verispec._native import native
+from verispec.datastore import Datastore
+
+HEADER = struct.Struct("<8sIIIIQQQQQQQQQQQQQ")  # csrc/datastore/format.h FileHeader, 128 bytes
+
+
+def fnv1a64(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def random_docs(seed=0, n_docs=20, vocab=50):
+    rng = random.Random(seed)
+    return [[rng.randrange(vocab) for _ in range(rng.randrange(0, 300))] for _ in range(n_docs)]
+
+
+@pytest.fixture
+def built(tmp_path):
+    docs = random_docs()
+    path = tmp_path / "c.vsds"
+    ds = Datastore.build(docs, path, vocab_size=50, progress=False)
+    return docs, path, ds
+
+
+def rewrite_header(path, **fields):
+    raw = bytearray(path.read_bytes())
+    names = ["magic", "version", "header_bytes", "token_bits", "offset_bits", "vocab_size", "num_tokens",
+             "num_docs", "text_len", "text_offset", "sa_offset", "docs_offset", "file_bytes", "text_checksum",
+             "sa_checksum", "docs_checksum", "reserved", "header_checksum"]
+    vals = dict(zip(names, HEADER.unpack_from(raw, 0)))
+    vals.update(fields)
+    packed = HEADER.pack(*[vals[n] for n in names])
+    packed = packed[:120] + struct.pack("<Q", fnv1a64(packed[:120]))
+    raw[:128] = packed
+    path.write_bytes(bytes(raw))
+
+
+def test_header_and_layout(built):
+    docs, path, ds = built
+    raw = path.read_bytes()
+    h = HEADER.unpack_from(raw, 0)
+    assert h[0] == b"VSPDSTOR" and h[1] == 1 and h[2] == 128
+    n_tokens = sum(map(len, docs))
+    token_bits, offset_bits = h[3], h[4]
+    assert token_bits == 6  # ids 0..49 plus the all-ones end marker 63
+    assert offset_bits == (n_tokens + len(docs) - 1).bit_length()
+    assert h[5:8] == (50, n_tokens, len(docs))
+    assert h[12] == len(raw) == os.path.getsize(path)
+    assert h[17] == fnv1a64(raw[:120])
+    info = ds.info()
+    assert info["file"]["token_bits"] == 6 and info["num_tokens"] == n_tokens == len(ds)
+    # document table: starts of documents in the text (one end marker after each)
+    docs_off = h[11]
+    starts = np.frombuffer(raw[docs_off:docs_off + 8 * (len(docs) + 1)], dtype="<u8")
+    assert starts.tolist() == list(np.cumsum([0] + [len(d) + 1 for d in docs]))
+    # text and suffix array round trip
+    text = ds._core.text_slice(0, 0, 10**9)
+    want = []
+    for d in docs:
+        want += d + [2**6 - 1]
+    assert text == want
+    ds.verify()
+
+
+def test_file_round_trip_and_determinism(built, tmp_path):
+    docs, path, ds = built
+    mem = Datastore.from_documents(docs, vocab_size=50)
+    rng = random.Random(5)
+    for _ in range(50):
+        ctx = [rng.randrange(50) for _ in range(rng.randrange(1, 5))]
+        a, b = ds.draft(ctx, budget=10), mem.draft(ctx, budget=10)
+        assert a.tokens.tolist() == b.tokens.tolist() and a.parents.tolist() == b.parents.tolist()
+    again = tmp_path / "again.vsds"
+    Datastore.build(docs, again, vocab_size=50, progress=False)
+    assert again.read_bytes() == path.read_bytes()
+    wide = tmp_path / "wide.vsds"
+    native()._datastore_force_wide_index(True)
+    try:
+        Datastore.build(docs, wide, vocab_size=50, progress=False)
+    finally:
+        native()._datastore_force_wide_index(False)
+    assert wide.read_bytes() == path.read_bytes()  # 64-bit sorter path, same file
+
+
+def test_save_with_added_documents(built, tmp_path):
+    docs, path, ds = built
+    extra = [[1, 2, 3, 4], [49, 48]]
+    ds.add(extra)
+    out = tmp_path / "saved.vsds"
+    header = ds.save(out)
+    assert header["num_docs"] == len(docs) + 2
+    re = Datastore.open(out, verify=True)
+    assert len(re) == len(ds) and re.num_segments == 1
+    built_direct = tmp_path / "direct.vsds"
+    Datastore.build(docs + extra, built_direct, vocab_size=50, progress=False)
+    assert out.read_bytes() == built_direct.read_bytes()
+    # saving over the file that is open (mapped) replaces it atomically; the old mapping stays valid
+    ds.save(path)
+    assert ds.count([1, 2, 3, 4]) >= 1 and Datastore.open(path).count([1, 2, 3, 4]) >= 1
+
+
+def test_progress_reporting(tmp_path, capsys):
+    seen = []
+    Datastore.build(random_docs(1), tmp_path / "p.vsds", progress=lambda phase, f: seen.append(phase))
+    assert "sorting suffixes" in seen and seen[-1] == "done"
+    Datastore.build(random_docs(1), tmp_path / "q.vsds", progress=True)
+    err = capsys.readouterr().err
+    assert "sorting suffixes" in err and "bytes/token" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# bad files
+
+
+def test_missing_and_foreign_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Datastore.open(tmp_path / "nope.vsds")
+    with pytest.raises(ValueError, match="not a regular file"):
+        Datastore.open(tmp_path)
+    foreign = tmp_path / "foreign.bin"
+    foreign.write_bytes(b"PK\x03\x04" + bytes(500))
+    with pytest.raises(ValueError, match="not a verispec datastore"):
+        Datastore.open(foreign)
+    empty = tmp_path / "empty.vsds"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="too short"):
+        Datastore.open(empty)
+
+
+@pytest.mark.parametrize("keep", [8, 64, 127, 128, 200, -1])
+def test_truncated_files_rejected(built, tmp_path, keep):
+    _, path, _ = built
+    raw = path.read_bytes()
+    cut = tmp_path / "cut.vsds"
+    cut.write_bytes(raw[:keep] if keep >= 0 else raw[:keep])
+    with pytest.raises(ValueError, match="truncated"):
+        Datastore.open(cut)
+
+
+def test_trailing_data_rejected(built):
+    _, path, _ = built
+    with open(path, "ab") as f:
+        f.write(b"\0" * 16)
+    with pytest.raises(ValueError, match="trailing data"):
+        Datastore.open(path)
+
+
+def test_wrong_version_rejected(built):
+    _, path, _ = built
+    rewrite_header(path, version=2)
+    with pytest.raises(ValueError, match="format version 2, this verispec reads version 1"):
+        Datastore.open(path)
+
+
+@pytest.mark.parametrize("offset", [12, 16, 20, 24, 32, 40, 48, 56, 80, 100, 120])
+def test_corrupt_header_rejected(built, offset):
+    _, path, _ = built
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x5A
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        Datastore.open(path)
+
+
+def test_inconsistent_header_with_valid_checksum_rejected(built):
+    _, path, _ = built
+    rewrite_header(path, token_bits=40)
+    with pytest.raises(ValueError, match="inconsistent header"):
+        Datastore.open(path)
+
+
+def test_corrupt_body_detected_and_never_crashes(built):
+    docs, path, _ = built
+    raw = bytearray(path.read_bytes())
+    h = HEADER.unpack_from(raw, 0)
+    sa_off, docs_off = h[10], h[11]
+    raw[sa_off:docs_off - 64] = b"\xff" * (docs_off - 64 - sa_off)  # offsets past the text
+    path.write_bytes(bytes(raw))
+    ds = Datastore.open(path)  # O(1) open does not read the body
+    with pytest.raises(ValueError, match="suffix array checksum mismatch"):
+        ds.verify()
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        Datastore.open(path, verify=True)
+    with pytest.raises(RuntimeError, match="points outside the text"):
+        for t in range(50):
+            ds.draft([t, t], budget=8)
+
+
+def test_corrupt_text_detected(built):
+    _, path, _ = built
+    raw = bytearray(path.read_bytes())
+    raw[128 + 40] ^= 0x01
+    path.write_bytes(bytes(raw))
+    ds = Datastore.open(path)
+    with pytest.raises(ValueError, match="text section checksum mismatch"):
+        ds.verify()
+    ds.draft([1, 2, 3])  # wrong answers are possible, a crash is not
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+@pytest.mark.parametrize(
+    "docs, exc, match",
+    [
+        ([], ValueError, "empty corpus: docs yielded no documents"),
+        ([[], []], ValueError, "empty corpus: all 2 documents are empty"),
+        ([[1, 2], [3, -1]], ValueError, "document 1: position 1 has negative token id -1"),
+        ([[1, 2**32 - 1]], ValueError, r"document 0: position 1 has token id 4294967295 > 4294967294"),
+        ([[1.0, 2.0]], TypeError, "document 0 must hold integer token ids, got dtype float64"),
+        ([torch.tensor([True, False])], TypeError, "dtype torch.bool"),
+        ([np.zeros((2, 2), np.int64)], ValueError, "document 0 must be 1-D"),
+        (np.arange(5), TypeError, "got a single 1-D array"),
+        ("hello", TypeError, "tokenize it first"),
+        ([["a", "b"]], TypeError, "document 0 must hold integer token ids"),
+    ],
+)
+def test_bad_documents(tmp_path, docs, exc, match):
+    path = tmp_path / "bad.vsds"
+    with pytest.raises(exc, match=match):
+        Datastore.build(docs, path, progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_vocab_size(tmp_path):
+    with pytest.raises(ValueError, match="outside the vocabulary of size 5"):
+        Datastore.build([[1, 2, 5]], tmp_path / "v.vsds", vocab_size=5, progress=False)
+    with pytest.raises(ValueError, match=r"vocab_size must be in \[1, 2\*\*32 - 1\]"):
+        Datastore.build([[1]], tmp_path / "v.vsds", vocab_size=0, progress=False)
+    with pytest.raises(TypeError, match="vocab_size must be an int"):
+        Datastore.build([[1]], tmp_path / "v.vsds", vocab_size=5.0, progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_contexts_and_params(built):
+    _, _, ds = built
+    with pytest.raises(ValueError, match="context is empty"):
+        ds.draft([])
+    with pytest.raises(ValueError, match="context: position 2 has negative token id -3"):
+        ds.draft([1, 2, -3])
+    with pytest.raises(TypeError, match="context must hold integer token ids, got a tensor of dtype torch.float32"):
+        ds.draft(torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="context must be 1-D"):
+        ds.draft(torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match="context must be a 1-D sequence"):
+        ds.draft(5)
+    with pytest.raises(ValueError, match="context 1 is empty"):
+        ds.draft_batch([[1], []])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ds.draft([1], mode="beam")
+    with pytest.raises(ValueError, match="budget and max_depth must be >= 0"):
+        ds.draft([1], budget=-1)
+    with pytest.raises(ValueError, match="min_score must be in"):
+        ds.draft([1], min_score=2.0)
+    with pytest.raises(TypeError, match="budget must be an int"):
+        ds.draft([1], budget=3.5)
+    # only the last max_match tokens are read, but positions refer to the whole context
+    with pytest.raises(ValueError, match="position 99 has negative"):
+        ds.draft(list(range(99)) + [-1])
+
+
+def test_unwritable_output_leaves_nothing(tmp_path):
+    docs = random_docs(2)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Datastore.build(docs, tmp_path / "missing-dir" / "x.vsds", progress=False)
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(IsADirectoryError):
+        Datastore.build(docs, tmp_path / "adir", progress=False)
+    tokens = np.arange(10, dtype=np.uint32)
+    offsets = np.array([0, 10], dtype=np.uint64)
+    with pytest.raises(ValueError, match="cannot write datastore .*No such file or directory"):
+        native().build_datastore_file(tokens, offsets, 10, str(tmp_path / "missing-dir" / "y.vsds"))
+    # failure after the temporary file exists (the core re-checks ids): nothing is left behind and
+    # an existing file at the destination is untouched
+    dest = tmp_path / "keep.vsds"
+    dest.write_bytes(b"old contents")
+    with pytest.raises(ValueError, match="document 0, position 9: token id 9 is outside the vocabulary of size 9"):
+        native().build_datastore_file(tokens, offsets, 9, str(dest))
+    assert dest.read_bytes() == b"old contents"
+    assert sorted(os.listdir(tmp_path)) == ["adir", "keep.vsds"]
+
+
+def test_failing_progress_callback_leaves_nothing(tmp_path):
+    def boom(phase, fraction):
+        if phase == "packing suffix array":
+            raise KeyError("stop here")
+
+    with pytest.raises(KeyError, match="stop here"):
+        Datastore.build(random_docs(3), tmp_path / "x.vsds", progress=boom)
+    assert os.listdir(tmp_path) == []
