@@ -7,8 +7,8 @@ other requests hold. It is a `transformers.Cache`, so a stock model writes into 
 attention modules (``past_key_values.update(k, v, layer_idx)``); *where* the new entries go is set by
 the generate loop before each forward:
 
-* `plan_prefill(b)`: the forward is one request's prompt (batch 1); its K/V go to indices ``0..n-1``
-  of row ``b`` and attention sees only those (the model's own causal attention runs unchanged);
+* `plan_prefill(rows)`: the forward is the prompts of some requests of one length (no padding);
+  their K/V go to indices ``0..n-1`` of their rows and attention sees only those (the model's own causal attention runs unchanged);
 * `plan_tree(prefix_lens, T)`: the forward is ``T`` verification rows per request; row ``t`` of request
   ``b`` goes to index ``prefix_lens[b] + t`` (the layout `verispec.tree_attention` reads) and attention
   receives the whole buffer, trimmed to the longest request.
@@ -93,9 +93,9 @@ class RaggedCache(Cache):
         return self.layers[layer_idx].update(key_states, value_states)
 
     # -- plans ----------------------------------------------------------------------------------------
-    def plan_prefill(self, b: int) -> None:
-        """The next forward is request ``b``'s prompt, written from index 0 (batch 1)."""
-        self._plan = ("prefill", b)
+    def plan_prefill(self, rows: list[int]) -> None:
+        """The next forward is the prompts of requests ``rows`` (all of one length), written from index 0."""
+        self._plan = ("prefill", torch.tensor(rows, dtype=torch.long, device=self.prefix_lens.device))
 
     def plan_tree(self, num_rows: int) -> None:
         """The next forward is ``num_rows`` padded verification rows per request."""
@@ -105,20 +105,21 @@ class RaggedCache(Cache):
         idx = self.prefix_lens.long().view(-1, 1) + torch.arange(num_rows, device=self.prefix_lens.device)
         self._plan = ("tree", idx, need)
 
-    def set_prefill_length(self, b: int, n: int) -> None:
-        self._host_lens[b] = n
-        self.prefix_lens[b] = n
+    def set_prefill_length(self, rows: list[int], n: int) -> None:
+        for b in rows:
+            self._host_lens[b] = n
+        self.prefix_lens[rows] = n
 
     # -- called by the model's attention modules through Cache.update ---------------------------------
     def _write(self, layer: _RaggedLayer, k: torch.Tensor, v: torch.Tensor):
         kind = self._plan[0]
         if kind == "prefill":
-            b = self._plan[1]
+            rows = self._plan[1]
             n = k.shape[-2]
             if n > self.capacity:
                 self._grow(n)
-            layer.keys[b, :, :n] = k[0]
-            layer.values[b, :, :n] = v[0]
+            layer.keys[rows, :, :n] = k
+            layer.values[rows, :, :n] = v
             return k, v
         if kind == "tree":
             _, idx, used = self._plan

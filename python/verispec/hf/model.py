@@ -1,8 +1,8 @@
 """One stock Hugging Face causal LM seen as a verifier: ragged prefill and tree forwards.
 
-`TreeModel` wraps the model without changing it. Prefill runs each prompt on its own through the
-model's own attention (so left padding cannot exist, let alone corrupt anything) and places its K/V at
-cache indices ``0..L-1``. A tree forward runs ``T`` padded verification rows per request with
+`TreeModel` wraps the model without changing it. Prefill runs the prompts through the model's own
+attention, grouped by length and never padded (so padding cannot corrupt anything), and places each
+prompt's K/V at cache indices ``0..L-1`` of its own row. A tree forward runs ``T`` padded verification rows per request with
 ``position_ids = prefix_len + depth``, through `verispec.tree_attention` (``attention="tree"``) or
 through the model's own attention with an additive 4D mask (``attention="mask"``).
 """
@@ -90,18 +90,25 @@ class TreeModel:
         return RaggedCache(self.num_layers, batch_size, capacity, self.device)
 
     @torch.inference_mode()
-    def prefill(self, cache: RaggedCache, prompts: list[list[int]]) -> None:
-        """Cache the K/V of every prompt but its last token (that token is the first step's root)."""
+    def prefill(self, cache: RaggedCache, prompts: list[list[int]], chunk: int = 64) -> None:
+        """Cache the K/V of every prompt but its last token (that token is the first step's root).
+
+        Prompts of equal length run together (no padding exists, so none can leak into the cache);
+        every other prompt runs on its own.
+        """
+        by_len: dict[int, list[int]] = {}
         for b, prompt in enumerate(prompts):
-            n = len(prompt) - 1
-            if n <= 0:
-                continue
-            ids = torch.tensor([prompt[:-1]], dtype=torch.long, device=self.device)
-            cache.plan_prefill(b)
-            # The base model (no LM head): the prefill's logits are never needed.
-            self._base(input_ids=ids, position_ids=torch.arange(n, device=self.device).view(1, n),
-                       past_key_values=cache, use_cache=True)
-            cache.set_prefill_length(b, n)
+            if len(prompt) > 1:
+                by_len.setdefault(len(prompt) - 1, []).append(b)
+        for n, rows in by_len.items():
+            for i in range(0, len(rows), chunk):
+                part = rows[i:i + chunk]
+                ids = torch.tensor([prompts[b][:-1] for b in part], dtype=torch.long, device=self.device)
+                cache.plan_prefill(part)
+                # The base model (no LM head): the prefill's logits are never needed.
+                self._base(input_ids=ids, position_ids=torch.arange(n, device=self.device).expand(len(part), n),
+                           past_key_values=cache, use_cache=True)
+                cache.set_prefill_length(part, n)
         cache.reset_plan()
 
     @torch.inference_mode()
