@@ -255,9 +255,9 @@ def tree_attention_torch(
             continue
         S = L + n
         kb, vb = _gather_request_kv(k, v, b, S, block_table, p.block_size)
-        # GQA without copying K/V: view the query heads of one KV head as a group dimension.
-        qb = q[b, :, :n].to(compute).reshape(p.Hkv, G, n, p.D)
-        logits = torch.matmul(qb, kb.to(compute).unsqueeze(1).transpose(-1, -2)) * p.scale  # [Hkv, G, n, S]
+        # GQA without copying K/V: the G query heads of one KV head form one [G * n, D] matrix.
+        qb = q[b, :, :n].to(compute).reshape(p.Hkv, G * n, p.D)
+        logits = torch.bmm(qb, kb.to(compute).transpose(1, 2)).view(p.Hkv, G, n, S) * p.scale
         if p.softcap:
             logits = torch.tanh(logits / p.softcap) * p.softcap
         visible = torch.ones(n, S, dtype=torch.bool, device=q.device)
@@ -270,7 +270,7 @@ def tree_attention_torch(
         probs = torch.softmax(logits, dim=-1)
         # A row that sees nothing (malformed ancestors) yields zeros, not NaN.
         probs = probs.masked_fill(~visible.any(dim=-1, keepdim=True), 0.0)
-        ob = torch.matmul(probs, vb.to(compute).unsqueeze(1))  # [Hkv, G, n, D]
+        ob = torch.bmm(probs.view(p.Hkv, G * n, S), vb.to(compute))  # [Hkv, G * n, D]
         result[b, :, :n] = ob.reshape(p.Hq, n, p.D).to(q.dtype)
     return result
 
