@@ -308,3 +308,32 @@ def test_option_errors():
                              block_table=torch.zeros(3, 1, dtype=torch.int32))
     with pytest.raises(ValueError, match="out must match"):
         tree_attention_torch(*args, out=torch.empty(1))
+
+
+def test_device_mismatch_and_int32_ancestors():
+    case, args = _good()
+    args[0] = args[0].to("meta")
+    with pytest.raises(ValueError, match="k is on cpu but q is on meta"):
+        verispec.tree_attention(*args, backend="torch")
+    # int32 words with the same bits as the uint32 ones are accepted and give the same answer.
+    a = list(case.args())
+    a[5] = a[5].view(torch.int32)
+    check_close(verispec.tree_attention(*a, backend="torch"), case.expected(), TOL[torch.float32], what="int32 bits")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_reference_random_sweep(seed):
+    """Random ragged batches: group sizes 1/4/8, prefixes 0..3000, trees 0..150 rows, options mixed."""
+    import random as _r
+
+    rng = _r.Random(seed)
+    B = rng.randint(1, 3)
+    Hkv = rng.choice([1, 2])
+    G = rng.choice([1, 4, 8])
+    opts = rng.choice([{}, dict(softcap=rng.uniform(1, 30)), dict(window=rng.randint(1, 300)),
+                       dict(softcap=4.0, window=rng.randint(1, 50))])
+    case = Case([rng.choice([0, 1, rng.randint(2, 3000)]) for _ in range(B)],
+                [rng.choice([-1, 0, rng.randint(1, 150)]) for _ in range(B)], Hkv * G, Hkv,
+                rng.choice([8, 16, 64]), kinds=[rng.choice(["chain", "star", "deep", "binary", "random"]) for _ in range(B)],
+                dtype=torch.float64, seed=seed, **opts)
+    check_close(run(case, "torch"), case.expected(), 1e-10, what=f"seed {seed} {opts}")

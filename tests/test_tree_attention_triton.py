@@ -146,3 +146,24 @@ def test_gpu_split_counts_agree(num_splits):
     tree_attention_fwd(*case.args(), p, None, out, num_splits=num_splits)
     torch.cuda.synchronize()
     check_close(out.cpu(), want, TOL[torch.bfloat16], rtol=TOL[torch.bfloat16], what=f"splits={num_splits}")
+
+
+def test_triton_long_prefix_gqa8():
+    """A few thousand prefix keys through split-KV in the interpreter; 8 query heads per KV head."""
+    case = Case([2500, 37], [6, 0], 8, 1, 16, kinds=["random", "chain"], seed=21)
+    check_close(triton_run(case, num_splits=3), case.expected(), TOL[torch.float32], what="L=2500")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_triton_random_sweep(seed):
+    import random as _r
+
+    rng = _r.Random(100 + seed)
+    B = rng.randint(1, 2)
+    G = rng.choice([1, 4, 8])
+    opts = rng.choice([{}, dict(softcap=7.0), dict(window=rng.randint(1, 60))])
+    case = Case([rng.choice([0, rng.randint(1, 200)]) for _ in range(B)],
+                [rng.choice([-1, 0, rng.randint(1, 40)]) for _ in range(B)], G, 1, 16,
+                dtype=rng.choice([torch.float32, torch.float16]), seed=seed, **opts)
+    check_close(triton_run(case, num_splits=rng.choice([1, 2])), case.expected(), TOL[case.q.dtype],
+                what=f"seed {seed} {opts}")
