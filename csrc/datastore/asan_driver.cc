@@ -1,0 +1,150 @@
+// Stand-alone driver for the datastore core, built with -fsanitize=address,undefined by
+// tests/test_datastore_sanitize.py (a .cc file so the module's *.cpp glob never picks it up).
+// It exercises suffix sorting, file build/open, every draft mode, online segments, the prompt
+// index and damaged files, and checks results against simple brute force.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "datastore/sais.h"
+#include "datastore/store.h"
+
+using namespace verispec::ds;
+
+#define CHECK(cond)                                                   \
+  do {                                                                \
+    if (!(cond)) {                                                    \
+      std::fprintf(stderr, "CHECK failed at line %d: %s\n", __LINE__, #cond); \
+      std::exit(1);                                                   \
+    }                                                                 \
+  } while (0)
+
+static uint64_t brute_count(const std::vector<std::vector<uint32_t>>& docs, const std::vector<uint32_t>& pat) {
+  uint64_t c = 0;
+  for (const auto& d : docs)
+    for (size_t i = 0; i + pat.size() <= d.size(); ++i) c += std::equal(pat.begin(), pat.end(), d.begin() + i);
+  return c;
+}
+
+int main(int argc, char** argv) {
+  const std::string dir = argc > 1 ? argv[1] : "/tmp";
+  std::mt19937 rng(7);
+  // 1. suffix sorting against std::sort, both index widths
+  for (int it = 0; it < 3000; ++it) {
+    const uint32_t n = rng() % 60 + 1, k = rng() % 5 + 1;
+    std::vector<uint32_t> s(n), sa(n), want(n);
+    std::vector<uint64_t> s64(n), sa64(n);
+    for (uint32_t i = 0; i < n; ++i) s64[i] = s[i] = rng() % k;
+    SuffixSorter<uint32_t>::sort(s.data(), sa.data(), n, k);
+    SuffixSorter<uint64_t>::sort(s64.data(), sa64.data(), n, k);
+    for (uint32_t i = 0; i < n; ++i) want[i] = i;
+    std::sort(want.begin(), want.end(), [&](uint32_t a, uint32_t b) {
+      return std::lexicographical_compare(s.begin() + a, s.end(), s.begin() + b, s.end());
+    });
+    CHECK(sa == want);
+    for (uint32_t i = 0; i < n; ++i) CHECK(sa64[i] == want[i]);
+  }
+  // 2. build a file, open it, query every mode, compare counts with brute force
+  std::vector<std::vector<uint32_t>> docs(40);
+  std::vector<uint32_t> flat;
+  std::vector<uint64_t> offsets{0};
+  for (auto& d : docs) {
+    d.resize(rng() % 200);
+    for (auto& t : d) t = rng() % 4;
+    flat.insert(flat.end(), d.begin(), d.end());
+    offsets.push_back(flat.size());
+  }
+  Corpus c{flat.data(), flat.size(), offsets.data(), docs.size(), 4};
+  const std::string path = dir + "/asan.vsds";
+  build_file(c, path, nullptr);
+  auto ds = Datastore::open(path);
+  ds->file()->verify(2);
+  for (int q = 0; q < 300; ++q) {
+    std::vector<uint32_t> ctx(rng() % 8 + 1);
+    for (auto& t : ctx) t = rng() % 5;  // 4 is outside the vocabulary: never matches
+    for (int mode = 0; mode < 3; ++mode) {
+      DraftParams p;
+      p.mode = DraftMode(mode);
+      p.budget = rng() % 40;
+      p.max_depth = rng() % 8 + 1;
+      p.min_count = rng() % 3 + 1;
+      p.rest_max_matches = rng() % 50 + 1;
+      const DraftResult r = ds->draft(ctx.data(), ctx.size(), p);
+      CHECK(r.tokens.size() <= size_t(p.budget));
+      for (size_t i = 0; i < r.tokens.size(); ++i) CHECK(r.parents[i] < int32_t(i) && r.parents[i] >= -1);
+    }
+    const uint64_t m = rng() % ctx.size() + 1;
+    std::vector<uint32_t> pat(ctx.end() - m, ctx.end());
+    CHECK(ds->count(pat.data(), m) == brute_count(docs, pat));
+  }
+  // 3. online segments
+  for (int a = 0; a < 10; ++a) {
+    std::vector<uint32_t> t(rng() % 50 + 1);
+    for (auto& x : t) x = rng() % 4;
+    std::vector<uint64_t> o{0, t.size()};
+    ds->add(Corpus{t.data(), t.size(), o.data(), 1, 4});
+    docs.push_back(t);
+  }
+  for (int q = 0; q < 50; ++q) {
+    std::vector<uint32_t> pat(rng() % 4 + 1);
+    for (auto& t : pat) t = rng() % 4;
+    CHECK(ds->count(pat.data(), pat.size()) == brute_count(docs, pat));
+  }
+  ds->save(dir + "/asan2.vsds", nullptr);
+  // 4. prompt index with growth and rebuilds
+  std::vector<uint32_t> seq(300);
+  for (auto& t : seq) t = rng() % 3;
+  PromptIndex pi(seq.data(), 100, 3, 8, 16);
+  for (size_t n = 100; n < seq.size(); n += 7) {
+    pi.extend(seq.data() + n, std::min<size_t>(7, seq.size() - n));
+    DraftParams p;
+    p.budget = 16;
+    p.max_depth = 6;
+    const DraftResult r = pi.draft(p);
+    for (size_t i = 0; i < r.tokens.size(); ++i) CHECK(r.parents[i] < int32_t(i));
+  }
+  // 5. damaged files: every open must throw, never crash
+  std::string bytes;
+  {
+    std::ifstream f(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  int rejected = 0;
+  for (size_t cut : {size_t(0), size_t(7), size_t(100), bytes.size() / 2, bytes.size() - 1}) {
+    std::ofstream(dir + "/bad.vsds", std::ios::binary).write(bytes.data(), std::streamsize(cut));
+    try {
+      Datastore::open(dir + "/bad.vsds");
+    } catch (const std::exception&) {
+      ++rejected;
+    }
+  }
+  CHECK(rejected == 5);
+  // suffix array overwritten with large offsets: queries must throw, not read out of bounds
+  const FileHeader& h = ds->file()->header();
+  std::string broken = bytes;
+  std::memset(&broken[h.sa_offset], 0xff, h.docs_offset - h.sa_offset - 64);
+  std::ofstream(dir + "/bad.vsds", std::ios::binary).write(broken.data(), std::streamsize(broken.size()));
+  auto bad = Datastore::open(dir + "/bad.vsds");
+  int threw = 0;
+  for (uint32_t t = 0; t < 4; ++t) {
+    try {
+      DraftParams p;
+      bad->draft(&t, 1, p);
+    } catch (const CorruptError&) {
+      ++threw;
+    }
+  }
+  CHECK(threw > 0);
+  unlink(path.c_str());
+  unlink((dir + "/asan2.vsds").c_str());
+  unlink((dir + "/bad.vsds").c_str());
+  std::puts("datastore sanitizer driver: ok");
+  return 0;
+}
