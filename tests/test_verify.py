@@ -204,3 +204,73 @@ def test_tree_buffers_reused():
     logits = _logits_with_argmax([7, 3, 0, 1], V=11)
     res = verispec.verify(logits, trees, buffers=buf, max_depth=2, validate=False, backend="torch")
     assert res.tokens.tolist() == [[7, 3, 0]]
+
+
+# ---- typical (Medusa) -------------------------------------------------------------------------
+
+
+def test_typical_golden():
+    # Root distribution [0.5, 0.3, 0.15, 0.05]: H = 1.142, so with eps=0.1, delta=1 the bar is
+    # min(0.1, e^-H = 0.319) = 0.1. Child 0 (token 3, p=0.05) fails, child 1 (token 1, p=0.3) passes.
+    root = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    leaf = torch.tensor([30.0, 0.0, 0.0, 0.0])  # the bonus draw is token 0 with probability 1 - 3e-13
+    other = torch.zeros(4)
+    logits = torch.stack([root, other, leaf])
+    trees = [DraftTree([3, 1], [-1, -1])]
+    res = verispec.verify(logits, trees, mode="typical", typical_epsilon=0.1, typical_delta=1.0, seed=0, backend="torch")
+    assert res.accepted_nodes.tolist() == [[1]]
+    assert res.tokens.tolist() == [[1, 0]]
+    # a stricter bar (eps=0.4) rejects both: the next token is drawn from the root distribution
+    res = verispec.verify(logits, trees, mode="typical", typical_epsilon=0.4, typical_delta=2.0, seed=0, backend="torch")
+    assert res.num_accepted.tolist() == [0]
+
+
+def test_typical_temperature_zero_is_greedy():
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(7, 40, generator=gen) * 3
+    trees = [DraftTree([1, 2, 3], [-1, 0, 1]), DraftTree([4, 5], [-1, -1])]
+    a = verispec.verify(logits, trees, mode="greedy", backend="torch")
+    b = verispec.verify(logits, trees, mode="typical", temperature=0.0, backend="torch")
+    assert torch.equal(a.tokens, b.tokens)
+
+
+# ---- randomness ----------------------------------------------------------------------------------
+
+
+def test_batch_order_independence_and_reproducibility():
+    rng = random.Random(7)
+    gen = torch.Generator().manual_seed(7)
+    trees = _random_batch(rng, B=6, V=30, max_nodes=6, dup=True)
+    sizes = [len(t) + 1 for t in trees]
+    logits = torch.randn(sum(sizes), 30, generator=gen)
+    rows = list(torch.split(logits, sizes))
+    seeds = torch.tensor([11, 12, 13, 14, 15, 16])
+    offsets = torch.tensor([0, 5, 9, 2, 2, 100])
+    q_rows = [torch.softmax(torch.randn(len(t), 30, generator=gen), 1) for t in trees]
+    for dp in (None, q_rows):
+        kw = dict(mode="exact", temperature=0.8, backend="torch")
+        a = verispec.verify(logits, trees, seed=seeds, offset=offsets, draft_probs=None if dp is None else torch.cat(dp), **kw)
+        a2 = verispec.verify(logits, trees, seed=seeds, offset=offsets, draft_probs=None if dp is None else torch.cat(dp), **kw)
+        assert torch.equal(a.tokens, a2.tokens)
+        perm = [3, 0, 5, 1, 4, 2]
+        b = verispec.verify(
+            torch.cat([rows[i] for i in perm]), [trees[i] for i in perm], seed=seeds[perm], offset=offsets[perm],
+            draft_probs=None if dp is None else torch.cat([dp[i] for i in perm]), **kw,
+        )
+        assert torch.equal(a.tokens[perm], b.tokens) and torch.equal(a.accepted_nodes[perm], b.accepted_nodes)
+
+
+def test_offsets_change_the_draw():
+    logits = torch.zeros(1, 1000)  # uniform target: the draw is pure randomness
+    trees = [DraftTree.empty()]
+    draws = {int(verispec.verify(logits, trees, mode="exact", seed=5, offset=o, backend="torch").tokens[0, 0]) for o in range(20)}
+    assert len(draws) > 15
+
+
+def test_zero_probability_draft_never_accepted():
+    # top_k=2 removes token 5 from the target's support: a draft of it is always rejected
+    logits = torch.tensor([[3.0, 2.0, 0.0, 0.0, 0.0, 1.0]] * 2)
+    trees = [DraftTree([5], [-1])] * 64
+    res = verispec.verify(logits.repeat(64, 1), trees, mode="exact", top_k=2, seed=torch.arange(64), backend="torch")
+    assert (res.num_accepted == 0).all()
+    assert set(res.tokens[:, 0].tolist()) <= {0, 1}

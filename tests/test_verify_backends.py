@@ -218,3 +218,46 @@ def test_triton_philox_bits_match_torch():
         ref_e = _philox.residual_exponentials(s, o, n)[0]
         assert torch.equal(u, ref_u)
         torch.testing.assert_close(e, ref_e, rtol=2e-7, atol=0)  # log may differ by an ulp across libms
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
+@pytest.mark.parametrize("mode", ["greedy", "exact"])
+def test_cuda_graph_capture(backend, mode):
+    """With buffers, max_depth and validate=False the call has no host sync and replays in a graph."""
+    from verispec import pack_trees
+    from verispec.ops.tree_buffers import tree_buffers
+
+    rng, gen = random.Random(70), torch.Generator().manual_seed(70)
+    trees = _random_trees(rng, 8, 1000, 8)
+    tokens, parents, cu = (t.cuda() for t in pack_trees(trees))
+    buf = tree_buffers(parents, cu, max_rows=9, validate=False)
+    logits = _logits(trees, 1000, gen, 2.0, torch.bfloat16)
+    seed = torch.arange(8, device="cuda")
+    offset = torch.zeros(8, dtype=torch.int64, device="cuda")
+    kw = dict(mode=mode, buffers=buf, max_depth=8, validate=False, backend=backend, seed=seed, offset=offset)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        eager = verispec.verify(logits, (tokens, parents, cu), **kw)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = verispec.verify(logits, (tokens, parents, cu), **kw)
+    offset.add_(3)  # a new step: the graph reads the updated offsets
+    g.replay()
+    fresh = verispec.verify(logits, (tokens, parents, cu), **kw)
+    torch.cuda.synchronize()
+    assert torch.equal(out.tokens, fresh.tokens)
+    if mode == "greedy":
+        assert torch.equal(out.tokens, eager.tokens)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_bf16_logits_gpu(backend):
+    rng, gen = random.Random(80), torch.Generator().manual_seed(80)
+    trees = _random_trees(rng, 16, 32000, 12)
+    logits = _logits(trees, 32000, gen, 3.0, torch.bfloat16)
+    _compare(backend, logits, trees, mode="greedy")
+    _compare(backend, logits, trees, mode="exact", seed=4, offset=torch.arange(16), temperature=0.7)
