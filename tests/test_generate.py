@@ -42,10 +42,19 @@ def _drafters(name, refs):
         return RandomTreeDrafter(VOCAB, budget=9, seed=3)
     if name == "oracle":
         return OracleTreeDrafter(refs, VOCAB, seed=5)
+    if name == "retrieval":
+        from verispec import Datastore, RetrievalDrafter
+
+        # The corpus holds the true continuations with every 5th token corrupted, plus noise, so
+        # drafts are accepted for a few tokens and then rejected.
+        g = torch.Generator().manual_seed(9)
+        docs = [[t if i % 5 else (t + 1) % VOCAB for i, t in enumerate(r)] for r in refs.values()]
+        docs += [torch.randint(0, VOCAB, (200,), generator=g).tolist() for _ in range(3)]
+        return RetrievalDrafter(Datastore.from_documents(docs, vocab_size=VOCAB), budget=7, max_depth=4)
     raise ValueError(name)
 
 
-DRAFTERS = ["none", "prompt_lookup", "random", "oracle"]
+DRAFTERS = ["none", "prompt_lookup", "random", "oracle", "retrieval"]
 
 
 @pytest.mark.parametrize("attention", ["tree", "mask"])
