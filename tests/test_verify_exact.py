@@ -84,7 +84,7 @@ def simulate(
     V, S = target.V, target.S
     K = len(parents)
     depth = []
-    for j, p in enumerate(parents):
+    for p in parents:
         depth.append(1 if p < 0 else depth[p] + 1)
     par_t = torch.tensor(parents, dtype=torch.int32).repeat(n)
     cu = (torch.arange(n + 1, dtype=torch.int32) * K).to(torch.int32)

@@ -176,7 +176,7 @@ def _walk_kernel(
             scr = scr * 0
             s_res = 1.0
         else:
-            if MODE == 1:
+            if MODE == 1:  # noqa: SIM102  (constexpr test, then a runtime one: kept apart for the compiler)
                 if sampling:
                     if HAS_Q:
                         # residual <- max(residual - q, 0) into the other scratch slot
@@ -229,12 +229,11 @@ def _walk_kernel(
                 kv = okv
                 if HAS_THR:
                     kv = kv & (lv >= tl.load(THR + row))
-                if MODE == 1:
-                    if not HAS_Q:
-                        c = tl.load(FIRST + row)
-                        while c >= 0:
-                            kv = kv & (idx != tl.load(TOK + n0 + c - 1))
-                            c = tl.load(NEXT + row0 + c)
+                if MODE == 1 and not HAS_Q:
+                    c = tl.load(FIRST + row)
+                    while c >= 0:
+                        kv = kv & (idx != tl.load(TOK + n0 + c - 1))
+                        c = tl.load(NEXT + row0 + c)
                 logp = tl.where(kv, (lv - m) / t, -float("inf"))
             if HOOK:
                 e = tl.load(E_HOOK + b64 * V + idx, mask=okv, other=1.0)

@@ -78,9 +78,9 @@ class TreeBuffers:
     def _scatter_padded(self, values: torch.Tensor, B: Optional[int], T: Optional[int], fill) -> torch.Tensor:
         B = self.num_requests if B is None else B
         T = self.max_rows if T is None else T
-        if B < self.num_requests:
+        if self.num_requests > B:
             raise ValueError(f"padded form: B={B} is smaller than the batch ({self.num_requests} requests)")
-        if T < self.max_rows:
+        if self.max_rows > T:
             raise ValueError(f"padded form: T={T} is smaller than max_rows={self.max_rows}")
         # index_put has no uint32 kernel: move the bits as int32 and reinterpret.
         raw = values.view(torch.int32) if values.dtype == torch.uint32 else values
@@ -93,10 +93,10 @@ class TreeBuffers:
         T = self.max_rows if T is None else T
         W = max(1, math.ceil(T / 32))
         anc = self.ancestors
-        if W > anc.shape[1]:
+        if anc.shape[1] < W:
             pad = torch.zeros(anc.shape[0], W - anc.shape[1], dtype=anc.dtype, device=anc.device)
             anc = torch.cat([anc, pad], dim=1)
-        elif W < anc.shape[1]:
+        elif anc.shape[1] > W:
             anc = anc[:, :W].contiguous()  # T >= max_rows, so the dropped words are all zero
         return self._scatter_padded(anc, B, T, 0)
 

@@ -1,0 +1,221 @@
+"""Acceptance (verify) benchmark: time against the floor, the torch backend and FlashInfer's chain kernel.
+
+Shapes: B in {1, 8, 64, 256} requests, K in {4, 8, 16, 64} draft nodes per request, V in {32000, 128256,
+151936}, bf16 target logits ``[B * (K + 1), V]``. Cases:
+
+* ``greedy``  - chains of K nodes, greedy acceptance;
+* ``exact_chain`` - chains drafted by a draft model (``draft_probs`` float32 ``[B*K, V]``), temperature 1,
+  the workload of FlashInfer's ``chain_speculative_sampling``, which is timed on the same inputs
+  (its kernel takes float32 probabilities, so it is timed both from given probabilities and including the
+  softmax of the target logits a caller must run first);
+* ``exact_tree`` - deterministic drafts (retrieval): four chains of K/4 nodes under the root.
+
+The floor is the time to read the target logits once: ``R * V * 2`` bytes at the copy bandwidth measured
+in the same run. On a CPU the benchmark runs once at tiny sizes to check that it works and that the
+backends agree (no timings are meaningful there).
+
+Usage::
+
+    python bench/bench_verify.py [--quick]   # GPU sweep, writes bench/results/verify-*.json
+    pytest bench/bench_verify.py              # pytest-benchmark; CPU: one correctness round
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import verispec  # noqa: E402
+from verispec.ops.tree_buffers import tree_buffers  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+GPU = torch.cuda.is_available()
+BS, KS, VS = (1, 8, 64, 256), (4, 8, 16, 64), (32000, 128256, 151936)
+CASES = ("greedy", "exact_chain", "exact_tree")
+
+
+def make_case(case: str, B: int, K: int, V: int, device, dtype=torch.bfloat16, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    if case == "exact_tree":
+        fan = min(4, K)
+        parents = [-1] * fan + [j - fan for j in range(fan, K)]  # four interleaved chains
+    else:
+        parents = list(range(-1, K - 1))
+    par = torch.tensor(parents, dtype=torch.int32).repeat(B).to(device)
+    cu = (torch.arange(B + 1, dtype=torch.int32) * K).to(device)
+    logits = (torch.randn(B * (K + 1), V, generator=g) * 2).to(device=device, dtype=dtype)
+    c = {"B": B, "K": K, "V": V, "case": case, "logits": logits, "parents": par, "cu": cu}
+    if case == "exact_chain":
+        q = torch.softmax(torch.randn(B * K, V, generator=g).to(device) * 2, dim=1)
+        c["draft_probs"] = q
+        c["tokens"] = torch.multinomial(q, 1, generator=None).squeeze(1).to(torch.int32)
+    else:
+        # drafts that often match the target's argmax so walks go deep
+        rows = logits.view(B, K + 1, V)
+        want = rows[:, :K].float().argmax(-1)
+        noise = torch.randint(0, V, (B, K), generator=g).to(device)
+        keep = torch.rand(B, K, generator=g).to(device) < 0.7
+        c["tokens"] = torch.where(keep, want, noise).reshape(-1).to(torch.int32)
+    c["buffers"] = tree_buffers(par, cu, max_rows=K + 1, validate=False)
+    c["max_depth"] = int(c["buffers"].depth.max())
+    c["seed"] = torch.arange(B, device=device)
+    c["offset"] = torch.zeros(B, dtype=torch.int64, device=device)
+    return c
+
+
+def run_verispec(c: dict, backend: str) -> Callable[[], verispec.VerifyResult]:
+    mode = "greedy" if c["case"] == "greedy" else "exact"
+    kw = dict(mode=mode, buffers=c["buffers"], max_depth=c["max_depth"], validate=False, backend=backend,
+              seed=c["seed"], offset=c["offset"], draft_probs=c.get("draft_probs"))
+    flat = (c["tokens"], c["parents"], c["cu"])
+    return lambda: verispec.verify(c["logits"], flat, **kw)
+
+
+def run_flashinfer(c: dict, include_softmax: bool) -> Optional[Callable]:
+    try:
+        from flashinfer.sampling import chain_speculative_sampling
+    except Exception:
+        return None
+    B, K, V = c["B"], c["K"], c["V"]
+    q = c["draft_probs"].view(B, K, V)
+    ids = c["tokens"].view(B, K)
+    probs = torch.softmax(c["logits"].float(), dim=-1).view(B, K + 1, V)
+
+    def fn():
+        p = torch.softmax(c["logits"].float(), dim=-1).view(B, K + 1, V) if include_softmax else probs
+        return chain_speculative_sampling(q, ids, p)
+
+    return fn
+
+
+def copy_bandwidth() -> float:
+    from triton.testing import do_bench
+
+    src = torch.empty(1 << 29, dtype=torch.int16, device="cuda")
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 2 / (do_bench(lambda: dst.copy_(src), return_mode="median") * 1e-3) / 1e9
+
+
+def commit_hash() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def sweep(out_dir: Path, quick: bool) -> dict:
+    """GPU sweep with triton.testing.do_bench (median of CUDA-event timings); writes JSON."""
+    from triton.testing import do_bench
+
+    props = torch.cuda.get_device_properties(0)
+    bw = copy_bandwidth()
+    print(f"device: {props.name}, measured copy bandwidth {bw:.0f} GB/s")
+    shapes = [(c, 64, 4, 128256) for c in CASES] + [("greedy", 1, 4, 32000), ("exact_chain", 256, 16, 151936)] \
+        if quick else [(c, B, K, V) for c in CASES for B in BS for K in KS for V in VS]
+    rows = []
+    for case, B, K, V in shapes:
+        R = B * (K + 1)
+        if R * V * 2 > 12 * 2**30:  # keep the inputs (and FlashInfer's float32 copies) in memory
+            continue
+        c = make_case(case, B, K, V, "cuda")
+        floor_ms = R * V * 2 / (bw * 1e9) * 1e3
+        impls: dict[str, Optional[Callable]] = {f"verispec_{be}": run_verispec(c, be) for be in ("cuda", "triton")}
+        if R * V <= 2**27:  # the torch backend materialises float32 [R, V] tensors
+            impls["verispec_torch"] = run_verispec(c, "torch")
+        if case == "exact_chain":
+            impls["flashinfer_chain"] = run_flashinfer(c, include_softmax=False)
+            impls["flashinfer_chain+softmax"] = run_flashinfer(c, include_softmax=True)
+        row = {"case": case, "B": B, "K": K, "V": V, "floor_ms": floor_ms, "impls": {}}
+        for name, fn in impls.items():
+            if fn is None:
+                continue
+            try:
+                ms = float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
+                row["impls"][name] = {"ms": ms, "x_floor": ms / floor_ms}
+            except Exception as exc:
+                row["impls"][name] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del c
+        torch.cuda.empty_cache()
+    result = {"bench": "verify", "device": props.name, "copy_bandwidth_GBps": bw, "commit": commit_hash(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "torch": torch.__version__, "logits": "bf16", "rows": rows}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"verify-{props.name.replace(' ', '_')}-{result['date'][:10]}-{result['commit']}"
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    print(f"wrote {out_dir / stem}.json")
+    return result
+
+
+# ---- pytest-benchmark ------------------------------------------------------------------------------
+
+if GPU:
+    PARAMS = [(c, B, K, V) for c in CASES for B in BS for K in KS for V in VS if B * (K + 1) * V * 2 <= 12 * 2**30]
+    BENCH_BACKENDS = ("cuda", "triton", "torch")
+else:  # one correctness round at tiny sizes
+    PARAMS = [(c, 3, 4, 111) for c in CASES]
+    BENCH_BACKENDS = ("torch", "triton")
+
+
+@pytest.mark.parametrize("backend", BENCH_BACKENDS)
+@pytest.mark.parametrize("case,B,K,V", PARAMS)
+def test_bench_verify(benchmark, case, B, K, V, backend):
+    dev = "cuda" if GPU else "cpu"
+    if backend == "torch" and B * (K + 1) * V > 2**27:
+        pytest.skip("the torch backend materialises float32 [R, V]: too large")
+    c = make_case(case, B, K, V, dev, dtype=torch.bfloat16 if GPU else torch.float32)
+    fn = run_verispec(c, backend)
+    ref = run_verispec(c, "torch")() if B * (K + 1) * V <= 2**27 else None
+    if GPU:
+        def timed():
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+
+        out = benchmark.pedantic(timed, rounds=20, iterations=1, warmup_rounds=3)
+        benchmark.extra_info["floor_ms"] = B * (K + 1) * V * 2 / (copy_bandwidth_cached() * 1e9) * 1e3
+    else:
+        out = benchmark.pedantic(fn, rounds=1, iterations=1)
+    if ref is not None:
+        assert torch.equal(out.tokens.cpu(), ref.tokens.cpu()), f"{backend} disagrees with the torch backend"
+    assert out.tokens.shape == (B, c["max_depth"] + 1)
+
+
+_BW: list[float] = []
+
+
+def copy_bandwidth_cached() -> float:
+    if not _BW:
+        _BW.append(copy_bandwidth())
+    return _BW[0]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a handful of shapes, including the target B=64 K=4 V=128k")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    if not GPU:
+        return pytest.main([__file__, "-q", "--benchmark-disable"])
+    sweep(args.out, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
