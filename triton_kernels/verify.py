@@ -1,13 +1,17 @@
-"""Triton acceptance (verify): two launches, the same walk as ``verispec.ops.verify.verify_reference``.
+"""Triton acceptance (verify): the same walk as ``verispec.ops.verify.verify_reference``, in four launches.
 
 1. ``_row_stats_kernel``, one program per verification row, reads the target logits once: argmax
-   (lowest id on ties), max, ``Z = sum exp((l - max) / T)`` over the tokens passing the top-k/top-p
-   threshold and, for ``typical``, ``sum w * z`` (entropy), all with an online (streaming) softmax.
-   This pass is the floor every acceptance sampler pays.
+   (lowest id on ties), max, ``Z = sum exp2((l - max) * scale)`` (``scale = log2(e)/T``) over the tokens
+   passing the top-k/top-p threshold and, for ``typical``, the entropy, with an online softmax. This pass
+   is the floor every acceptance sampler pays.
 2. ``_walk_kernel``, one program per request, walks the tree with scalar work: ``p(x)`` of a candidate
-   is one logit gather plus the row stats. Full-vocabulary passes happen only for the final residual /
-   bonus draw (an exponential race, no prefix sum) and, with draft probabilities, once per rejected
-   sibling (``max(p_res - q, 0)`` into a double-buffered scratch row).
+   is one logit gather plus the row stats. With draft probabilities a rejected sibling costs one pass
+   (``max(p_res - q, 0)`` into a double-buffered scratch row). It leaves the final row per request.
+3. ``_race_kernel``, ``B x splits`` programs, draws the correction / bonus token from the final row by an
+   exponential race (``argmax_v log2 p(v) - log2 E_v``): one pass, no prefix sum, spread over the GPU.
+   Blocks whose best possible key (``E >= E_min``, so ``key <= z2 + 33``) cannot beat the best so far
+   skip their random numbers; the result is unchanged.
+4. ``_finalize_kernel`` reduces the splits and writes the outputs and their -1 padding.
 
 Random numbers: ``tl.philox`` with key = seed and counter ``(index, stream, offset_lo, offset_hi)``, the
 same Philox4x32-10 as ``verispec/ops/_philox.py`` (tested bit-equal in the interpreter).
@@ -27,14 +31,13 @@ STREAM_RESIDUAL: tl.constexpr = tl.constexpr(_philox.STREAM_RESIDUAL)
 
 @triton.jit
 def _row_stats_kernel(
-    L, stride_l, V, TEMP, THR, MAX, SUM, ENT, ARGMAX,
+    L, stride_l, V, SCALE, THR, MAX, SUM, ENT, ARGMAX,
     HAS_THR: tl.constexpr, NEED_SUM: tl.constexpr, NEED_ENT: tl.constexpr, BLOCK: tl.constexpr,
 ):
     r = tl.program_id(0)
     base = L + r.to(tl.int64) * stride_l
     offs = tl.arange(0, BLOCK)
-    t = tl.load(TEMP + r)
-    t = tl.where(t > 0, t, 1.0)
+    c = tl.load(SCALE + r)
     thr = -float("inf")
     if HAS_THR:
         thr = tl.load(THR + r)
@@ -53,13 +56,13 @@ def _row_stats_kernel(
         m_new = tl.maximum(m, bm)
         if NEED_SUM:
             keep = ok & (x >= thr)
-            z = tl.where(keep, (x - m_new) / t, 0.0)
-            w = tl.where(keep, tl.exp(z), 0.0)
-            alpha = tl.exp((m - m_new) / t)
+            z = tl.where(keep, (x - m_new) * c, 0.0)
+            w = tl.where(keep, tl.exp2(z), 0.0)
+            alpha = tl.exp2((m - m_new) * c)
             if NEED_ENT:
-                # sum w*z relative to the running max: shifting the max by d scales w by e^-d and moves z by -d
-                d = tl.where(z_sum > 0, (m_new - m) / t, 0.0)
-                s1 = tl.where(z_sum > 0, alpha * (s1 - d * z_sum), 0.0) + tl.sum(tl.where(keep, w * z, 0.0), 0)
+                # sum w*z relative to the running max: moving the max by d scales w by 2^-d, shifts z by -d
+                d = tl.where(z_sum > 0, (m_new - m) * c, 0.0)
+                s1 = tl.where(z_sum > 0, alpha * (s1 - d * z_sum), 0.0) + tl.sum(w * z, 0)
             z_sum = z_sum * alpha + tl.sum(w, 0)
         m = m_new
     tl.store(ARGMAX + r, a)
@@ -67,7 +70,8 @@ def _row_stats_kernel(
     if NEED_SUM:
         tl.store(SUM + r, z_sum)
     if NEED_ENT:
-        tl.store(ENT + r, tl.log(z_sum) - s1 / z_sum)
+        # nats: H = ln Z - ln 2 * sum(w * z2) / Z
+        tl.store(ENT + r, tl.log(z_sum) - 0.6931471805599453 * s1 / z_sum)
 
 
 @triton.jit
@@ -88,14 +92,19 @@ def _exponential(bits):
     return -l1p
 
 
+# flags of the walk's per-request state [B, 4] = (final row, flags, depth, last token | scratch slot)
+GREEDY_DONE: tl.constexpr = tl.constexpr(1)
+IN_SCRATCH: tl.constexpr = tl.constexpr(2)
+EXCLUDE_CHILDREN: tl.constexpr = tl.constexpr(4)
+
+
 @triton.jit
 def _walk_kernel(
     L, stride_l, V, TOK, CU_NODES, CU_ROWS, FIRST, NEXT,
-    TEMP, THR, MAX, SUM, ENT, ARGMAX,
-    Q, stride_q, SCRATCH, SEED, OFFSET, U_HOOK, E_HOOK,
-    ACC_OUT, NUM_OUT, TOK_OUT, D, eps, delta,
-    MODE: tl.constexpr, HAS_Q: tl.constexpr, HAS_THR: tl.constexpr, HOOK: tl.constexpr,
-    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    TEMP, SCALE, THR, MAX, SUM, ENT, ARGMAX,
+    Q, stride_q, SCRATCH, SEED, OFFSET, U_HOOK,
+    ACC_OUT, TOK_OUT, STATE, D, eps, delta,
+    MODE: tl.constexpr, HAS_Q: tl.constexpr, HAS_THR: tl.constexpr, HOOK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     b = tl.program_id(0)
     b64 = b.to(tl.int64)
@@ -106,7 +115,7 @@ def _walk_kernel(
         temp = tl.load(TEMP + b)
     greedy = temp == 0
     sampling = temp != 0
-    t = tl.where(greedy, 1.0, temp)
+    c = tl.load(SCALE + b)
     seed = tl.load(SEED + b)
     off = tl.load(OFFSET + b)
     off_lo = (off & 0xFFFFFFFF).to(tl.uint32)
@@ -139,7 +148,7 @@ def _walk_kernel(
             keep = True
             if HAS_THR:
                 keep = lx >= tl.load(THR + row)
-            p_row = tl.where(keep, tl.exp((lx - m) / t) / zs, 0.0)
+            p_row = tl.where(keep, tl.exp2((lx - m) * c) / zs, 0.0)
             if MODE == 2:
                 bar = tl.minimum(eps, delta * tl.exp(-tl.load(ENT + row)))
                 ok = p_row > bar
@@ -154,10 +163,10 @@ def _walk_kernel(
                     qx = 1.0
                     # A token equal to an earlier (rejected) sibling has no residual mass left.
                     dup = 0
-                    c = tl.load(FIRST + row)
-                    while c < cand:
-                        dup = tl.where(tl.load(TOK + n0 + c - 1) == x, 1, dup)
-                        c = tl.load(NEXT + row0 + c)
+                    ch = tl.load(FIRST + row)
+                    while ch < cand:
+                        dup = tl.where(tl.load(TOK + n0 + ch - 1) == x, 1, dup)
+                        ch = tl.load(NEXT + row0 + ch)
                     px = tl.where(dup != 0, 0.0, p_row / (1.0 - mass))
                 if HOOK:
                     u = tl.load(U_HOOK + n0 + node)
@@ -194,7 +203,7 @@ def _walk_kernel(
                                 kv = okv
                                 if HAS_THR:
                                     kv = kv & (lv >= tl.load(THR + row))
-                                pv = tl.where(kv, tl.exp((lv - m) / t) / zs, 0.0)
+                                pv = tl.where(kv, tl.exp2((lv - m) * c) / zs, 0.0)
                             qv = tl.load(q_row + idx, mask=okv, other=0.0).to(tl.float32)
                             w = tl.maximum(pv - qv, 0.0)
                             tl.store(scratch_row + new_slot * V + idx, w, mask=okv)
@@ -210,45 +219,103 @@ def _walk_kernel(
             cand = tl.load(NEXT + row0 + cand)
 
     row = row0 + cur
+    flags = row0 * 0
+    last = slot
     if greedy:
+        flags = flags + GREEDY_DONE
         last = tl.load(ARGMAX + row)
-    else:
+    if scr != 0:
+        flags = flags + IN_SCRATCH
+    if MODE == 1 and not HAS_Q:
+        flags = flags + EXCLUDE_CHILDREN
+    tl.store(STATE + b64 * 4 + 0, row)
+    tl.store(STATE + b64 * 4 + 1, flags)
+    tl.store(STATE + b64 * 4 + 2, depth)
+    tl.store(STATE + b64 * 4 + 3, last)
+
+
+@triton.jit
+def _race_kernel(
+    L, stride_l, V, TOK, CU_NODES, CU_ROWS, FIRST, NEXT, SCALE, THR, MAX,
+    SCRATCH, SEED, OFFSET, E_HOOK, STATE, PART_KEY, PART_IDX, S,
+    HAS_THR: tl.constexpr, HOOK: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    b = tl.program_id(0)
+    s = tl.program_id(1)
+    b64 = b.to(tl.int64)
+    flags = tl.load(STATE + b64 * 4 + 1)
+    best = -float("inf")
+    best_i = 2147483647
+    if (flags & GREEDY_DONE) == 0:
+        row = tl.load(STATE + b64 * 4 + 0)
+        slot = tl.load(STATE + b64 * 4 + 3)
+        row0 = tl.load(CU_ROWS + b)
+        n0 = tl.load(CU_NODES + b)
+        c = tl.load(SCALE + b)
         m = tl.load(MAX + row)
+        seed = tl.load(SEED + b)
+        off = tl.load(OFFSET + b)
+        off_lo = (off & 0xFFFFFFFF).to(tl.uint32)
+        off_hi = ((off >> 32) & 0xFFFFFFFF).to(tl.uint32)
+        in_scratch = (flags & IN_SCRATCH) != 0
+        exclude = (flags & EXCLUDE_CHILDREN) != 0
         l_row = L + row.to(tl.int64) * stride_l
-        best = -float("inf")
-        last = tl.load(ARGMAX + row)
+        scratch_row = SCRATCH + b64 * 2 * V + slot * V
+        offs = tl.arange(0, BLOCK)
         z32 = offs.to(tl.uint32) * 0
-        for v0 in range(0, V, BLOCK):
+        for v0 in range(s * CHUNK, s * CHUNK + CHUNK, BLOCK):
             idx = v0 + offs
             okv = idx < V
-            if scr != 0:
-                w = tl.load(scratch_row + slot * V + idx, mask=okv, other=0.0)
-                logp = tl.where(w > 0, tl.log(w), -float("inf"))
+            if in_scratch:
+                w = tl.load(scratch_row + idx, mask=okv, other=0.0)
+                logp = tl.where(w > 0, tl.log2(w), -float("inf"))
             else:
                 lv = tl.load(l_row + idx, mask=okv, other=-float("inf")).to(tl.float32)
                 kv = okv
                 if HAS_THR:
                     kv = kv & (lv >= tl.load(THR + row))
-                if MODE == 1 and not HAS_Q:
-                    c = tl.load(FIRST + row)
-                    while c >= 0:
-                        kv = kv & (idx != tl.load(TOK + n0 + c - 1))
-                        c = tl.load(NEXT + row0 + c)
-                logp = tl.where(kv, (lv - m) / t, -float("inf"))
-            if HOOK:
-                e = tl.load(E_HOOK + b64 * V + idx, mask=okv, other=1.0)
-            else:
-                c0 = (idx // 4).to(tl.uint32)
-                w0, w1, w2, w3 = tl.philox(seed, c0, z32 + STREAM_RESIDUAL, z32 + off_lo, z32 + off_hi)
-                lane = idx % 4
-                bits = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
-                e = _exponential(bits)
-            key = tl.where(logp > -float("inf"), logp - tl.log(e), -float("inf"))
-            bk = tl.max(key, 0)
-            bi = tl.min(tl.where(key == bk, idx, 2147483647), 0)
-            take = bk > best
-            last = tl.where(take, bi, last)
-            best = tl.maximum(best, bk)
+                if exclude:
+                    ch = tl.load(FIRST + row)
+                    while ch >= 0:
+                        kv = kv & (idx != tl.load(TOK + n0 + ch - 1))
+                        ch = tl.load(NEXT + row0 + ch)
+                logp = tl.where(kv, (lv - m) * c, -float("inf"))
+            # E >= E_min = 1.16e-10, so no key exceeds logp + 33: skip blocks that cannot win.
+            if tl.max(logp, 0) + 33.0 >= best:
+                if HOOK:
+                    e = tl.load(E_HOOK + b64 * V + idx, mask=okv, other=1.0)
+                else:
+                    w0, w1, w2, w3 = tl.philox(seed, (idx // 4).to(tl.uint32), z32 + STREAM_RESIDUAL, z32 + off_lo, z32 + off_hi)
+                    lane = idx % 4
+                    bits = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
+                    e = _exponential(bits)
+                key = tl.where(logp > -float("inf"), logp - tl.log2(e), -float("inf"))
+                bk = tl.max(key, 0)
+                bi = tl.min(tl.where(key == bk, idx, 2147483647), 0)
+                best_i = tl.where(bk > best, bi, best_i)
+                best = tl.maximum(best, bk)
+    tl.store(PART_KEY + b64 * S + s, best)
+    tl.store(PART_IDX + b64 * S + s, best_i)
+
+
+@triton.jit
+def _finalize_kernel(
+    ARGMAX, STATE, PART_KEY, PART_IDX, S, ACC_OUT, NUM_OUT, TOK_OUT, D,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0)
+    b64 = b.to(tl.int64)
+    row = tl.load(STATE + b64 * 4 + 0)
+    flags = tl.load(STATE + b64 * 4 + 1)
+    depth = tl.load(STATE + b64 * 4 + 2)
+    last = tl.load(STATE + b64 * 4 + 3)
+    if (flags & GREEDY_DONE) == 0:
+        j = tl.arange(0, BLOCK_S)
+        k = tl.load(PART_KEY + b64 * S + j, mask=j < S, other=-float("inf"))
+        i = tl.load(PART_IDX + b64 * S + j, mask=j < S, other=2147483647)
+        bk = tl.max(k, 0)
+        bi = tl.min(tl.where(k == bk, i, 2147483647), 0)
+        last = tl.where(bk > -float("inf"), bi, tl.load(ARGMAX + row))
     tl.store(TOK_OUT + b64 * (D + 1) + depth, last)
     tl.store(NUM_OUT + b, depth)
     for d0 in range(0, D + 1, BLOCK_D):
@@ -263,8 +330,8 @@ _alloc = torch.empty
 
 
 def verify_triton_launch(problem):
-    """Run the two kernels for a validated ``verispec.ops.verify._Problem``; returns a VerifyResult."""
-    from verispec.ops.verify import VerifyResult
+    """Run the kernels for a validated ``verispec.ops.verify._Problem``; returns a VerifyResult."""
+    from verispec.ops.verify import VerifyResult, log2_scale
 
     pr = problem
     buf = pr.buffers
@@ -273,19 +340,19 @@ def verify_triton_launch(problem):
     R, V = logits.shape
     B, D = pr.B, pr.max_depth
     mode = _MODES[pr.mode]
-    f32 = torch.float32
-    temp_rows = pr.temperature[buf.request.long()].contiguous()
+    f32, i32 = torch.float32, torch.int32
+    scale = log2_scale(pr.temperature).contiguous()
+    scale_rows = scale[buf.request.long()].contiguous()
     row_max = _alloc(R, dtype=f32, device=dev)
     row_sum = _alloc(R, dtype=f32, device=dev)
     row_ent = _alloc(R, dtype=f32, device=dev)
-    row_arg = _alloc(R, dtype=torch.int32, device=dev)
+    row_arg = _alloc(R, dtype=i32, device=dev)
     has_thr = pr.threshold is not None
     thr = pr.threshold.contiguous() if has_thr else row_max
-    BLOCK = min(2048, triton.next_power_of_2(V))
     if R:
         _row_stats_kernel[(R,)](
-            logits, logits.stride(0), V, temp_rows, thr, row_max, row_sum, row_ent, row_arg,
-            HAS_THR=has_thr, NEED_SUM=mode != 0, NEED_ENT=mode == 2, BLOCK=BLOCK,
+            logits, logits.stride(0), V, scale_rows, thr, row_max, row_sum, row_ent, row_arg,
+            HAS_THR=has_thr, NEED_SUM=mode != 0, NEED_ENT=mode == 2, BLOCK=min(2048, triton.next_power_of_2(V)),
         )
     has_q = pr.draft_probs is not None
     q = pr.draft_probs.contiguous() if has_q else row_max
@@ -293,15 +360,32 @@ def verify_triton_launch(problem):
     hook = pr.uniforms is not None
     u_hook = pr.uniforms.accept.float().contiguous() if hook else row_max
     e_hook = pr.uniforms.exponential.float().contiguous() if hook else row_max
-    acc = _alloc(B, D, dtype=torch.int32, device=dev)
-    num = _alloc(B, dtype=torch.int32, device=dev)
-    tok = _alloc(B, D + 1, dtype=torch.int32, device=dev)
+    acc = _alloc(B, D, dtype=i32, device=dev)
+    num = _alloc(B, dtype=i32, device=dev)
+    tok = _alloc(B, D + 1, dtype=i32, device=dev)
+    state = _alloc(B, 4, dtype=i32, device=dev)
+    seed, offset = pr.seed.contiguous(), pr.offset.contiguous()
+    block = min(1024, triton.next_power_of_2(V))
     _walk_kernel[(B,)](
         logits, logits.stride(0), V, pr.tokens, pr.cu_nodes, buf.cu_rows, buf.first_child, buf.next_sibling,
-        pr.temperature.contiguous(), thr, row_max, row_sum, row_ent, row_arg,
-        q, q.stride(0) if has_q else 0, scratch, pr.seed.contiguous(), pr.offset.contiguous(), u_hook, e_hook,
-        acc, num, tok, D, pr.typical_epsilon, pr.typical_delta,
-        MODE=mode, HAS_Q=has_q, HAS_THR=has_thr, HOOK=hook,
-        BLOCK=min(1024, triton.next_power_of_2(V)), BLOCK_D=min(128, triton.next_power_of_2(D + 1)),
+        pr.temperature.contiguous(), scale, thr, row_max, row_sum, row_ent, row_arg,
+        q, q.stride(0) if has_q else 0, scratch, seed, offset, u_hook,
+        acc, tok, state, D, pr.typical_epsilon, pr.typical_delta,
+        MODE=mode, HAS_Q=has_q, HAS_THR=has_thr, HOOK=hook, BLOCK=block,
+    )
+    # Race splits: enough programs to fill a GPU (a chunk of 4096 ids each), one per request on CPU.
+    chunk = max(block, 4096) if dev.type == "cuda" else max(block, triton.next_power_of_2(V))
+    S = triton.cdiv(V, chunk)
+    part_key = _alloc(B, S, dtype=f32, device=dev)
+    part_idx = _alloc(B, S, dtype=i32, device=dev)
+    if mode != 0:
+        _race_kernel[(B, S)](
+            logits, logits.stride(0), V, pr.tokens, pr.cu_nodes, buf.cu_rows, buf.first_child, buf.next_sibling,
+            scale, thr, row_max, scratch, seed, offset, e_hook, state, part_key, part_idx, S,
+            HAS_THR=has_thr, HOOK=hook, CHUNK=chunk, BLOCK=block,
+        )
+    _finalize_kernel[(B,)](
+        row_arg, state, part_key, part_idx, S, acc, num, tok, D,
+        BLOCK_S=triton.next_power_of_2(S), BLOCK_D=min(128, triton.next_power_of_2(D + 1)),
     )
     return VerifyResult(acc, num, tok)

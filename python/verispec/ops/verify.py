@@ -169,17 +169,28 @@ def filter_thresholds(
     return thr
 
 
+LOG2E = 1.4426950408889634
+
+
+def log2_scale(temperature: torch.Tensor) -> torch.Tensor:
+    """float32 ``log2(e) / T`` per entry (1.0 where ``T == 0``). Every backend scales logits by this
+    one tensor, computed here, so ``z2 = (l - max) * scale`` is the same float32 product everywhere."""
+    t = temperature.float()
+    safe = torch.where(t > 0, t, torch.ones_like(t))
+    return torch.full_like(t, LOG2E) / safe
+
+
 def target_probs(logits: torch.Tensor, temperature: torch.Tensor, threshold: Optional[torch.Tensor]) -> torch.Tensor:
-    """float32 ``[R, V]`` target distribution per row: ``softmax((l - max l) / T)`` over the tokens that
-    pass the threshold; rows with ``T == 0`` are the point mass on the argmax (lowest id on ties).
+    """float32 ``[R, V]`` target distribution per row: ``w = exp2((l - max l) * log2(e)/T)`` over the
+    tokens that pass the threshold, normalised; rows with ``T == 0`` are the point mass on the argmax
+    (lowest id on ties).
 
     ``logits`` any float ``[R, V]``; ``temperature`` float32 ``[R]``; ``threshold`` float32 ``[R]`` or None.
     """
     l = logits.float()
     greedy = temperature == 0
-    t = torch.where(greedy, torch.ones_like(temperature), temperature).unsqueeze(1)
     m = l.max(dim=1, keepdim=True).values
-    w = torch.exp((l - m) / t)
+    w = torch.exp2((l - m) * log2_scale(temperature).unsqueeze(1))
     if threshold is not None:
         w = torch.where(l >= threshold.unsqueeze(1), w, torch.zeros_like(w))
     p = w / w.sum(dim=1, keepdim=True)
@@ -203,8 +214,9 @@ def _residual_step(p_res: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def _race(p_res: torch.Tensor, exponential: torch.Tensor) -> torch.Tensor:
-    """Index drawn from ``p_res`` by the exponential race: argmax of ``log p - log E`` over ``p > 0``."""
-    key = torch.where(p_res > 0, torch.log(p_res) - torch.log(exponential), torch.full_like(p_res, -math.inf))
+    """Index drawn from ``p_res`` by the exponential race: ``argmax_v p(v) / E_v`` over ``p > 0``, taken
+    in log2 units (``log2 p - log2 E``; the kernels use ``(l - max) * scale - log2 E``), lowest id on ties."""
+    key = torch.where(p_res > 0, torch.log2(p_res) - torch.log2(exponential), torch.full_like(p_res, -math.inf))
     return key.argmax(dim=-1)
 
 
