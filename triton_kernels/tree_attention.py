@@ -218,9 +218,11 @@ def _combine_kernel(
 
 def _pick_blocks(G: int, T: int, D: int, esize: int = 2) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps). BLOCK_M covers all packed rows of small trees, so each KV head's
-    K/V is read once; the caps come from compiling for sm_90 without a GPU (ptxas reports no spills
-    for fp16/bf16 at these sizes). fp32 uses exact (non-tf32) dots, which run on FMA units and need
-    far more registers: small tiles, 8 warps (still a few hundred bytes of spills; not a hot path).
+    K/V is read once. The choices come from compiling every variant for sm_80 and sm_90 without a GPU:
+    ptxas reports no spills for fp16/bf16 at D = 64, 128, 256 with these (BLOCK_M = 128 with 64-key
+    tiles spills at D = 128, hence 32-key tiles there). fp32 uses exact (non-tf32) dots on FMA units and
+    needs far more registers: small tiles, 8 warps, a few hundred bytes of spills (not a hot path).
+    Untuned for speed: benchmarks pass ``config`` to sweep on a GPU.
     """
     block_d = triton.next_power_of_2(max(D, 16))
     rows = max(16, triton.next_power_of_2(G * max(T, 1)))
@@ -229,7 +231,9 @@ def _pick_blocks(G: int, T: int, D: int, esize: int = 2) -> tuple[int, int, int]
     if block_d >= 256:
         return min(64, rows), 32, 8
     block_m = min(128, rows)
-    return block_m, 64, 8 if block_m >= 128 else 4
+    if block_d >= 128 and block_m == 128:
+        return block_m, 32, 8
+    return block_m, 64, 8 if block_m >= 64 and block_d >= 128 or block_m == 128 else 4
 
 
 def _num_splits(programs: int, capacity: int, block_n: int, device: torch.device) -> int:
