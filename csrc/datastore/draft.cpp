@@ -17,6 +17,7 @@
 #include <cmath>
 #include <functional>
 #include <queue>
+#include <unordered_map>
 
 namespace verispec::ds {
 namespace {
@@ -101,8 +102,18 @@ class Index {
     return 0;
   }
 
-  // Tokens of the children of v, including every child whose count is >= D (maybe others too).
-  void discover(uint64_t v, uint64_t D, std::vector<uint32_t>& out) {
+  // A run of suffixes sharing the child token: found in segment `seg` (S_ = the tail) at [lo, hi).
+  struct Run {
+    uint32_t token;
+    uint32_t seg;
+    uint64_t lo, hi;
+  };
+
+  // Children of v: every child whose total count is >= D is found (others may be too). Each
+  // segment's range is probed at a stride that cannot miss a run of D / (active segments)
+  // suffixes; a probe's run is delimited by galloping both ways, so found runs cost O(log run).
+  // Output: runs sorted by (token, seg).
+  void discover(uint64_t v, uint64_t D, std::vector<Run>& out) {
     out.clear();
     const Node& nd = nodes_[v];
     const uint64_t k = m_ + uint64_t(nd.depth);
@@ -110,7 +121,7 @@ class Index {
       const Tail& t = *src_.tail;
       for (uint64_t j = nd.tail_begin; j < nd.tail_end; ++j) {
         const uint64_t i = tail_pos_[j] + k;
-        if (i < t.n) out.push_back(t.text[i]);
+        if (i < t.n) out.push_back({t.text[i], uint32_t(S_), 0, 0});
       }
     }
     uint64_t active = 0;
@@ -119,26 +130,37 @@ class Index {
     for (size_t s = 0; s < S_; ++s) {
       const Segment& seg = segs_[s];
       const Range r = ranges_[nd.first_range + s];
-      uint64_t g = r.lo;
+      uint64_t g = r.lo, done = r.lo;  // [r.lo, done) is delimited already
       while (g < r.hi) {
         const uint64_t t = seg.tok_at(g, k);
         if (t == seg.end_marker) break;  // markers sort last: the rest of the range ended here
-        out.push_back(uint32_t(t));
-        const uint64_t b = seg.upper_at(g, r.hi, k, t);
-        g = r.lo + ((b - r.lo + stride - 1) / stride) * stride;  // next probe at or after the run end
+        const uint64_t lo = g == done ? g : seg.lower_from(done, g, k, t);
+        const uint64_t hi = seg.upper_at(g, r.hi, k, t);
+        out.push_back({uint32_t(t), uint32_t(s), lo, hi});
+        done = hi;
+        g = r.lo + ((hi - r.lo + stride - 1) / stride) * stride;  // next probe at or after the run end
       }
     }
-    std::sort(out.begin(), out.end());
-    out.erase(std::unique(out.begin(), out.end()), out.end());
+    std::sort(out.begin(), out.end(), [](const Run& a, const Run& b) {
+      return a.token != b.token ? a.token < b.token : a.seg < b.seg;
+    });
   }
 
-  uint64_t make_child(uint64_t v, uint32_t t, int32_t parent_out) {
+  // The child of v for the token of runs[b, e) (all with that token); segments without a run get
+  // their sub-range by binary search, the tail by filtering v's positions.
+  uint64_t make_child(uint64_t v, const Run* runs, size_t n, int32_t parent_out) {
+    const uint32_t t = runs[0].token;
     const uint64_t k = m_ + uint64_t(nodes_[v].depth);
     Node c{0, parent_out, t, nodes_[v].depth + 1, ranges_.size(), tail_pos_.size(), 0};
+    size_t j = 0;
     for (size_t s = 0; s < S_; ++s) {
       const Range r = ranges_[nodes_[v].first_range + s];
       Range q;
-      if (r.size()) {
+      while (j < n && runs[j].seg < s) ++j;
+      if (j < n && runs[j].seg == s) {
+        q.lo = runs[j].lo;
+        q.hi = runs[j].hi;
+      } else if (r.size()) {
         q.lo = segs_[s].lower_at(r.lo, r.hi, k, t);
         q.hi = segs_[s].upper_at(q.lo, r.hi, k, t);
       }
@@ -147,9 +169,9 @@ class Index {
     }
     if (src_.tail) {
       const Tail& tl = *src_.tail;
-      for (uint64_t j = nodes_[v].tail_begin; j < nodes_[v].tail_end; ++j) {
-        const uint64_t i = tail_pos_[j] + k;
-        if (i < tl.n && tl.text[i] == t) tail_pos_.push_back(tail_pos_[j]);
+      for (uint64_t i = nodes_[v].tail_begin; i < nodes_[v].tail_end; ++i) {
+        const uint64_t p = tail_pos_[i] + k;
+        if (p < tl.n && tl.text[p] == t) tail_pos_.push_back(tail_pos_[i]);
       }
     }
     c.tail_end = tail_pos_.size();
@@ -213,11 +235,27 @@ uint64_t choose_match(Index& ix, const uint32_t* ctx, uint64_t len, const DraftP
   return m;
 }
 
+// Groups of runs with one token: calls fn(token, first run, number of runs) in token order.
+template <class F>
+void for_each_token(const std::vector<Index::Run>& runs, F&& fn) {
+  for (size_t a = 0; a < runs.size();) {
+    size_t b = a + 1;
+    while (b < runs.size() && runs[b].token == runs[a].token) ++b;
+    fn(runs[a].token, runs.data() + a, b - a);
+    a = b;
+  }
+}
+
+// A frontier entry: a real node, or a "pseudo" entry standing for the not-yet-discovered children
+// of an expanded node (all of them have count <= its count field). Ordering key: count desc,
+// parent's output index asc, token asc (pseudo entries use token -1, so they come before any real
+// sibling of equal count: an undiscovered child might win that tie).
 struct HeapEntry {
   uint64_t count;
   int32_t parent;
-  uint32_t token;
+  int64_t token;
   uint64_t node;
+  uint64_t D;  // pseudo entries: children with count >= D are already discovered
 };
 struct WorseFirst {  // std::priority_queue pops the "largest": make that the best entry
   bool operator()(const HeapEntry& a, const HeapEntry& b) const {
@@ -238,51 +276,80 @@ void draft_tree(Index& ix, uint64_t root_count, const DraftParams& p, DraftResul
   const auto keep = [&](uint64_t c) { return c > 0 && double(c) / double(root_count) >= p.min_score; };
   const uint64_t floor_abs = std::max<uint64_t>(1, uint64_t(std::floor(p.min_score * double(root_count))));
   std::priority_queue<HeapEntry, std::vector<HeapEntry>, WorseFirst> heap;
+  // tau: the budget-th largest count among real nodes found so far. A node below it can never be
+  // picked (at least `budget` nodes at or above it exist, and counts never grow along a path).
   std::priority_queue<uint64_t, std::vector<uint64_t>, std::greater<uint64_t>> best_counts;
   const auto tau = [&]() -> uint64_t { return best_counts.size() < budget ? 1 : best_counts.top(); };
-  std::vector<uint32_t> found;
-  const auto expand = [&](uint64_t v, int32_t v_out) {
-    ix.discover(v, std::max(floor_abs, tau()), found);
-    for (uint32_t t : found) {
-      const uint64_t c = ix.make_child(v, t, v_out);
-      const Node& n = ix.node(c);
-      if (!keep(n.count) || n.count < tau()) continue;
-      heap.push({n.count, n.parent, n.token, c});
-      best_counts.push(n.count);
+  const auto need = [&]() { return std::max(floor_abs, tau()); };
+  std::unordered_map<uint64_t, std::vector<uint32_t>> known;  // expanded node -> discovered tokens
+  std::vector<Index::Run> runs;
+  std::vector<uint32_t> fresh, merged;
+
+  // Discover v's children with count >= D; those not seen before become candidates. If smaller
+  // children might still matter, a pseudo entry remembers where to continue.
+  const auto expand = [&](uint64_t v, int32_t v_out, uint64_t D) {
+    ix.discover(v, D, runs);
+    std::vector<uint32_t>& kn = known[v];
+    fresh.clear();
+    for_each_token(runs, [&](uint32_t t, const Index::Run* r, size_t n) {
+      if (std::binary_search(kn.begin(), kn.end(), t)) return;
+      fresh.push_back(t);
+      const uint64_t c = ix.make_child(v, r, n, v_out);
+      const Node& nd = ix.node(c);
+      if (!keep(nd.count) || nd.count < tau()) return;
+      heap.push({nd.count, nd.parent, int64_t(nd.token), c, 0});
+      best_counts.push(nd.count);
       if (best_counts.size() > budget) best_counts.pop();
-    }
+    });
+    merged.resize(kn.size() + fresh.size());
+    std::merge(kn.begin(), kn.end(), fresh.begin(), fresh.end(), merged.begin());
+    kn.swap(merged);
+    if (D > need()) heap.push({D - 1, v_out, -1, v, D});
   };
-  expand(0, -1);
+  // First look at a node: only children holding >= 1/(2 budget) of it; finer only if needed.
+  const auto first_D = [&](uint64_t v) {
+    return std::max<uint64_t>(need(), ix.node(v).count / (2 * budget));
+  };
+
+  expand(0, -1, first_D(0));
   while (out.tokens.size() < budget && !heap.empty()) {
     const HeapEntry e = heap.top();
     heap.pop();
+    if (e.token < 0) {  // pseudo: the best remaining candidate may be an undiscovered child
+      if (e.count < need()) continue;
+      uint64_t D = std::max(need(), e.D / 8);
+      if (D >= e.D) D = e.D - 1;
+      expand(e.node, e.parent, D);
+      continue;
+    }
     const int32_t me = int32_t(out.tokens.size());
     emit(out, ix.node(e.node), root_count);
-    if (ix.node(e.node).depth < p.max_depth) expand(e.node, me);
+    if (ix.node(e.node).depth < p.max_depth) expand(e.node, me, first_D(e.node));
   }
 }
 
 void draft_chain(Index& ix, uint64_t root_count, const DraftParams& p, DraftResult& out) {
   const uint64_t limit = uint64_t(std::min(p.budget, p.max_depth));
   const uint64_t lowest = std::max<uint64_t>(1, uint64_t(std::floor(p.min_score * double(root_count))));
-  std::vector<uint32_t> found;
+  std::vector<Index::Run> runs;
   uint64_t v = 0;
   while (out.tokens.size() < limit) {
     uint64_t D = std::max(lowest, (ix.node(v).count + 1) / 2);
     uint64_t best = 0;
     bool have = false;
+    const int32_t parent = int32_t(out.tokens.size()) - 1;
     for (;;) {
-      ix.discover(v, D, found);
-      for (uint32_t t : found) {
-        const uint64_t c = ix.make_child(v, t, int32_t(out.tokens.size()) - 1);
-        const Node& n = ix.node(c);
-        if (n.count == 0 || double(n.count) / double(root_count) < p.min_score) continue;
-        // found is sorted by token, so ">" keeps the smallest token among equal counts
-        if (!have || n.count > ix.node(best).count) {
+      ix.discover(v, D, runs);
+      for_each_token(runs, [&](uint32_t, const Index::Run* r, size_t n) {
+        const uint64_t c = ix.make_child(v, r, n, parent);
+        const Node& nd = ix.node(c);
+        if (nd.count == 0 || double(nd.count) / double(root_count) < p.min_score) return;
+        // tokens arrive in increasing order, so ">" keeps the smallest token among equal counts
+        if (!have || nd.count > ix.node(best).count) {
           best = c;
           have = true;
         }
-      }
+      });
       // Every child with count >= D was found, so a found child with count >= D is the maximum.
       if ((have && ix.node(best).count >= D) || D == lowest) break;
       D = std::max(lowest, D / 4);
@@ -437,12 +504,12 @@ std::vector<std::pair<uint32_t, uint64_t>> continuations(const Source& src, cons
   Index ix(src);
   ix.scan_tail(pat, m);
   ix.make_root(pat, m, m);
-  std::vector<uint32_t> found;
-  ix.discover(0, 1, found);
-  for (uint32_t t : found) {
-    const uint64_t c = ix.make_child(0, t, -1);
+  std::vector<Index::Run> runs;
+  ix.discover(0, 1, runs);
+  for_each_token(runs, [&](uint32_t t, const Index::Run* r, size_t n) {
+    const uint64_t c = ix.make_child(0, r, n, -1);
     if (ix.node(c).count) out.emplace_back(t, ix.node(c).count);
-  }
+  });
   return out;
 }
 

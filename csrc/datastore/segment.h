@@ -102,6 +102,25 @@ struct Segment {
     }
     return a;
   }
+  // First index in [lo, g] whose token at offset d is >= t, knowing token(g) == t: galloping
+  // backwards from g, so a short run costs a probe or two.
+  uint64_t lower_from(uint64_t lo, uint64_t g, uint64_t d, uint64_t t) const {
+    uint64_t a = lo, b = g, step = 1;  // invariant: token(b) >= t
+    while (g - lo >= step) {
+      const uint64_t c = g - step;
+      if (tok_at(c, d) < t) {
+        a = c + 1;
+        break;
+      }
+      b = c;
+      step *= 2;
+    }
+    while (a < b) {
+      const uint64_t mid = a + (b - a) / 2;
+      if (tok_at(mid, d) < t) a = mid + 1; else b = mid;
+    }
+    return a;
+  }
   uint64_t lower_at(uint64_t lo, uint64_t hi, uint64_t d, uint64_t t) const {
     uint64_t a = lo, b = hi;
     while (a < b) {
