@@ -193,6 +193,29 @@ def commit_kv_triton(
     return _new_lengths(prefix_lens, path_rows)
 
 
+def _cuda_launch(group: list[torch.Tensor], prefix_lens, path_rows, block_table, capacity: int, stream: int,
+                 launch) -> None:
+    """Turn one group of same-shaped caches into the arguments of ``_C.commit_kv_cuda``."""
+    B, P = path_rows.shape
+    first = group[0]
+    if block_table is not None:  # [blocks, page, Hkv, D] -> (block, head, slot, dim) strides
+        _, page, Hkv, D = first.shape
+        st = (first.stride(0), first.stride(2), first.stride(1), first.stride(3))
+    else:
+        _, Hkv, _, D = first.shape
+        page, st = 0, first.stride()
+    if D * first.element_size() > 1024:
+        _fail(f"backend='cuda' moves rows of at most 1024 bytes, got head dim {D} of {first.dtype}")
+    ptrs = torch.tensor([t.data_ptr() for t in group], dtype=torch.int64).to(first.device, non_blocking=True)
+    launch(
+        caches=ptrs.data_ptr(), num_caches=len(group), prefix_lens=prefix_lens.data_ptr(),
+        path_rows=path_rows.data_ptr(), block_table=block_table.data_ptr() if block_table is not None else 0,
+        batch=B, path_len=P, kv_heads=Hkv, head_dim=D, elem_size=first.element_size(), stride=st,
+        rows_stride=path_rows.stride(), bt_stride=block_table.stride(0) if block_table is not None else 0,
+        page_size=page, capacity=capacity, stream=stream,
+    )
+
+
 def commit_kv_cuda(
     k_cache: Caches,
     v_cache: Caches,
@@ -207,25 +230,9 @@ def commit_kv_cuda(
     caches, capacity = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
     if prefix_lens.device.type != "cuda":
         _fail(f"backend='cuda' needs CUDA tensors, got {prefix_lens.device}")
-    B, P = path_rows.shape
-    paged = block_table is not None
     stream = _native.cuda_stream_handle(prefix_lens.device)
     for group in _grouped(caches):
-        first = group[0]
-        if paged:
-            _, page, Hkv, D = first.shape
-            st = (first.stride(0), first.stride(2), first.stride(1), first.stride(3))
-        else:
-            _, Hkv, _, D = first.shape
-            page, st = 0, first.stride()
-        if D * first.element_size() > 1024:
-            _fail(f"backend='cuda' moves rows of at most 1024 bytes, got head dim {D} of {first.dtype}")
-        ptrs = torch.tensor([t.data_ptr() for t in group], dtype=torch.int64).to(first.device, non_blocking=True)
-        _native.native().commit_kv_cuda(
-            ptrs.data_ptr(), len(group), prefix_lens.data_ptr(), path_rows.data_ptr(),
-            block_table.data_ptr() if paged else 0, B, P, Hkv, D, first.element_size(), st, path_rows.stride(),
-            block_table.stride(0) if paged else 0, page, capacity, stream,
-        )
+        _cuda_launch(group, prefix_lens, path_rows, block_table, capacity, stream, _native.native().commit_kv_cuda)
     return _new_lengths(prefix_lens, path_rows)
 
 

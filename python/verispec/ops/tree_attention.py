@@ -322,6 +322,36 @@ def _cuda_ready(name: str, t: torch.Tensor, elems: int) -> None:
               f"(use backend='triton' or 'torch' for arbitrary layouts)")
 
 
+def _cuda_launch(q, k, v, prefix_lens, tree_lens, ancestors, positions, p: _Problem, block_table, result,
+                 num_splits: int, stream: int, launch) -> None:
+    """Turn validated tensors into the pointer/size/stride arguments of ``_C.tree_attention_cuda``."""
+    anc = ancestors if ancestors.stride(-1) == 1 else ancestors.contiguous()
+    G = p.Hq // p.Hkv
+    m_tiles = (G * p.T + 63) // 64
+    if num_splits > 1:  # partial outputs and log-sum-exps of every split, merged by the combine kernel
+        o_part = torch.empty(p.B * p.Hkv * num_splits * m_tiles * 64 * 128, dtype=torch.float32, device=q.device)
+        lse_part = torch.empty(p.B * p.Hkv * num_splits * m_tiles * 64, dtype=torch.float32, device=q.device)
+        parts = (o_part.data_ptr(), lse_part.data_ptr())
+    else:
+        parts = (0, 0)
+    if p.paged:  # [blocks, page, Hkv, D] -> (block, head, slot) strides, the kernel's order
+        ks = (k.stride(0), k.stride(2), k.stride(1))
+        vs = (v.stride(0), v.stride(2), v.stride(1))
+        bt_ptr, bt_stride = block_table.data_ptr(), block_table.stride(0)
+    else:
+        ks, vs, bt_ptr, bt_stride = k.stride()[:3], v.stride()[:3], 0, 0
+    use_pos = positions is not None and p.window > 0
+    launch(
+        q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=result.data_ptr(), prefix_lens=prefix_lens.data_ptr(),
+        tree_lens=tree_lens.data_ptr(), ancestors=anc.data_ptr(), positions=positions.data_ptr() if use_pos else 0,
+        block_table=bt_ptr, o_part=parts[0], lse_part=parts[1], batch=p.B, q_heads=p.Hq, kv_heads=p.Hkv,
+        rows=p.T, head_dim=p.D, q_stride=q.stride()[:3], k_stride=ks, v_stride=vs, o_stride=result.stride()[:3],
+        anc_stride=anc.stride()[:2], pos_stride=positions.stride() if use_pos else (0, 0), bt_stride=bt_stride,
+        page_size=p.block_size, capacity=p.capacity, num_splits=num_splits, m_tiles=m_tiles, scale=p.scale,
+        softcap=p.softcap, window=p.window, bf16=q.dtype == torch.bfloat16, stream=stream,
+    )
+
+
 def tree_attention_cuda(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -360,31 +390,11 @@ def tree_attention_cuda(
         result = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if p.B == 0 or p.T == 0 or p.Hq == 0:
         return result if out is None else out
-    anc = ancestors if ancestors.stride(-1) == 1 else ancestors.contiguous()
     G = p.Hq // p.Hkv
-    m_tiles = (G * p.T + 63) // 64
     if num_splits is None:
-        num_splits = _cuda_num_splits(p.B * p.Hkv * m_tiles, p.capacity, q.device)
-    if num_splits > 1:
-        o_part = torch.empty(p.B * p.Hkv * num_splits * m_tiles * 64 * 128, dtype=torch.float32, device=q.device)
-        lse_part = torch.empty(p.B * p.Hkv * num_splits * m_tiles * 64, dtype=torch.float32, device=q.device)
-        parts = (o_part.data_ptr(), lse_part.data_ptr())
-    else:
-        parts = (0, 0)
-    if p.paged:
-        ks = (k.stride(0), k.stride(2), k.stride(1))
-        vs = (v.stride(0), v.stride(2), v.stride(1))
-        bt_ptr, bt_stride = block_table.data_ptr(), block_table.stride(0)
-    else:
-        ks, vs, bt_ptr, bt_stride = k.stride()[:3], v.stride()[:3], 0, 0
-    use_pos = positions is not None and p.window > 0
-    _native.native().tree_attention_cuda(
-        q.data_ptr(), k.data_ptr(), v.data_ptr(), result.data_ptr(), prefix_lens.data_ptr(), tree_lens.data_ptr(),
-        anc.data_ptr(), positions.data_ptr() if use_pos else 0, bt_ptr, *parts,
-        p.B, p.Hq, p.Hkv, p.T, p.D, q.stride()[:3], ks, vs, result.stride()[:3], anc.stride()[:2],
-        positions.stride() if use_pos else (0, 0), bt_stride, p.block_size, p.capacity, num_splits, m_tiles,
-        p.scale, p.softcap, p.window, q.dtype == torch.bfloat16, _native.cuda_stream_handle(q.device),
-    )
+        num_splits = _cuda_num_splits(p.B * p.Hkv * ((G * p.T + 63) // 64), p.capacity, q.device)
+    _cuda_launch(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, result, num_splits,
+                 _native.cuda_stream_handle(q.device), _native.native().tree_attention_cuda)
     if out is not None and result is not out:
         out.copy_(result)
         return out
