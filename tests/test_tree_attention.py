@@ -111,13 +111,10 @@ class Case:
                 mask[t, :L] = True
                 for u in visible_rows(self.rp[b], t):
                     mask[t, L + u] = True
-            if self.window:
-                kpos = list(range(L)) + [int(self.positions[b, u]) for u in range(n)]
-                for t in range(n):
-                    p = int(self.positions[b, t])
-                    for j in range(S):
-                        if not kpos[j] > p - self.window:
-                            mask[t, j] = False
+            if self.window:  # positions come from walking parents (see __init__), not from ancestor bits
+                qpos = self.positions[b, :n].long()
+                kpos = torch.cat([torch.arange(L), qpos])
+                mask &= kpos.view(1, S) > qpos.view(n, 1) - self.window
             k = self.kr[b, :, :S].repeat_interleave(rep, dim=0)
             v = self.vr[b, :, :S].repeat_interleave(rep, dim=0)
             s = torch.einsum("htd,hsd->hts", self.qr[b, :, :n], k) * self.scale

@@ -20,6 +20,7 @@ output and log-sum-exp (base 2) and `_combine` merges them.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -236,11 +237,16 @@ def _pick_blocks(G: int, T: int, D: int, esize: int = 2) -> tuple[int, int, int]
     return block_m, 64, 8 if block_m >= 64 and block_d >= 128 or block_m == 128 else 4
 
 
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _num_splits(programs: int, capacity: int, block_n: int, device: torch.device) -> int:
     """Enough splits for ~2 waves of programs, never chunks shorter than 4 key tiles."""
     if device.type != "cuda":
         return 1 if capacity < 64 else 2  # the interpreter: exercise the split path at small sizes
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     want = math.ceil(2 * sms / max(programs, 1))
     most = max(1, capacity // (4 * block_n))
     return max(1, min(want, most, 64))

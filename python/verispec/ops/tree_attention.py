@@ -25,6 +25,7 @@ Two cache layouts share one signature:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -306,9 +307,14 @@ def tree_attention_triton(
                               num_splits=num_splits)
 
 
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _cuda_num_splits(programs: int, capacity: int, device: torch.device) -> int:
     """Enough split-KV chunks for ~2 waves of blocks; chunks never shorter than 4 tiles of 64 keys."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     want = math.ceil(2 * sms / max(programs, 1))
     return max(1, min(want, capacity // 256, 64))
 
