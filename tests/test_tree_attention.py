@@ -334,3 +334,15 @@ def test_reference_random_sweep(seed):
                 rng.choice([8, 16, 64]), kinds=[rng.choice(["chain", "star", "deep", "binary", "random"]) for _ in range(B)],
                 dtype=torch.float64, seed=seed, **opts)
     check_close(run(case, "torch"), case.expected(), 1e-10, what=f"seed {seed} {opts}")
+
+
+def test_split_count_rule():
+    from verispec.ops.tree_attention import split_count
+
+    # One request, 8 KV heads, 16 rows x 4 heads: ~2 waves want 33 splits, partial traffic allows 32.
+    assert split_count(8, 32768, 64, 64, 132) == 32
+    # 128 packed rows in 2 tiles: partials would dominate beyond 8 splits.
+    assert split_count(16, 32768, 256, 64, 132) == 8
+    # Plenty of programs already, or a short cache: no split.
+    assert split_count(512, 32768, 64, 64, 132) == 1
+    assert split_count(1, 200, 16, 64, 132) == 1

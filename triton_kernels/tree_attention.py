@@ -21,11 +21,12 @@ output and log-sum-exp (base 2) and `_combine` merges them.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import triton
 import triton.language as tl
+
+from verispec.ops.tree_attention import split_count
 
 LOG2E = 1.4426950408889634
 
@@ -242,14 +243,11 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _num_splits(programs: int, capacity: int, block_n: int, device: torch.device) -> int:
-    """Enough splits for ~2 waves of programs, never chunks shorter than 4 key tiles."""
+def _num_splits(programs: int, capacity: int, rows_padded: int, block_n: int, device: torch.device) -> int:
     if device.type != "cuda":
         return 1 if capacity < 64 else 2  # the interpreter: exercise the split path at small sizes
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    want = math.ceil(2 * sms / max(programs, 1))
-    most = max(1, capacity // (4 * block_n))
-    return max(1, min(want, most, 64))
+    return split_count(programs, capacity, rows_padded, block_n, sms)
 
 
 def tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, out,
@@ -273,7 +271,7 @@ def tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p,
     block_d = triton.next_power_of_2(max(D, 16))
     m_tiles = triton.cdiv(G * T, block_m)
     if num_splits is None:
-        num_splits = _num_splits(B * p.Hkv * m_tiles, p.capacity, block_n, q.device)
+        num_splits = _num_splits(B * p.Hkv * m_tiles, p.capacity, m_tiles * block_m, block_n, q.device)
     anc = ancestors.view(torch.int32) if ancestors.dtype == torch.uint32 else ancestors
     pos = positions if positions is not None else prefix_lens  # never read without a window
     spb, spt = (pos.stride(0), pos.stride(1)) if positions is not None else (0, 0)

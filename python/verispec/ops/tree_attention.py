@@ -307,16 +307,31 @@ def tree_attention_triton(
                               num_splits=num_splits)
 
 
+def split_count(programs: int, capacity: int, rows_padded: int, block_n: int, sms: int) -> int:
+    """Split-KV chunks per (tile, request, KV head): enough for ~2 waves of programs, but
+
+    * never chunks shorter than 4 key tiles, and
+    * partials cheap next to K/V: each split writes and the combine reads ``rows_padded * D`` fp32
+      per KV head, K/V cost ``capacity * D * 2 * 2`` bytes (16-bit), so ``splits <= capacity /
+      (16 * rows_padded)`` keeps the extra traffic under 1/8 of the K/V traffic.
+
+    ``capacity`` (cache entries per request) stands in for the prefix length, which lives on the device.
+    """
+    want = math.ceil(2 * sms / max(programs, 1))
+    most = min(capacity // (4 * block_n), capacity // (16 * max(rows_padded, 1)), 64)
+    return max(1, min(want, most))
+
+
 @functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _cuda_num_splits(programs: int, capacity: int, device: torch.device) -> int:
-    """Enough split-KV chunks for ~2 waves of blocks; chunks never shorter than 4 tiles of 64 keys."""
+def _cuda_num_splits(programs: int, capacity: int, rows_padded: int, device: torch.device) -> int:
+    """Same rule as the Triton launcher (`split_count`): ~2 waves, chunks >= 4 tiles of 64 keys, partials
+    under 1/8 of the K/V traffic."""
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    want = math.ceil(2 * sms / max(programs, 1))
-    return max(1, min(want, capacity // 256, 64))
+    return split_count(programs, capacity, rows_padded, 64, sms)
 
 
 def _cuda_ready(name: str, t: torch.Tensor, elems: int) -> None:
@@ -398,7 +413,8 @@ def tree_attention_cuda(
         return result if out is None else out
     G = p.Hq // p.Hkv
     if num_splits is None:
-        num_splits = _cuda_num_splits(p.B * p.Hkv * ((G * p.T + 63) // 64), p.capacity, q.device)
+        m_tiles = (G * p.T + 63) // 64
+        num_splits = _cuda_num_splits(p.B * p.Hkv * m_tiles, p.capacity, m_tiles * 64, q.device)
     _cuda_launch(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, result, num_splits,
                  _native.cuda_stream_handle(q.device), _native.native().tree_attention_cuda)
     if out is not None and result is not out:
