@@ -20,6 +20,27 @@ namespace {
 
 using U32 = py::array_t<uint32_t, py::array::c_style>;
 using U64 = py::array_t<uint64_t, py::array::c_style>;
+using I64 = py::array_t<int64_t, py::array::c_style>;
+
+// Context ids arrive as int64 (any integer input converts to that without loss); range checks
+// happen here, where they cost nanoseconds. `offset` = index of ctx[0] in the caller's context.
+std::vector<uint32_t> context_ids(const I64& a, int64_t offset, const std::string& what) {
+  if (a.ndim() != 1) throw std::invalid_argument(what + " must be 1-D");
+  if (a.size() == 0) throw std::invalid_argument(what + " is empty: drafting needs at least one token");
+  std::vector<uint32_t> out(size_t(a.size()));
+  const int64_t* p = a.data();
+  for (size_t i = 0; i < out.size(); ++i) {
+    const int64_t v = p[i];
+    if (v < 0)
+      throw std::invalid_argument(what + ": position " + std::to_string(int64_t(i) + offset) +
+                                  " has negative token id " + std::to_string(v));
+    if (v > int64_t(0xFFFFFFFE))
+      throw std::invalid_argument(what + ": position " + std::to_string(int64_t(i) + offset) + " has token id " +
+                                  std::to_string(v) + " > 4294967294 (the largest storable id)");
+    out[i] = uint32_t(v);
+  }
+  return out;
+}
 
 DraftParams make_params(int64_t budget, int64_t max_depth, int64_t max_match, int64_t min_count, int64_t min_match,
                         double min_score, int mode, int64_t rest_max_matches) {
@@ -119,28 +140,27 @@ void bind_datastore(py::module_& m) {
           py::arg("tokens"), py::arg("offsets"), py::arg("vocab_size"))
       .def(
           "draft",
-          [](const Datastore& d, const U32& ctx, int64_t budget, int64_t max_depth, int64_t max_match, int64_t min_count,
-             int64_t min_match, double min_score, int mode, int64_t rest_max_matches) {
+          [](const Datastore& d, const I64& ctx, int64_t offset, int64_t budget, int64_t max_depth, int64_t max_match,
+             int64_t min_count, int64_t min_match, double min_score, int mode, int64_t rest_max_matches) {
             const DraftParams p = make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches);
-            DraftResult r;
-            {
-              // A single query takes microseconds: releasing the GIL would cost more than it frees.
-              r = d.draft(ctx.data(), uint64_t(ctx.size()), p);
-            }
-            return to_python(r);
+            const std::vector<uint32_t> ids = context_ids(ctx, offset, "context");
+            // A single query takes microseconds: releasing the GIL would cost more than it frees.
+            return to_python(d.draft(ids.data(), ids.size(), p));
           })
       .def(
           "draft_batch",
-          [](const Datastore& d, const std::vector<U32>& ctxs, int64_t budget, int64_t max_depth, int64_t max_match,
-             int64_t min_count, int64_t min_match, double min_score, int mode, int64_t rest_max_matches, int64_t threads) {
+          [](const Datastore& d, const std::vector<I64>& ctxs, const std::vector<int64_t>& offsets, int64_t budget,
+             int64_t max_depth, int64_t max_match, int64_t min_count, int64_t min_match, double min_score, int mode,
+             int64_t rest_max_matches, int64_t threads) {
             const DraftParams p = make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches);
-            std::vector<std::pair<const uint32_t*, uint64_t>> in;
+            if (offsets.size() != ctxs.size()) throw std::invalid_argument("one offset per context");
+            std::vector<std::vector<uint32_t>> in;
             in.reserve(ctxs.size());
-            for (const auto& c : ctxs) in.emplace_back(c.data(), uint64_t(c.size()));
+            for (size_t b = 0; b < ctxs.size(); ++b) in.push_back(context_ids(ctxs[b], offsets[b], "context " + std::to_string(b)));
             std::vector<DraftResult> out(in.size());
             {
               py::gil_scoped_release nogil;
-              auto one = [&](size_t i) { out[i] = d.draft(in[i].first, in[i].second, p); };
+              auto one = [&](size_t i) { out[i] = d.draft(in[i].data(), in[i].size(), p); };
               if (threads == 1) {
                 for (size_t i = 0; i < in.size(); ++i) one(i);
               } else {
@@ -153,10 +173,11 @@ void bind_datastore(py::module_& m) {
           })
       .def("count", [](const Datastore& d, const U32& pat) { return d.count(pat.data(), uint64_t(pat.size())); })
       .def("longest_match",
-           [](const Datastore& d, const U32& ctx) {
+           [](const Datastore& d, const I64& ctx, int64_t offset) {
              int64_t m;
              uint64_t c;
-             d.longest_match(ctx.data(), uint64_t(ctx.size()), m, c);
+             const std::vector<uint32_t> ids = context_ids(ctx, offset, "context");
+             d.longest_match(ids.data(), ids.size(), m, c);
              return py::make_tuple(m, c);
            })
       .def("continuations",
@@ -228,9 +249,10 @@ void bind_datastore(py::module_& m) {
              return to_python(pi.draft(make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)));
            })
       .def("draft_context",
-           [](PromptIndex& pi, const U32& ctx, int64_t budget, int64_t max_depth, int64_t max_match, int64_t min_count,
-              int64_t min_match, double min_score, int mode, int64_t rest_max_matches) {
-             return to_python(pi.draft_context(ctx.data(), uint64_t(ctx.size()),
+           [](PromptIndex& pi, const I64& ctx, int64_t offset, int64_t budget, int64_t max_depth, int64_t max_match,
+              int64_t min_count, int64_t min_match, double min_score, int mode, int64_t rest_max_matches) {
+             const std::vector<uint32_t> ids = context_ids(ctx, offset, "context");
+             return to_python(pi.draft_context(ids.data(), ids.size(),
                                                make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)));
            })
       .def("rebuild", &PromptIndex::rebuild)

@@ -68,12 +68,14 @@ class Index {
     return false;
   }
 
-  uint64_t count(const uint32_t* ctx, uint64_t len, uint64_t m) const {
+  // Occurrences of the length-m suffix of ctx; the ranges are kept for make_root(m).
+  uint64_t count(const uint32_t* ctx, uint64_t len, uint64_t m) {
     uint64_t c = 0;
-    for (const Segment& s : segs_) {
-      uint64_t lo, hi;
-      s.find(ctx + len - m, m, lo, hi);
-      c += hi - lo;
+    counted_m_ = m;
+    counted_.resize(S_);
+    for (size_t s = 0; s < S_; ++s) {
+      segs_[s].find(ctx + len - m, m, counted_[s].lo, counted_[s].hi);
+      c += counted_[s].size();
     }
     for (uint32_t l : tail_match_) c += l >= m;
     return c;
@@ -86,9 +88,13 @@ class Index {
     ranges_.clear();
     tail_pos_.clear();
     Node root{0, -1, 0, 0, 0, 0, 0};
-    for (const Segment& s : segs_) {
+    for (size_t s = 0; s < S_; ++s) {
       Range r;
-      s.find(ctx + len - m, m, r.lo, r.hi);
+      if (counted_m_ == m) {
+        r = counted_[s];
+      } else {
+        segs_[s].find(ctx + len - m, m, r.lo, r.hi);
+      }
       ranges_.push_back(r);
       root.count += r.size();
     }
@@ -197,6 +203,8 @@ class Index {
   std::vector<uint64_t> tail_pos_;
   std::vector<uint32_t> tail_match_;
   uint64_t tail_max_ = 0;
+  std::vector<Range> counted_;  // ranges of the last count() call, for pattern length counted_m_
+  uint64_t counted_m_ = 0;
 };
 
 // Step 1 of the rule; returns 0 when nothing usable matches.

@@ -53,16 +53,23 @@ struct Segment {
     return 0;
   }
 
-  // [lo, hi) of suffixes starting with pattern p[0..m).
+  // [lo, hi) of suffixes starting with pattern p[0..m). Probes that land above the pattern
+  // during the first search also bound the second one.
   template <class T>
   void find(const T* p, uint64_t m, uint64_t& lo, uint64_t& hi) const {
-    uint64_t a = 0, b = num_suffixes;
+    uint64_t a = 0, b = num_suffixes, ub = num_suffixes;
     while (a < b) {
       const uint64_t mid = a + (b - a) / 2;
-      if (compare(mid, p, m) < 0) a = mid + 1; else b = mid;
+      const int c = compare(mid, p, m);
+      if (c < 0) {
+        a = mid + 1;
+      } else {
+        if (c > 0) ub = mid;
+        b = mid;
+      }
     }
     lo = a;
-    b = num_suffixes;
+    b = ub;
     while (a < b) {
       const uint64_t mid = a + (b - a) / 2;
       if (compare(mid, p, m) <= 0) a = mid + 1; else b = mid;
@@ -70,15 +77,17 @@ struct Segment {
     hi = a;
   }
 
-  // Does pattern p[0..m) occur? One binary search instead of two.
+  // Does pattern p[0..m) occur? Stops at the first probe inside the range.
   template <class T>
   bool occurs(const T* p, uint64_t m) const {
     uint64_t a = 0, b = num_suffixes;
     while (a < b) {
       const uint64_t mid = a + (b - a) / 2;
-      if (compare(mid, p, m) < 0) a = mid + 1; else b = mid;
+      const int c = compare(mid, p, m);
+      if (c == 0) return true;
+      if (c < 0) a = mid + 1; else b = mid;
     }
-    return a < num_suffixes && compare(a, p, m) == 0;
+    return false;
   }
 
   // Within [lo, hi), where all suffixes share their first d tokens (so the token at offset d is

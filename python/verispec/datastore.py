@@ -12,6 +12,7 @@ uint32 arrays the core reads, and wraps results as `verispec.DraftTree`.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -95,26 +96,58 @@ def _ids(x: Any, what: str, vocab_size: Optional[int] = None, *, offset: int = 0
     return np.ascontiguousarray(arr, dtype=np.uint32)
 
 
-def _context(ctx: Any, keep: int, what: str = "context") -> np.ndarray:
-    """The last `keep` tokens of a context (all the drafter reads), validated.
+def _context(ctx: Any, keep: int) -> tuple[np.ndarray, int]:
+    """(int64 array of the last `keep` tokens, index of its first token in `ctx`).
 
+    Only the tail is read by the drafter, so only the tail is converted; the core range-checks it.
     Ids >= the datastore's vocab_size are allowed (a model's vocabulary may be larger than the
     ids its corpus used); they occur nowhere, so they simply end matches.
     """
+    if isinstance(ctx, np.ndarray):
+        if ctx.dtype.kind not in "iu":
+            raise TypeError(f"context must hold integer token ids, got dtype {ctx.dtype}")
+        if ctx.ndim != 1:
+            raise ValueError(f"context must be 1-D, got shape {ctx.shape}")
+        start = max(0, ctx.shape[0] - keep)
+        tail = ctx[start:]
+        if tail.dtype == np.uint64 and tail.size and int(tail.max()) > MAX_TOKEN_ID:
+            i = int(np.argmax(tail > MAX_TOKEN_ID))
+            raise ValueError(f"context: position {i + start} has token id {int(tail[i])} > {MAX_TOKEN_ID} "
+                             "(the largest storable id)")
+        return np.ascontiguousarray(tail, dtype=np.int64), start
+    if isinstance(ctx, torch.Tensor):
+        if ctx.dtype.is_floating_point or ctx.dtype.is_complex or ctx.dtype == torch.bool:
+            raise TypeError(f"context must hold integer token ids, got a tensor of dtype {ctx.dtype}")
+        if ctx.dim() != 1:
+            raise ValueError(f"context must be 1-D, got shape {tuple(ctx.shape)}")
+        start = max(0, ctx.shape[0] - keep)
+        return ctx[start:].to(device="cpu", dtype=torch.int64).numpy(), start
     try:
         n = len(ctx)
     except TypeError:
-        raise TypeError(f"{what} must be a 1-D sequence of token ids, got {type(ctx).__name__}") from None
-    if isinstance(ctx, torch.Tensor) and ctx.dim() != 1:
-        raise ValueError(f"{what} must be 1-D, got shape {tuple(ctx.shape)}")
-    if n == 0:
-        raise ValueError(f"{what} is empty: drafting needs at least one token")
+        raise TypeError(f"context must be a 1-D sequence of token ids, got {type(ctx).__name__}") from None
     start = max(0, n - keep)
-    tail = ctx[start:] if start else ctx
-    return _ids(tail, what, None, offset=start)
+    tail = np.asarray(ctx[start:] if start else ctx)
+    if tail.dtype.kind not in "iu":
+        if tail.size == 0:
+            return np.zeros(0, np.int64), 0
+        raise TypeError(f"context must hold integer token ids, got dtype {tail.dtype}")
+    if tail.ndim != 1:
+        raise ValueError(f"context must be 1-D, got shape {tail.shape}")
+    return np.ascontiguousarray(tail, dtype=np.int64), start
 
 
-def _params(budget: int, max_depth: int, max_match: int, min_count: int, min_match: int, min_score: float,
+def _params(*args: Any) -> tuple:
+    """Validated core arguments; cached, since drafters call with the same few settings."""
+    try:
+        return _params_cached(*args)
+    except TypeError as exc:
+        if "unhashable" not in str(exc):
+            raise
+        return _check_params(*args)  # raises the descriptive error
+
+
+def _check_params(budget: int, max_depth: int, max_match: int, min_count: int, min_match: int, min_score: float,
             mode: str, rest_max_matches: int) -> tuple:
     for name, v in (("budget", budget), ("max_depth", max_depth), ("max_match", max_match),
                     ("min_count", min_count), ("min_match", min_match), ("rest_max_matches", rest_max_matches)):
@@ -131,6 +164,9 @@ def _params(budget: int, max_depth: int, max_match: int, min_count: int, min_mat
         raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
     return (int(budget), int(max_depth), int(max_match), int(min_count), int(min_match), float(min_score),
             _MODES[mode], int(rest_max_matches))
+
+
+_params_cached = functools.lru_cache(maxsize=256, typed=True)(_check_params)
 
 
 def _tree(raw: tuple) -> DraftTree:
@@ -343,8 +379,7 @@ class Datastore:
                      rest_max_matches: int = 5000) -> DraftArrays:
         """`draft` as numpy arrays plus the match length and count (no torch objects)."""
         p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)
-        ctx = _context(context, p[2])
-        return _arrays(self._core.draft(ctx, *p))
+        return _arrays(self._core.draft(*_context(context, p[2]), *p))
 
     def draft(self, context: TokenIds, *, budget: int = 32, max_depth: int = 12, max_match: int = 16,
               min_count: int = 1, min_match: int = 1, min_score: float = 0.0, mode: str = "tree",
@@ -370,7 +405,7 @@ class Datastore:
         context token), ``scores`` float32 ``[n]`` = count(matched suffix + path) / count(matched suffix).
         """
         p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)
-        return _tree(self._core.draft(_context(context, p[2]), *p))
+        return _tree(self._core.draft(*_context(context, p[2]), *p))
 
     def draft_batch(self, contexts: Sequence[TokenIds], *, budget: int = 32, max_depth: int = 12, max_match: int = 16,
                     min_count: int = 1, min_match: int = 1, min_score: float = 0.0, mode: str = "tree",
@@ -380,8 +415,8 @@ class Datastore:
         `threads=1` runs sequentially on the calling thread.
         """
         p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)
-        ctxs = [_context(c, p[2], what=f"context {b}") for b, c in enumerate(contexts)]
-        raws = self._core.draft_batch(ctxs, *p, 1 if threads == 1 else 0)
+        conv = [_context(c, p[2]) for c in contexts]
+        raws = self._core.draft_batch([c[0] for c in conv], [c[1] for c in conv], *p, 1 if threads == 1 else 0)
         return [_tree(r) for r in raws]
 
     def count(self, pattern: TokenIds) -> int:
@@ -391,7 +426,7 @@ class Datastore:
 
     def longest_match(self, context: TokenIds, max_match: int = 16) -> tuple[int, int]:
         """(length, occurrences) of the longest context suffix (<= max_match) found in the corpus."""
-        return tuple(self._core.longest_match(_context(context, max_match)))  # type: ignore[return-value]
+        return tuple(self._core.longest_match(*_context(context, max_match)))  # type: ignore[return-value]
 
     def continuations(self, pattern: TokenIds) -> dict[int, int]:
         """Next-token counts after `pattern`: {token: count} (document ends are not counted)."""
@@ -476,7 +511,7 @@ class PromptIndex:
                       rest_max_matches: int = 5000) -> DraftTree:
         """Draft continuing an arbitrary `context` from the occurrences in this sequence."""
         p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)
-        return _tree(self._core.draft_context(_context(context, p[2]), *p))
+        return _tree(self._core.draft_context(*_context(context, p[2]), *p))
 
     def tokens(self) -> np.ndarray:
         """The indexed sequence, uint32 ``[len]`` (a copy)."""
