@@ -261,3 +261,30 @@ def test_bf16_logits_gpu(backend):
     logits = _logits(trees, 32000, gen, 3.0, torch.bfloat16)
     _compare(backend, logits, trees, mode="greedy")
     _compare(backend, logits, trees, mode="exact", seed=4, offset=torch.arange(16), temperature=0.7)
+
+
+def test_cuda_binding_rejects_bad_sizes():
+    """The native wrapper re-checks sizes before any launch (runs without a GPU)."""
+    from verispec import _native
+
+    if not _native.built_with_cuda():
+        pytest.skip("verispec built without CUDA")
+    C = _native.native()
+    args = dict(
+        logits=1, dtype=2, stride_row=100, rows=3, batch=1, vocab=100, mode=1, tokens=1, cu_nodes=1, cu_rows=1,
+        first_child=1, next_sibling=1, temperature=1, scale=1, scale_rows=1, threshold=0, typical_epsilon=0.1,
+        typical_delta=0.3, draft_probs=0, stride_q=0, seed=1, offset=1, accept_uniforms=0, exponentials=0,
+        row_max=1, row_sum=1, row_entropy=1, row_argmax=1, scratch=0, state=1, part_key=1, part_idx=1, splits=1,
+        accepted_nodes=1, num_accepted=1, out_tokens=1, max_depth=2, stream=0,
+    )
+    for bad, match in [
+        (dict(splits=3), "splits must be ceil"),
+        (dict(stride_row=50), "row stride is smaller"),
+        (dict(dtype=7), "dtype code"),
+        (dict(draft_probs=1, stride_q=100), "need stride >= vocab and scratch"),
+        (dict(accept_uniforms=1), "needs both accept and exponential"),
+        (dict(row_max=0), "null pointer"),
+        (dict(rows=0), "fewer logits rows than requests"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            C.verify_cuda(**{**args, **bad})

@@ -1,11 +1,14 @@
-// Acceptance (verify) kernels. Same two-pass structure and arithmetic as triton_kernels/verify.py:
-//   1. verify_row_stats: one block per verification row reads the target logits once (the floor):
-//      argmax (lowest id on ties), max, Z = sum exp((l - max)/T) over kept tokens, and sum w*z for the
+// Acceptance (verify) kernels, the structure and arithmetic of triton_kernels/verify.py:
+//   1. row_stats: one block per verification row reads the target logits once (the floor): argmax
+//      (lowest id on ties), max, Z = sum exp2((l - max) * scale) over kept tokens, and sum w*z for the
 //      entropy, with an online softmax so the row is read a single time.
-//   2. verify_walk: one block per request walks the tree. The scalar walk runs redundantly on every
-//      thread (same loads, same values, uniform control flow, so __syncthreads inside it is safe);
-//      whole-vocabulary passes (residual of a rejected draft with draft probabilities, final
-//      exponential-race draw) are spread over the block.
+//   2. walk: one block per request walks the tree. The scalar walk runs redundantly on every thread
+//      (same loads, same values, uniform control flow, so __syncthreads inside it is safe); with draft
+//      probabilities a rejected sibling costs one block-wide pass building max(p_res - q, 0).
+//   3. race: B x splits blocks draw the correction / bonus token from the final row by an exponential
+//      race, argmax_v log2 p(v) - log2 E_v. Each thread starts from the key of the row's argmax and skips
+//      the random numbers of ids that cannot beat it (E >= E_min, so key <= z2 + 33): same result.
+//   4. finalize: reduces the splits, writes the token, the count and the -1 padding.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -20,7 +23,11 @@ namespace {
 
 constexpr int kStatsThreads = 512;
 constexpr int kWalkThreads = 256;
+constexpr int kRaceThreads = 256;
 constexpr int kMaxExcluded = 64;
+constexpr float kMaxNegLog2E = 33.0f;  // -log2(E_min), E_min = exponential(bits = 0) = 1.16e-10
+
+constexpr int kGreedyDone = 1, kInScratch = 2, kExcludeChildren = 4;  // state[b][1] flags
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
@@ -29,21 +36,21 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162f
 struct Stats {
   float m;   // running max over all tokens
   int a;     // argmax (lowest id among maxima)
-  float z;   // sum exp((l - m)/t) over kept tokens
-  float s1;  // sum w * z over kept tokens (entropy)
+  float z;   // sum exp2((l - m) * c) over kept tokens
+  float s1;  // sum w * z2 over kept tokens (entropy)
 };
 
-__device__ __forceinline__ Stats merge(const Stats& A, const Stats& B, float t, bool need_ent) {
+__device__ __forceinline__ Stats merge(const Stats& A, const Stats& B, float c, bool need_ent) {
   Stats r;
   r.m = fmaxf(A.m, B.m);
   r.a = A.m > B.m ? A.a : (B.m > A.m ? B.a : min(A.a, B.a));
-  const float sa = A.z > 0.f ? expf((A.m - r.m) / t) : 0.f;
-  const float sb = B.z > 0.f ? expf((B.m - r.m) / t) : 0.f;
+  const float sa = A.z > 0.f ? exp2f((A.m - r.m) * c) : 0.f;
+  const float sb = B.z > 0.f ? exp2f((B.m - r.m) * c) : 0.f;
   r.z = A.z * sa + B.z * sb;
   r.s1 = 0.f;
   if (need_ent) {
-    const float pa = A.z > 0.f ? sa * (A.s1 - (r.m - A.m) / t * A.z) : 0.f;
-    const float pb = B.z > 0.f ? sb * (B.s1 - (r.m - B.m) / t * B.z) : 0.f;
+    const float pa = A.z > 0.f ? sa * (A.s1 - (r.m - A.m) * c * A.z) : 0.f;
+    const float pb = B.z > 0.f ? sb * (B.s1 - (r.m - B.m) * c * B.z) : 0.f;
     r.s1 = pa + pb;
   }
   return r;
@@ -58,9 +65,9 @@ __device__ __forceinline__ Stats shfl_down(const Stats& s, int delta) {
   return o;
 }
 
-// Adds the chunk x[0..n) (ids i0..i0+n-1, ascending) to a thread's running stats.
+// Adds the chunk x[0..n) (ids i0.., ascending) to a thread's running stats.
 template <int N>
-__device__ __forceinline__ void accumulate(Stats& st, const float (&x)[N], int n, int i0, float t, float thr,
+__device__ __forceinline__ void accumulate(Stats& st, const float (&x)[N], int n, int i0, float c, float thr,
                                            bool need_sum, bool need_ent) {
   float cm = -INFINITY;
   int ca = INT_MAX;
@@ -73,8 +80,8 @@ __device__ __forceinline__ void accumulate(Stats& st, const float (&x)[N], int n
   }
   if (cm > st.m) {
     if (need_sum && st.z > 0.f) {
-      const float s = expf((st.m - cm) / t);
-      if (need_ent) st.s1 = s * (st.s1 - (cm - st.m) / t * st.z);
+      const float s = exp2f((st.m - cm) * c);
+      if (need_ent) st.s1 = s * (st.s1 - (cm - st.m) * c * st.z);
       st.z *= s;
     }
     st.m = cm;
@@ -84,8 +91,8 @@ __device__ __forceinline__ void accumulate(Stats& st, const float (&x)[N], int n
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       if (j < n && x[j] >= thr) {
-        const float z = (x[j] - st.m) / t;
-        const float w = expf(z);
+        const float z = (x[j] - st.m) * c;
+        const float w = exp2f(z);
         st.z += w;
         if (need_ent) st.s1 += w * z;
       }
@@ -94,21 +101,19 @@ __device__ __forceinline__ void accumulate(Stats& st, const float (&x)[N], int n
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kStatsThreads) row_stats_kernel(RowStatsParams p) {
+__global__ void __launch_bounds__(kStatsThreads) row_stats_kernel(VerifyParams p) {
   const int r = blockIdx.x;
   const T* row = static_cast<const T*>(p.logits) + static_cast<int64_t>(r) * p.stride_row;
   const int V = p.vocab;
-  const float temp = p.temp_rows[r];
-  const float t = temp > 0.f ? temp : 1.f;
+  const float c = p.scale_rows[r];
   const float thr = p.threshold ? p.threshold[r] : -INFINITY;
-  const bool need_sum = p.need_sum && temp > 0.f;
-  const bool need_ent = p.need_entropy && need_sum;
+  const bool need_sum = p.mode != VerifyMode::kGreedy;
+  const bool need_ent = p.mode == VerifyMode::kTypical;
   Stats st{-INFINITY, INT_MAX, 0.f, 0.f};
 
   constexpr int kVec = 16 / sizeof(T);
-  const bool aligned = (reinterpret_cast<uintptr_t>(row) % 16 == 0);
   int start = 0;
-  if (aligned) {
+  if (reinterpret_cast<uintptr_t>(row) % 16 == 0) {
     // 16-byte loads: the row is read once at full width.
     const int nvec = V / kVec;
     const uint4* vrow = reinterpret_cast<const uint4*>(row);
@@ -118,18 +123,17 @@ __global__ void __launch_bounds__(kStatsThreads) row_stats_kernel(RowStatsParams
       float x[kVec];
 #pragma unroll
       for (int j = 0; j < kVec; ++j) x[j] = to_float(e[j]);
-      accumulate<kVec>(st, x, kVec, i * kVec, t, thr, need_sum, need_ent);
+      accumulate<kVec>(st, x, kVec, i * kVec, c, thr, need_sum, need_ent);
     }
     start = nvec * kVec;
   }
   for (int i = start + threadIdx.x; i < V; i += blockDim.x) {
     float x[1] = {to_float(row[i])};
-    accumulate<1>(st, x, 1, i, t, thr, need_sum, need_ent);
+    accumulate<1>(st, x, 1, i, c, thr, need_sum, need_ent);
   }
 
-  // Block reduction: warps by shuffles, then the warp leaders through shared memory.
 #pragma unroll
-  for (int d = 16; d > 0; d >>= 1) st = merge(st, shfl_down(st, d), t, need_ent);
+  for (int d = 16; d > 0; d >>= 1) st = merge(st, shfl_down(st, d), c, need_ent);
   __shared__ Stats warp_stats[kStatsThreads / 32];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if (lane == 0) warp_stats[warp] = st;
@@ -138,12 +142,13 @@ __global__ void __launch_bounds__(kStatsThreads) row_stats_kernel(RowStatsParams
     const int nwarps = blockDim.x / 32;
     st = lane < nwarps ? warp_stats[lane] : Stats{-INFINITY, INT_MAX, 0.f, 0.f};
 #pragma unroll
-    for (int d = 16; d > 0; d >>= 1) st = merge(st, shfl_down(st, d), t, need_ent);
+    for (int d = 16; d > 0; d >>= 1) st = merge(st, shfl_down(st, d), c, need_ent);
     if (lane == 0) {
       p.row_max[r] = st.m;
       p.row_argmax[r] = st.a;
-      if (p.need_sum) p.row_sum[r] = st.z;
-      if (p.need_entropy) p.row_entropy[r] = logf(st.z) - st.s1 / st.z;
+      p.row_sum[r] = st.z;
+      // nats: H = ln Z - ln 2 * sum(w * z2) / Z
+      p.row_entropy[r] = need_ent ? logf(st.z) - 0.69314718f * st.s1 / st.z : 0.f;
     }
   }
 }
@@ -161,40 +166,11 @@ __device__ float block_sum(float v, float* red) {
   return s;
 }
 
-// Best (key, id) over the block: larger key, then lower id. Result returned to every thread.
-__device__ int block_argmax(float key, int id, float* red_k, int* red_i) {
-#pragma unroll
-  for (int d = 16; d > 0; d >>= 1) {
-    const float ok = __shfl_down_sync(0xffffffffu, key, d);
-    const int oi = __shfl_down_sync(0xffffffffu, id, d);
-    if (ok > key || (ok == key && oi < id)) {
-      key = ok;
-      id = oi;
-    }
-  }
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  __syncthreads();
-  if (lane == 0) {
-    red_k[warp] = key;
-    red_i[warp] = id;
-  }
-  __syncthreads();
-  float bk = red_k[0];
-  int bi = red_i[0];
-  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) {
-    if (red_k[w] > bk || (red_k[w] == bk && red_i[w] < bi)) {
-      bk = red_k[w];
-      bi = red_i[w];
-    }
-  }
-  return bi;
-}
+__device__ __forceinline__ bool better(float k, int i, float bk, int bi) { return k > bk || (k == bk && i < bi); }
 
 template <typename T>
-__global__ void __launch_bounds__(kWalkThreads) walk_kernel(WalkParams p) {
-  __shared__ float red_f[kWalkThreads / 32];
-  __shared__ int red_i[kWalkThreads / 32];
-  __shared__ int excluded[kMaxExcluded];
+__global__ void __launch_bounds__(kWalkThreads) walk_kernel(VerifyParams p) {
+  __shared__ float red[kWalkThreads / 32];
   const int b = blockIdx.x;
   const int V = p.vocab;
   const int D = p.max_depth;
@@ -203,7 +179,7 @@ __global__ void __launch_bounds__(kWalkThreads) walk_kernel(WalkParams p) {
   const T* logits = static_cast<const T*>(p.logits);
   const float temp = p.mode == VerifyMode::kGreedy ? 0.f : p.temperature[b];
   const bool greedy = temp == 0.f;
-  const float t = greedy ? 1.f : temp;
+  const float c = p.scale[b];
   const uint64_t seed = static_cast<uint64_t>(p.seed[b]);
   const uint64_t off = static_cast<uint64_t>(p.offset[b]);
   const uint32_t off_lo = static_cast<uint32_t>(off), off_hi = static_cast<uint32_t>(off >> 32);
@@ -229,10 +205,9 @@ __global__ void __launch_bounds__(kWalkThreads) walk_kernel(WalkParams p) {
       zs = p.row_sum[row];
       const float lx = to_float(lrow[x]);
       const bool keep = !p.threshold || lx >= p.threshold[row];
-      p_row = keep ? expf((lx - m) / t) / zs : 0.f;
+      p_row = keep ? exp2f((lx - m) * c) / zs : 0.f;
       if (p.mode == VerifyMode::kTypical) {
-        const float bar = fminf(p.typical_epsilon, p.typical_delta * expf(-p.row_entropy[row]));
-        ok = p_row > bar;
+        ok = p_row > fminf(p.typical_epsilon, p.typical_delta * expf(-p.row_entropy[row]));
       } else {
         float qx = 1.f;
         if (p.draft_probs) {
@@ -241,7 +216,7 @@ __global__ void __launch_bounds__(kWalkThreads) walk_kernel(WalkParams p) {
         } else {
           // A token equal to an earlier (rejected) sibling has no residual mass left.
           bool dup = false;
-          for (int c = p.first_child[row]; c < cand; c = p.next_sibling[row0 + c]) dup |= p.tokens[n0 + c - 1] == x;
+          for (int ch = p.first_child[row]; ch < cand; ch = p.next_sibling[row0 + ch]) dup |= p.tokens[n0 + ch - 1] == x;
           px = dup ? 0.f : p_row / (1.f - mass);
         }
         const float u = p.accept_uniforms
@@ -277,13 +252,13 @@ __global__ void __launch_bounds__(kWalkThreads) walk_kernel(WalkParams p) {
               pv = scratch[slot * V + v] / s_res;
             } else {
               const float lv = to_float(lrow[v]);
-              pv = lv >= thr ? expf((lv - m) / t) / zs : 0.f;
+              pv = lv >= thr ? exp2f((lv - m) * c) / zs : 0.f;
             }
             const float w = fmaxf(pv - q[v], 0.f);
             scratch[new_slot * V + v] = w;
             local += w;
           }
-          const float total = block_sum(local, red_f);
+          const float total = block_sum(local, red);
           if (total > 0.f) {
             scr = true;
             slot = new_slot;
@@ -296,63 +271,175 @@ __global__ void __launch_bounds__(kWalkThreads) walk_kernel(WalkParams p) {
       cand = p.next_sibling[row0 + cand];
     }
   }
+  if (threadIdx.x == 0) {
+    const int row = row0 + cur;
+    int flags = 0, last = slot;
+    if (greedy) {
+      flags |= kGreedyDone;
+      last = p.row_argmax[row];
+    }
+    if (scr) flags |= kInScratch;
+    if (exact && !p.draft_probs) flags |= kExcludeChildren;
+    int32_t* st = p.state + static_cast<int64_t>(b) * 4;
+    st[0] = row;
+    st[1] = flags;
+    st[2] = depth;
+    st[3] = last;
+  }
+}
 
-  const int row = row0 + cur;
-  int last;
-  if (greedy) {
-    last = p.row_argmax[row];
-  } else {
+template <typename T>
+__global__ void __launch_bounds__(kRaceThreads) race_kernel(VerifyParams p) {
+  __shared__ int excluded[kMaxExcluded];
+  __shared__ float red_k[kRaceThreads / 32];
+  __shared__ int red_i[kRaceThreads / 32];
+  const int s = blockIdx.x, b = blockIdx.y;
+  const int32_t* st = p.state + static_cast<int64_t>(b) * 4;
+  const int flags = st[1];
+  float best = -INFINITY;
+  int best_id = INT_MAX;
+  if (!(flags & kGreedyDone)) {
+    const int V = p.vocab;
+    const int row = st[0], slot = st[3];
+    const int row0 = p.cu_rows[b], n0 = p.cu_nodes[b];
+    const float c = p.scale[b];
     const float m = p.row_max[row];
-    const T* lrow = logits + static_cast<int64_t>(row) * p.stride_row;
     const float thr = p.threshold ? p.threshold[row] : -INFINITY;
-    // Deterministic drafts: every child of the final row was rejected and has no residual mass.
+    const uint64_t seed = static_cast<uint64_t>(p.seed[b]);
+    const uint64_t off = static_cast<uint64_t>(p.offset[b]);
+    const uint32_t off_lo = static_cast<uint32_t>(off), off_hi = static_cast<uint32_t>(off >> 32);
+    const bool in_scratch = flags & kInScratch;
+    const bool exclude = (flags & kExcludeChildren) && !in_scratch;
+    const T* lrow = static_cast<const T*>(p.logits) + static_cast<int64_t>(row) * p.stride_row;
+    const float* wrow = in_scratch ? p.scratch + (static_cast<int64_t>(b) * 2 + slot) * V : nullptr;
     int n_excl = 0;
-    const bool exclude = exact && !p.draft_probs && !scr;
     if (exclude) {
-      for (int c = p.first_child[row]; c >= 0; c = p.next_sibling[row0 + c]) {
-        if (n_excl < kMaxExcluded && threadIdx.x == 0) excluded[n_excl] = p.tokens[n0 + c - 1];
+      for (int ch = p.first_child[row]; ch >= 0; ch = p.next_sibling[row0 + ch]) {
+        if (n_excl < kMaxExcluded && threadIdx.x == 0) excluded[n_excl] = p.tokens[n0 + ch - 1];
         ++n_excl;
       }
     }
     __syncthreads();
-    float best = -INFINITY;
-    int best_id = INT_MAX;
-    const int groups = (V + 3) / 4;
-    for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+    auto excluded_id = [&](int v) {
+      for (int k = 0; k < min(n_excl, kMaxExcluded); ++k)
+        if (excluded[k] == v) return true;
+      if (n_excl > kMaxExcluded) {
+        int k = 0;
+        for (int ch = p.first_child[row]; ch >= 0; ch = p.next_sibling[row0 + ch], ++k)
+          if (k >= kMaxExcluded && p.tokens[n0 + ch - 1] == v) return true;
+      }
+      return false;
+    };
+    auto log_weight = [&](int v) -> float {  // log2 p(v) up to a constant; -inf when not a candidate
+      if (in_scratch) {
+        const float w = wrow[v];
+        return w > 0.f ? log2f(w) : -INFINITY;
+      }
+      const float lv = to_float(lrow[v]);
+      if (!(lv >= thr) || (exclude && excluded_id(v))) return -INFINITY;
+      return (lv - m) * c;
+    };
+    // word v % 4 of the group's Philox output; a select, not an indexed load, keeps it in registers
+    auto exponential = [&](int v, const philox::Out4& bits) {
+      if (p.exponentials) return p.exponentials[static_cast<int64_t>(b) * V + v];
+      const int w = v & 3;
+      const uint32_t x = w == 0 ? bits.x[0] : w == 1 ? bits.x[1] : w == 2 ? bits.x[2] : bits.x[3];
+      return philox::exponential(x);
+    };
+    // Seed every thread with the row argmax when it is a candidate: most ids then cannot beat it.
+    if (!in_scratch) {
+      const int a = p.row_argmax[row];
+      const float la = log_weight(a);
+      if (la > -INFINITY) {
+        philox::Out4 bits{};
+        if (!p.exponentials) bits = philox::philox4x32_10(a >> 2, philox::kStreamResidual, off_lo, off_hi, seed);
+        best = la - log2f(exponential(a, bits));
+        best_id = a;
+      }
+    }
+    const int g_begin = s * (kRaceChunk / 4);
+    const int g_end = min((s + 1) * (kRaceChunk / 4), (V + 3) / 4);
+    for (int g = g_begin + threadIdx.x; g < g_end; g += blockDim.x) {
+      float lw[4];
+      float top = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int v = 4 * g + j;
+        lw[j] = v < V ? log_weight(v) : -INFINITY;
+        top = fmaxf(top, lw[j]);
+      }
+      if (top == -INFINITY || top + kMaxNegLog2E < best) continue;  // cannot win: no random numbers needed
       philox::Out4 bits{};
       if (!p.exponentials) bits = philox::philox4x32_10(g, philox::kStreamResidual, off_lo, off_hi, seed);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
+        if (lw[j] == -INFINITY) continue;
         const int v = 4 * g + j;
-        if (v >= V) break;
-        float logp;
-        if (scr) {
-          const float w = scratch[slot * V + v];
-          logp = w > 0.f ? logf(w) : -INFINITY;
-        } else {
-          const float lv = to_float(lrow[v]);
-          bool keep = lv >= thr;
-          if (exclude && keep) {
-            for (int k = 0; k < min(n_excl, kMaxExcluded); ++k) keep &= excluded[k] != v;
-            if (n_excl > kMaxExcluded) {
-              int k = 0;
-              for (int c = p.first_child[row]; c >= 0; c = p.next_sibling[row0 + c], ++k)
-                if (k >= kMaxExcluded) keep &= p.tokens[n0 + c - 1] != v;
-            }
-          }
-          logp = keep ? (lv - m) / t : -INFINITY;
-        }
-        if (logp == -INFINITY) continue;
-        const float e = p.exponentials ? p.exponentials[static_cast<int64_t>(b) * V + v] : philox::exponential(bits.x[j]);
-        const float key = logp - logf(e);
-        if (key > best) {  // ids ascend per thread: ties keep the lowest
+        const float key = lw[j] - log2f(exponential(v, bits));
+        if (better(key, v, best, best_id)) {
           best = key;
           best_id = v;
         }
       }
     }
-    last = block_argmax(best, best_id, red_f, red_i);
-    if (last == INT_MAX) last = p.row_argmax[row];
+  }
+  // block argmax, larger key then lower id
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) {
+    const float ok = __shfl_down_sync(0xffffffffu, best, d);
+    const int oi = __shfl_down_sync(0xffffffffu, best_id, d);
+    if (better(ok, oi, best, best_id)) {
+      best = ok;
+      best_id = oi;
+    }
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) {
+    red_k[warp] = best;
+    red_i[warp] = best_id;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) {
+      if (better(red_k[w], red_i[w], best, best_id)) {
+        best = red_k[w];
+        best_id = red_i[w];
+      }
+    }
+    p.part_key[static_cast<int64_t>(b) * p.splits + s] = best;
+    p.part_idx[static_cast<int64_t>(b) * p.splits + s] = best_id;
+  }
+}
+
+__global__ void finalize_kernel(VerifyParams p) {
+  const int b = blockIdx.x;
+  const int D = p.max_depth;
+  const int32_t* st = p.state + static_cast<int64_t>(b) * 4;
+  const int row = st[0], flags = st[1], depth = st[2];
+  int last = st[3];
+  if (!(flags & kGreedyDone)) {
+    float best = -INFINITY;
+    int best_id = INT_MAX;
+    for (int s = threadIdx.x; s < p.splits; s += blockDim.x) {
+      const float k = p.part_key[static_cast<int64_t>(b) * p.splits + s];
+      const int i = p.part_idx[static_cast<int64_t>(b) * p.splits + s];
+      if (better(k, i, best, best_id)) {
+        best = k;
+        best_id = i;
+      }
+    }
+#pragma unroll
+    for (int d = 16; d > 0; d >>= 1) {
+      const float ok = __shfl_down_sync(0xffffffffu, best, d);
+      const int oi = __shfl_down_sync(0xffffffffu, best_id, d);
+      if (better(ok, oi, best, best_id)) {
+        best = ok;
+        best_id = oi;
+      }
+    }
+    best_id = __shfl_sync(0xffffffffu, best_id, 0);
+    best = __shfl_sync(0xffffffffu, best, 0);
+    last = best > -INFINITY ? best_id : p.row_argmax[row];
   }
   if (threadIdx.x == 0) {
     p.out_tokens[static_cast<int64_t>(b) * (D + 1) + depth] = last;
@@ -364,29 +451,29 @@ __global__ void __launch_bounds__(kWalkThreads) walk_kernel(WalkParams p) {
   }
 }
 
-}  // namespace
-
-cudaError_t verify_row_stats(const RowStatsParams& p, cudaStream_t stream) {
-  if (p.rows <= 0) return cudaSuccess;
-  const int threads = p.vocab >= 8192 ? kStatsThreads : 128;
-  switch (p.dtype) {
-    case LogitsDtype::kFloat32: row_stats_kernel<float><<<p.rows, threads, 0, stream>>>(p); break;
-    case LogitsDtype::kFloat16: row_stats_kernel<__half><<<p.rows, threads, 0, stream>>>(p); break;
-    case LogitsDtype::kBFloat16: row_stats_kernel<__nv_bfloat16><<<p.rows, threads, 0, stream>>>(p); break;
-    default: return cudaErrorInvalidValue;
+template <typename T>
+cudaError_t launch_all(const VerifyParams& p, cudaStream_t stream) {
+  if (p.rows > 0) {
+    const int threads = p.vocab >= 8192 ? kStatsThreads : 128;
+    row_stats_kernel<T><<<p.rows, threads, 0, stream>>>(p);
   }
+  walk_kernel<T><<<p.batch, kWalkThreads, 0, stream>>>(p);
+  if (p.mode != VerifyMode::kGreedy) race_kernel<T><<<dim3(p.splits, p.batch), kRaceThreads, 0, stream>>>(p);
+  finalize_kernel<<<p.batch, 32, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
-cudaError_t verify_walk(const WalkParams& p, cudaStream_t stream) {
+}  // namespace
+
+cudaError_t verify_launch(const VerifyParams& p, cudaStream_t stream) {
   if (p.batch <= 0) return cudaSuccess;
+  if (p.batch > 65535 && p.mode != VerifyMode::kGreedy) return cudaErrorInvalidConfiguration;  // grid.y limit
   switch (p.dtype) {
-    case LogitsDtype::kFloat32: walk_kernel<float><<<p.batch, kWalkThreads, 0, stream>>>(p); break;
-    case LogitsDtype::kFloat16: walk_kernel<__half><<<p.batch, kWalkThreads, 0, stream>>>(p); break;
-    case LogitsDtype::kBFloat16: walk_kernel<__nv_bfloat16><<<p.batch, kWalkThreads, 0, stream>>>(p); break;
-    default: return cudaErrorInvalidValue;
+    case LogitsDtype::kFloat32: return launch_all<float>(p, stream);
+    case LogitsDtype::kFloat16: return launch_all<__half>(p, stream);
+    case LogitsDtype::kBFloat16: return launch_all<__nv_bfloat16>(p, stream);
   }
-  return cudaGetLastError();
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace verispec

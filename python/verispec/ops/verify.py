@@ -421,8 +421,8 @@ _cuda_alloc = torch.empty
 
 
 def verify_cuda(problem: _Problem) -> VerifyResult:
-    """CUDA kernels (``csrc/sampling/verify.cu``) through ``verispec._C``: a row-stats pass over the
-    logits, then one block per request for the walk. No host synchronisation."""
+    """CUDA kernels (``csrc/sampling/verify.cu``) through ``verispec._C``: row stats over the logits,
+    the walk (one block per request), the residual / bonus race and the outputs. No host synchronisation."""
     from verispec import _native
 
     pr = problem
@@ -437,36 +437,38 @@ def verify_cuda(problem: _Problem) -> VerifyResult:
     R, V = logits.shape
     B, D = pr.B, pr.max_depth
     f32, i32 = torch.float32, torch.int32
-    stream = _native.cuda_stream_handle(dev)
-    mode = _MODE_CODES[pr.mode]
-    temp_rows = pr.temperature[buf.request.long()].contiguous()
-    row_max = _cuda_alloc(R, dtype=f32, device=dev)
-    row_sum = _cuda_alloc(R, dtype=f32, device=dev)
-    row_ent = _cuda_alloc(R, dtype=f32, device=dev)
-    row_arg = _cuda_alloc(R, dtype=i32, device=dev)
+    chunk = int(C.verify_race_chunk)
+    splits = (V + chunk - 1) // chunk
+    scale = log2_scale(pr.temperature).contiguous()
+    scale_rows = scale[buf.request.long()].contiguous()
     thr = pr.threshold.float().contiguous() if pr.threshold is not None else None
-    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    C.verify_row_stats_cuda(
-        logits.data_ptr(), _DTYPE_CODES[logits.dtype], logits.stride(0), R, V, temp_rows.data_ptr(), ptr(thr),
-        row_max.data_ptr(), row_sum.data_ptr(), row_ent.data_ptr(), row_arg.data_ptr(), mode != 0, mode == 2, stream,
-    )
     q = pr.draft_probs.float().contiguous() if pr.draft_probs is not None else None
-    scratch = torch.empty(B * 2 * V, dtype=f32, device=dev) if q is not None else None
     hook_u = pr.uniforms.accept.float().contiguous() if pr.uniforms is not None else None
     hook_e = pr.uniforms.exponential.float().contiguous() if pr.uniforms is not None else None
+    temp = pr.temperature.float().contiguous()
+    seed, offset = pr.seed.contiguous(), pr.offset.contiguous()
+    work = {
+        "row_max": _cuda_alloc(R, dtype=f32, device=dev),
+        "row_sum": _cuda_alloc(R, dtype=f32, device=dev),
+        "row_entropy": _cuda_alloc(R, dtype=f32, device=dev),
+        "row_argmax": _cuda_alloc(R, dtype=i32, device=dev),
+        "state": _cuda_alloc(B, 4, dtype=i32, device=dev),
+        "part_key": _cuda_alloc(B, splits, dtype=f32, device=dev),
+        "part_idx": _cuda_alloc(B, splits, dtype=i32, device=dev),
+    }
+    scratch = torch.empty(B * 2 * V, dtype=f32, device=dev) if q is not None else None
     acc = _cuda_alloc(B, D, dtype=i32, device=dev)
     num = _cuda_alloc(B, dtype=i32, device=dev)
     tok = _cuda_alloc(B, D + 1, dtype=i32, device=dev)
-    temp = pr.temperature.float().contiguous()
-    seed = pr.seed.contiguous()
-    offset = pr.offset.contiguous()
-    C.verify_walk_cuda(
-        logits.data_ptr(), _DTYPE_CODES[logits.dtype], logits.stride(0), B, V, pr.tokens.data_ptr(),
-        pr.cu_nodes.data_ptr(), buf.cu_rows.data_ptr(), buf.first_child.data_ptr(), buf.next_sibling.data_ptr(),
-        temp.data_ptr(), ptr(thr), row_max.data_ptr(), row_sum.data_ptr(), row_ent.data_ptr(), row_arg.data_ptr(),
-        ptr(q), q.stride(0) if q is not None else 0, ptr(scratch), seed.data_ptr(), offset.data_ptr(),
-        ptr(hook_u), ptr(hook_e), acc.data_ptr(), num.data_ptr(), tok.data_ptr(), D,
-        pr.typical_epsilon, pr.typical_delta, mode, stream,
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    C.verify_cuda(
+        logits.data_ptr(), _DTYPE_CODES[logits.dtype], logits.stride(0), R, B, V, _MODE_CODES[pr.mode],
+        pr.tokens.data_ptr(), pr.cu_nodes.data_ptr(), buf.cu_rows.data_ptr(), buf.first_child.data_ptr(),
+        buf.next_sibling.data_ptr(), temp.data_ptr(), scale.data_ptr(), scale_rows.data_ptr(), ptr(thr),
+        pr.typical_epsilon, pr.typical_delta, ptr(q), q.stride(0) if q is not None else 0, seed.data_ptr(),
+        offset.data_ptr(), ptr(hook_u), ptr(hook_e), *(work[k].data_ptr() for k in ("row_max", "row_sum", "row_entropy", "row_argmax")),
+        ptr(scratch), work["state"].data_ptr(), work["part_key"].data_ptr(), work["part_idx"].data_ptr(), splits,
+        acc.data_ptr() if D else 0, num.data_ptr(), tok.data_ptr(), D, _native.cuda_stream_handle(dev),
     )
     return VerifyResult(acc, num, tok)
 
