@@ -23,7 +23,7 @@ def _slot_offsets(BT_row, b64, idx, ok, h64, sb, sh, ss, PAGED: tl.constexpr, PA
     return b64 * sb + idx.to(tl.int64) * ss + h64 * sh
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "capacity"])
 def _commit_kv_kernel(
     C0, LAYER_OFFS, PL, ROWS, BT,
     sb, sh, ss, sd, srb, srp, sbt,

@@ -71,7 +71,8 @@ def _kv_rows(BT_row, b64, j, jmask, h64, sb, sh, ss, PAGED: tl.constexpr, PAGE):
     return b64 * sb + j.to(tl.int64) * ss + h64 * sh
 
 
-@triton.jit
+# Sizes that change every decoding step are not specialised on (no recompiles as trees grow and shrink).
+@triton.jit(do_not_specialize=["T", "num_splits", "window"])
 def _tree_attention_kernel(
     Q, K, V, BT, PL, TL, ANC, POS, O, OPART, LPART,
     sqb, sqh, sqt, sqd,
@@ -179,7 +180,7 @@ def _tree_attention_kernel(
         tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=(t < T)[:, None] & d_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "num_splits"])
 def _combine_kernel(
     OPART, LPART, TL, O,
     sob, soh, sot, sod,
