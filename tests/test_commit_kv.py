@@ -225,3 +225,17 @@ def test_gpu_commit_matches_reference(backend, dtype, paged):
     assert lens.cpu().tolist() == [p + len(path) for p, path in zip(prefix, paths)]
     for got, want in zip(ks + vs, ref_k + ref_v):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_commit_strided_lengths_and_rows(backend):
+    rng = random.Random(5)
+    prefix, tree = [3, 8], [10, 6]
+    paths, rows = make_batch(prefix, tree, 5, rng)
+    cache = torch.randn(2, 2, 20, 4)
+    want = expected_contiguous(cache, prefix, paths)
+    pl = torch.tensor([[prefix[0], 99], [prefix[1], 99]], dtype=torch.int32)[:, 0]
+    rows_t = rows.t().contiguous().t()  # column-major view
+    lens = verispec.commit_kv(cache, cache.clone(), pl, rows_t, backend=backend)
+    assert lens.tolist() == [p + len(x) for p, x in zip(prefix, paths)]
+    assert torch.equal(cache, want)

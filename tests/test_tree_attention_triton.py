@@ -228,3 +228,19 @@ def test_cuda_backend_errors_on_cpu():
     case = Case([3], [2], 2, 1, 128, dtype=torch.float16)
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         tree_attention_cuda(*case.args())
+
+
+def test_triton_strided_lengths_and_block_table():
+    """Lengths and block tables that are views with non-unit strides (e.g. a column of a bigger table)."""
+    case = Case([30, 7], [9, 12], 4, 2, 16, seed=12)
+    kp, vp, table = case.paged(8)
+    wide = torch.zeros(case.B, table.shape[1], 2, dtype=torch.int32)
+    wide[:, :, 0] = table
+    pl = torch.stack([case.prefix_lens, torch.zeros_like(case.prefix_lens)], 1)[:, 0]
+    tl_ = torch.stack([case.tree_lens, torch.zeros_like(case.tree_lens)], 1)[:, 0]
+    assert pl.stride(0) == 2 and wide[:, :, 0].stride(1) == 2
+    import verispec
+
+    got = verispec.tree_attention(case.q, kp, vp, pl, tl_, case.ancestors, case.positions,
+                                  block_table=wide[:, :, 0], backend="triton")
+    check_close(got, case.expected(), TOL[torch.float32], what="strided lengths")

@@ -299,12 +299,20 @@ def tree_attention_triton(
         _check_lengths(p, prefix_lens, tree_lens)  # free on the host; on a GPU it would sync
     if p.window and positions is None:
         positions = positions_from_ancestors(prefix_lens, ancestors)
+    prefix_lens, tree_lens, block_table = _unit_stride(prefix_lens, tree_lens, block_table)
     from verispec.triton_kernels.tree_attention import tree_attention_fwd
 
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
     return tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, out,
                               num_splits=num_splits)
+
+
+def _unit_stride(prefix_lens, tree_lens, block_table):
+    """The kernels index lengths and block-table rows with unit inner stride; copy the rare views."""
+    if block_table is not None and block_table.stride(-1) != 1:
+        block_table = block_table.contiguous()
+    return prefix_lens.contiguous(), tree_lens.contiguous(), block_table
 
 
 def split_count(programs: int, capacity: int, rows_padded: int, block_n: int, sms: int) -> int:
@@ -406,8 +414,9 @@ def tree_attention_cuda(
         _cuda_ready(name, t, 8)
     if p.window and positions is None:
         positions = positions_from_ancestors(prefix_lens, ancestors)
+    prefix_lens, tree_lens, block_table = _unit_stride(prefix_lens, tree_lens, block_table)
     result = out
-    if out is None or out.stride(-1) != 1 or any(s % 2 for s in out.stride()) or out.data_ptr() % 4:
+    if out is None or out.stride(-1) != 1 or any(s % 2 for s in out.stride()[:-1]) or out.data_ptr() % 4:
         result = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if p.B == 0 or p.T == 0 or p.Hq == 0:
         return result if out is None else out
