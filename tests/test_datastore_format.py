@@ -17,7 +17,15 @@ import torch
 from verispec._native import native
 from verispec.datastore import Datastore
 
-HEADER = struct.Struct("<8sIIIIQQQQQQQQQQQQQ")  # csrc/datastore/format.h FileHeader, 128 bytes
+HEADER = struct.Struct("<8sIIII14Q6QQ")  # csrc/datastore/format.h FileHeader, 192 bytes
+NAMES = ["magic", "version", "header_bytes", "token_bits", "offset_bits", "vocab_size", "num_tokens", "num_docs",
+         "text_len", "map_entries", "map_offset", "text_offset", "sa_offset", "docs_offset", "file_bytes",
+         "map_checksum", "text_checksum", "sa_checksum", "docs_checksum"] + [f"reserved{i}" for i in range(6)] + [
+         "header_checksum"]
+
+
+def header(raw: bytes) -> dict:
+    return dict(zip(NAMES, HEADER.unpack_from(raw, 0)))
 
 
 def fnv1a64(data: bytes) -> int:
@@ -42,42 +50,65 @@ def built(tmp_path):
 
 def rewrite_header(path, **fields):
     raw = bytearray(path.read_bytes())
-    names = ["magic", "version", "header_bytes", "token_bits", "offset_bits", "vocab_size", "num_tokens",
-             "num_docs", "text_len", "text_offset", "sa_offset", "docs_offset", "file_bytes", "text_checksum",
-             "sa_checksum", "docs_checksum", "reserved", "header_checksum"]
-    vals = dict(zip(names, HEADER.unpack_from(raw, 0)))
+    vals = header(raw)
     vals.update(fields)
-    packed = HEADER.pack(*[vals[n] for n in names])
-    packed = packed[:120] + struct.pack("<Q", fnv1a64(packed[:120]))
-    raw[:128] = packed
+    packed = HEADER.pack(*[vals[n] for n in NAMES])
+    packed = packed[:184] + struct.pack("<Q", fnv1a64(packed[:184]))
+    raw[:192] = packed
     path.write_bytes(bytes(raw))
 
 
 def test_header_and_layout(built):
     docs, path, ds = built
     raw = path.read_bytes()
-    h = HEADER.unpack_from(raw, 0)
-    assert h[0] == b"VSPDSTOR" and h[1] == 1 and h[2] == 128
+    h = header(raw)
+    assert h["magic"] == b"VSPDSTOR" and h["version"] == 1 and h["header_bytes"] == 192
     n_tokens = sum(map(len, docs))
-    token_bits, offset_bits = h[3], h[4]
-    assert token_bits == 6  # ids 0..49 plus the all-ones end marker 63
-    assert offset_bits == (n_tokens + len(docs) - 1).bit_length()
-    assert h[5:8] == (50, n_tokens, len(docs))
-    assert h[12] == len(raw) == os.path.getsize(path)
-    assert h[17] == fnv1a64(raw[:120])
+    assert h["token_bits"] == 6  # ids 0..49 plus the all-ones end marker 63
+    assert h["map_entries"] == 0  # all 50 ids occur: ranks would need as many bits
+    assert h["offset_bits"] == (n_tokens + len(docs) - 1).bit_length()
+    assert (h["vocab_size"], h["num_tokens"], h["num_docs"]) == (50, n_tokens, len(docs))
+    assert h["file_bytes"] == len(raw) == os.path.getsize(path)
+    assert h["header_checksum"] == fnv1a64(raw[:184])
+    assert all(h[k] % 64 == 0 for k in ("map_offset", "text_offset", "sa_offset", "docs_offset"))
     info = ds.info()
     assert info["file"]["token_bits"] == 6 and info["num_tokens"] == n_tokens == len(ds)
     # document table: starts of documents in the text (one end marker after each)
-    docs_off = h[11]
-    starts = np.frombuffer(raw[docs_off:docs_off + 8 * (len(docs) + 1)], dtype="<u8")
+    off = h["docs_offset"]
+    starts = np.frombuffer(raw[off:off + 8 * (len(docs) + 1)], dtype="<u8")
     assert starts.tolist() == list(np.cumsum([0] + [len(d) + 1 for d in docs]))
-    # text and suffix array round trip
     text = ds._core.text_slice(0, 0, 10**9)
     want = []
     for d in docs:
-        want += d + [2**6 - 1]
+        want += d + [-1]
     assert text == want
     ds.verify()
+
+
+def test_token_map_when_few_ids_are_used(tmp_path):
+    rng = random.Random(9)
+    ids = [0, 7, 4000, 65535, 70000, 2**31 + 5]
+    docs = [[rng.choice(ids) for _ in range(rng.randrange(1, 60))] for _ in range(9)]
+    path = tmp_path / "m.vsds"
+    ds = Datastore.build(docs, path, vocab_size=2**32 - 1, progress=False)
+    h = header(path.read_bytes())
+    assert h["map_entries"] == len(set(sum(docs, []))) and h["token_bits"] == 3  # 6 ranks + marker
+    raw = path.read_bytes()
+    stored = np.frombuffer(raw[h["map_offset"]:h["map_offset"] + 4 * h["map_entries"]], dtype="<u4")
+    assert stored.tolist() == sorted(set(sum(docs, [])))
+    ds.verify()
+    mem = Datastore.from_documents(docs, vocab_size=2**32 - 1)
+    for _ in range(40):
+        ctx = [rng.choice(ids + [12345]) for _ in range(rng.randrange(1, 5))]
+        a, b = ds.draft_arrays(ctx, budget=12), mem.draft_arrays(ctx, budget=12)
+        assert a.tokens.tolist() == b.tokens.tolist() and a.parents.tolist() == b.parents.tolist()
+        from verispec import _datastore_reference as ref
+        want = ref.draft(docs, ctx, budget=12)
+        assert a.tokens.tolist() == want[0] and a.parents.tolist() == want[1]
+    # online additions with ids the file never saw
+    ds.add([[12345, 7, 12345, 4000]])
+    assert ds.continuations([12345]) == {7: 1, 4000: 1}
+    assert ds._core.text_slice(0, 0, 3) == docs[0][:3]
 
 
 def test_file_round_trip_and_determinism(built, tmp_path):
@@ -145,7 +176,7 @@ def test_missing_and_foreign_files(tmp_path):
         Datastore.open(empty)
 
 
-@pytest.mark.parametrize("keep", [8, 64, 127, 128, 200, -1])
+@pytest.mark.parametrize("keep", [8, 64, 191, 192, 300, -1])
 def test_truncated_files_rejected(built, tmp_path, keep):
     _, path, _ = built
     raw = path.read_bytes()
@@ -170,7 +201,7 @@ def test_wrong_version_rejected(built):
         Datastore.open(path)
 
 
-@pytest.mark.parametrize("offset", [12, 16, 20, 24, 32, 40, 48, 56, 80, 100, 120])
+@pytest.mark.parametrize("offset", [12, 16, 20, 24, 32, 40, 48, 56, 80, 100, 120, 150, 183])
 def test_corrupt_header_rejected(built, offset):
     _, path, _ = built
     raw = bytearray(path.read_bytes())
@@ -190,8 +221,8 @@ def test_inconsistent_header_with_valid_checksum_rejected(built):
 def test_corrupt_body_detected_and_never_crashes(built):
     docs, path, _ = built
     raw = bytearray(path.read_bytes())
-    h = HEADER.unpack_from(raw, 0)
-    sa_off, docs_off = h[10], h[11]
+    h = header(raw)
+    sa_off, docs_off = h["sa_offset"], h["docs_offset"]
     raw[sa_off:docs_off - 64] = b"\xff" * (docs_off - 64 - sa_off)  # offsets past the text
     path.write_bytes(bytes(raw))
     ds = Datastore.open(path)  # O(1) open does not read the body
@@ -207,7 +238,7 @@ def test_corrupt_body_detected_and_never_crashes(built):
 def test_corrupt_text_detected(built):
     _, path, _ = built
     raw = bytearray(path.read_bytes())
-    raw[128 + 40] ^= 0x01
+    raw[header(raw)["text_offset"] + 40] ^= 0x01
     path.write_bytes(bytes(raw))
     ds = Datastore.open(path)
     with pytest.raises(ValueError, match="text section checksum mismatch"):

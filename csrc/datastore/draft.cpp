@@ -44,6 +44,13 @@ class Index {
   // For every tail end e in [tail.start + 1, n - 1]: the longest l <= len with
   // text[e-l, e) == ctx[len-l, len) and e - l >= tail.start.
   void scan_tail(const uint32_t* ctx, uint64_t len) {
+    // Segments that store ranks into a token map search with the context mapped the same way.
+    mapped_.resize(S_);
+    for (size_t s = 0; s < S_; ++s) {
+      if (!segs_[s].token_map) continue;
+      mapped_[s].resize(len);
+      for (uint64_t i = 0; i < len; ++i) mapped_[s][i] = uint32_t(segs_[s].to_stored(ctx[i]));
+    }
     tail_match_.clear();
     tail_max_ = 0;
     const Tail* t = src_.tail;
@@ -61,10 +68,15 @@ class Index {
     }
   }
 
+  // The context as segment s stores tokens (see scan_tail).
+  const uint32_t* pattern(size_t s, const uint32_t* ctx) const {
+    return segs_[s].token_map ? mapped_[s].data() : ctx;
+  }
+
   bool occurs(const uint32_t* ctx, uint64_t len, uint64_t m) const {
     if (m <= tail_max_) return true;
-    for (const Segment& s : segs_)
-      if (s.occurs(ctx + len - m, m)) return true;
+    for (size_t s = 0; s < S_; ++s)
+      if (segs_[s].occurs(pattern(s, ctx) + len - m, m)) return true;
     return false;
   }
 
@@ -74,7 +86,7 @@ class Index {
     counted_m_ = m;
     counted_.resize(S_);
     for (size_t s = 0; s < S_; ++s) {
-      segs_[s].find(ctx + len - m, m, counted_[s].lo, counted_[s].hi);
+      segs_[s].find(pattern(s, ctx) + len - m, m, counted_[s].lo, counted_[s].hi);
       c += counted_[s].size();
     }
     for (uint32_t l : tail_match_) c += l >= m;
@@ -93,7 +105,7 @@ class Index {
       if (counted_m_ == m) {
         r = counted_[s];
       } else {
-        segs_[s].find(ctx + len - m, m, r.lo, r.hi);
+        segs_[s].find(pattern(s, ctx) + len - m, m, r.lo, r.hi);
       }
       ranges_.push_back(r);
       root.count += r.size();
@@ -142,7 +154,7 @@ class Index {
         if (t == seg.end_marker) break;  // markers sort last: the rest of the range ended here
         const uint64_t lo = g == done ? g : seg.lower_from(done, g, k, t);
         const uint64_t hi = seg.upper_at(g, r.hi, k, t);
-        out.push_back({uint32_t(t), uint32_t(s), lo, hi});
+        out.push_back({seg.to_token(t), uint32_t(s), lo, hi});
         done = hi;
         g = r.lo + ((hi - r.lo + stride - 1) / stride) * stride;  // next probe at or after the run end
       }
@@ -167,8 +179,11 @@ class Index {
         q.lo = runs[j].lo;
         q.hi = runs[j].hi;
       } else if (r.size()) {
-        q.lo = segs_[s].lower_at(r.lo, r.hi, k, t);
-        q.hi = segs_[s].upper_at(q.lo, r.hi, k, t);
+        const uint64_t v = segs_[s].to_stored(t);
+        if (v != segs_[s].end_marker) {
+          q.lo = segs_[s].lower_at(r.lo, r.hi, k, v);
+          q.hi = segs_[s].upper_at(q.lo, r.hi, k, v);
+        }
       }
       ranges_.push_back(q);
       c.count += q.size();
@@ -203,6 +218,7 @@ class Index {
   std::vector<uint64_t> tail_pos_;
   std::vector<uint32_t> tail_match_;
   uint64_t tail_max_ = 0;
+  std::vector<std::vector<uint32_t>> mapped_;  // per segment with a token map: the mapped context
   std::vector<Range> counted_;  // ranges of the last count() call, for pattern length counted_m_
   uint64_t counted_m_ = 0;
 };
@@ -401,7 +417,7 @@ void draft_rest(Index& ix, const uint32_t* ctx, uint64_t len, const DraftParams&
       for (uint64_t d = 0; d < depth; ++d) {
         const uint64_t t = seg.tok(pos + d);
         if (t == seg.end_marker) break;
-        c.push_back(uint32_t(t));
+        c.push_back(seg.to_token(t));
       }
       conts.push_back(std::move(c));
     }

@@ -72,10 +72,12 @@ uint64_t section_checksum(const uint8_t* data, uint64_t bytes, int threads) {
 
 static uint64_t align64(uint64_t x) { return (x + 63) & ~uint64_t(63); }
 
-Layout layout_for(uint64_t text_len, unsigned token_bits, uint64_t num_tokens, unsigned offset_bits,
-                  uint64_t num_docs) {
+Layout layout_for(uint64_t map_entries, uint64_t text_len, unsigned token_bits, uint64_t num_tokens,
+                  unsigned offset_bits, uint64_t num_docs) {
   Layout l{};
-  l.text_offset = kHeaderBytes;
+  l.map_offset = kHeaderBytes;
+  l.map_bytes = map_entries * 4;
+  l.text_offset = align64(l.map_offset + l.map_bytes);
   l.text_bytes = packed_bytes(text_len, token_bits);
   l.sa_offset = align64(l.text_offset + l.text_bytes);
   l.sa_bytes = packed_bytes(num_tokens, offset_bits);
@@ -113,13 +115,16 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
                                 std::to_string(kFormatVersion) + " (rebuild the datastore or upgrade verispec)");
   if (fnv1a64(&h, offsetof(FileHeader, header_checksum)) != h.header_checksum)
     throw std::invalid_argument(where + "header checksum mismatch (corrupt header)");
+  // Stored values (ids, or ranks into the token map) must leave the all-ones marker free.
+  const uint64_t max_stored = h.map_entries ? h.map_entries : h.vocab_size;
   if (h.header_bytes != kHeaderBytes || h.token_bits < 1 || h.token_bits > 32 || h.offset_bits < 1 || h.offset_bits > 57 ||
-      h.text_len != h.num_tokens + h.num_docs || h.num_docs == 0 || h.num_tokens == 0 ||
-      h.vocab_size >= (uint64_t(1) << h.token_bits) || (h.text_len - 1) >> h.offset_bits)
+      h.text_len != h.num_tokens + h.num_docs || h.num_docs == 0 || h.num_tokens == 0 || h.vocab_size == 0 ||
+      h.map_entries > h.vocab_size || h.map_entries > h.num_tokens || max_stored >= (uint64_t(1) << h.token_bits) ||
+      (h.text_len - 1) >> h.offset_bits)
     throw std::invalid_argument(where + "inconsistent header fields (corrupt file)");
-  const Layout l = layout_for(h.text_len, h.token_bits, h.num_tokens, h.offset_bits, h.num_docs);
-  if (l.text_offset != h.text_offset || l.sa_offset != h.sa_offset || l.docs_offset != h.docs_offset ||
-      l.file_bytes != h.file_bytes)
+  const Layout l = layout_for(h.map_entries, h.text_len, h.token_bits, h.num_tokens, h.offset_bits, h.num_docs);
+  if (l.map_offset != h.map_offset || l.text_offset != h.text_offset || l.sa_offset != h.sa_offset ||
+      l.docs_offset != h.docs_offset || l.file_bytes != h.file_bytes)
     throw std::invalid_argument(where + "section offsets do not match the header (corrupt file)");
   if (size != h.file_bytes)
     throw std::invalid_argument(where + "file is " + std::to_string(size) + " bytes but the header says " +
@@ -156,13 +161,21 @@ Segment MappedFile::segment() const {
   s.text_len = header_.text_len;
   s.num_suffixes = header_.num_tokens;
   s.end_marker = (uint64_t(1) << header_.token_bits) - 1;
+  s.token_map = token_map();
+  s.map_entries = header_.map_entries;
   return s;
 }
 
 void MappedFile::verify(int threads) const {
   const FileHeader& h = header_;
   const std::string where = "datastore " + path_ + ": ";
-  const Layout l = layout_for(h.text_len, h.token_bits, h.num_tokens, h.offset_bits, h.num_docs);
+  const Layout l = layout_for(h.map_entries, h.text_len, h.token_bits, h.num_tokens, h.offset_bits, h.num_docs);
+  if (section_checksum(base_ + l.map_offset, l.map_bytes, threads) != h.map_checksum)
+    throw std::invalid_argument(where + "token map checksum mismatch (corrupt file)");
+  const uint32_t* map = token_map();
+  for (uint64_t i = 0; i < h.map_entries; ++i)
+    if (map[i] >= h.vocab_size || (i && map[i] <= map[i - 1]))
+      throw std::invalid_argument(where + "token map is not sorted ids below vocab_size (corrupt file)");
   if (section_checksum(base_ + l.text_offset, l.text_bytes, threads) != h.text_checksum)
     throw std::invalid_argument(where + "text section checksum mismatch (corrupt file)");
   if (section_checksum(base_ + l.sa_offset, l.sa_bytes, threads) != h.sa_checksum)
@@ -174,6 +187,9 @@ void MappedFile::verify(int threads) const {
   for (uint64_t i = 0; i < h.num_docs; ++i)
     if (d[i + 1] <= d[i] || s.tok(d[i + 1] - 1) != s.end_marker)
       throw std::invalid_argument(where + "document " + std::to_string(i) + " is malformed (corrupt file)");
+  for (uint64_t i = 0; i < h.text_len; ++i)
+    if (s.tok(i) != s.end_marker && h.map_entries && s.tok(i) >= h.map_entries)
+      throw std::invalid_argument(where + "text position " + std::to_string(i) + " holds a rank outside the token map (corrupt file)");
   for (uint64_t k = 0; k < h.num_tokens; ++k)
     if (s.tok(s.pos(k)) == s.end_marker)
       throw std::invalid_argument(where + "suffix array entry " + std::to_string(k) + " points at a marker (corrupt file)");

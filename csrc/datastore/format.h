@@ -1,5 +1,8 @@
 // The datastore file (little-endian), documented in docs/datastore.md:
-//   [0, 128)           header (FileHeader), ending in an FNV-1a 64 checksum of its first 120 bytes
+//   [0, 192)           header (FileHeader), ending in an FNV-1a 64 checksum of its first 184 bytes
+//   [map_offset, ..)   token map: map_entries sorted uint32 token ids (the distinct ids of the
+//                      corpus), present only when storing ranks into it takes fewer bits than
+//                      storing ids (map_entries == 0: tokens are stored as themselves)
 //   [text_offset, ..)  text: text_len packed token_bits-wide values; each document is followed by
 //                      an end marker (all token_bits set)
 //   [sa_offset, ..)    suffix array: num_tokens packed offset_bits-wide text positions, the
@@ -17,7 +20,7 @@ namespace verispec::ds {
 
 constexpr char kMagic[8] = {'V', 'S', 'P', 'D', 'S', 'T', 'O', 'R'};
 constexpr uint32_t kFormatVersion = 1;
-constexpr uint32_t kHeaderBytes = 128;
+constexpr uint32_t kHeaderBytes = 192;
 
 struct FileHeader {
   char magic[8];
@@ -29,14 +32,17 @@ struct FileHeader {
   uint64_t num_tokens;
   uint64_t num_docs;
   uint64_t text_len;
+  uint64_t map_entries;
+  uint64_t map_offset;
   uint64_t text_offset;
   uint64_t sa_offset;
   uint64_t docs_offset;
   uint64_t file_bytes;
+  uint64_t map_checksum;
   uint64_t text_checksum;
   uint64_t sa_checksum;
   uint64_t docs_checksum;
-  uint64_t reserved;
+  uint64_t reserved[6];
   uint64_t header_checksum;
 };
 static_assert(sizeof(FileHeader) == kHeaderBytes, "header layout");
@@ -47,10 +53,10 @@ uint64_t fnv1a64(const void* data, uint64_t bytes);
 uint64_t section_checksum(const uint8_t* data, uint64_t bytes, int threads = 1);
 
 struct Layout {
-  uint64_t text_offset, text_bytes, sa_offset, sa_bytes, docs_offset, docs_bytes, file_bytes;
+  uint64_t map_offset, map_bytes, text_offset, text_bytes, sa_offset, sa_bytes, docs_offset, docs_bytes, file_bytes;
 };
-Layout layout_for(uint64_t text_len, unsigned token_bits, uint64_t num_tokens, unsigned offset_bits,
-                  uint64_t num_docs);
+Layout layout_for(uint64_t map_entries, uint64_t text_len, unsigned token_bits, uint64_t num_tokens,
+                  unsigned offset_bits, uint64_t num_docs);
 
 // A datastore file mapped read-only. Opening reads and checks the header only, so it costs the
 // same for any corpus size; pages come in on demand and are shared by every process mapping it.
@@ -61,6 +67,9 @@ class MappedFile {
   const FileHeader& header() const { return header_; }
   Segment segment() const;
   const uint64_t* doc_starts() const { return reinterpret_cast<const uint64_t*>(base_ + header_.docs_offset); }
+  const uint32_t* token_map() const {
+    return header_.map_entries ? reinterpret_cast<const uint32_t*>(base_ + header_.map_offset) : nullptr;
+  }
   const uint8_t* base() const { return base_; }
   const std::string& path() const { return path_; }
   // Full check: section checksums, document table, every suffix-array entry. O(corpus).

@@ -22,6 +22,22 @@ struct Segment {
   uint64_t text_len = 0;
   uint64_t num_suffixes = 0;
   uint64_t end_marker = 0;  // (1 << token_bits) - 1: document end, compares above every token
+  // Stored values are ranks into token_map (sorted distinct ids) when it is set, else the ids.
+  // The map is monotone, so suffix order is the same in both spaces.
+  const uint32_t* token_map = nullptr;
+  uint64_t map_entries = 0;
+
+  // Stored value of token id t; end_marker (matches nothing) when t does not occur here.
+  uint64_t to_stored(uint32_t t) const {
+    if (!token_map) return t;
+    uint64_t a = 0, b = map_entries;
+    while (a < b) {
+      const uint64_t mid = a + (b - a) / 2;
+      if (token_map[mid] < t) a = mid + 1; else b = mid;
+    }
+    return a < map_entries && token_map[a] == t ? a : end_marker;
+  }
+  uint32_t to_token(uint64_t v) const { return token_map ? token_map[v] : uint32_t(v); }
 
   uint64_t tok(uint64_t i) const { return packed_get(text, i, token_bits); }
 

@@ -38,74 +38,104 @@ void check_corpus(const Corpus& c) {
       throw std::invalid_argument("document offsets decrease at document " + std::to_string(d));
 }
 
-// Suffix-sorting symbols. Token order is kept; each document end becomes the largest symbol, so
-// it sorts last exactly like its stored all-ones value. Large vocabularies are ranked first so the
-// sorter's bucket arrays stay O(corpus).
+// Everything decided before the output is allocated: suffix-sorting symbols (dense ranks of the
+// distinct ids, the document end as the largest symbol, so it sorts last exactly like its stored
+// all-ones value), the distinct ids, and the stored widths.
 template <class I>
-I make_symbols(const Corpus& c, std::vector<I>& sym) {
+struct Prepared {
+  std::vector<I> sym;
+  std::vector<uint32_t> distinct;  // sorted distinct token ids
+  I k = 0;                         // alphabet size: distinct + 1 (the marker)
+  bool compact = false;            // store ranks into `distinct` rather than ids
+  unsigned token_bits = 0, offset_bits = 0;
+};
+
+[[noreturn]] void bad_token(const Corpus& c, uint64_t i) {
+  const uint64_t d = uint64_t(std::upper_bound(c.offsets, c.offsets + c.num_docs + 1, i) - c.offsets) - 1;
+  throw std::invalid_argument("document " + std::to_string(d) + ", position " + std::to_string(i - c.offsets[d]) +
+                              ": token id " + std::to_string(c.tokens[i]) + " is outside the vocabulary of size " +
+                              std::to_string(c.vocab_size));
+}
+
+template <class I>
+void prepare(const Corpus& c, Prepared<I>& p) {
   const uint64_t text_len = c.num_tokens + c.num_docs;
-  sym.resize(text_len);
-  const bool direct = c.vocab_size + 1 <= std::max<uint64_t>(uint64_t(1) << 24, text_len);
-  std::vector<uint32_t> ranks;  // sorted distinct ids, when not direct
-  if (!direct) {
-    ranks.assign(c.tokens, c.tokens + c.num_tokens);
-    std::sort(ranks.begin(), ranks.end());
-    ranks.erase(std::unique(ranks.begin(), ranks.end()), ranks.end());
+  // Distinct ids: a presence bitmap for ordinary vocabularies, sorting for enormous ones.
+  std::vector<uint32_t> rank;  // id -> rank lookup, when the vocabulary is small enough
+  if (c.vocab_size <= (uint64_t(1) << 26)) {
+    std::vector<uint64_t> present((c.vocab_size + 63) / 64, 0);
+    for (uint64_t i = 0; i < c.num_tokens; ++i) {
+      const uint32_t t = c.tokens[i];
+      if (t >= c.vocab_size) bad_token(c, i);
+      present[t >> 6] |= uint64_t(1) << (t & 63);
+    }
+    rank.resize(c.vocab_size);
+    for (uint64_t w = 0; w < present.size(); ++w)
+      for (uint64_t bits = present[w]; bits; bits &= bits - 1) {
+        const uint32_t t = uint32_t(w * 64 + uint64_t(__builtin_ctzll(bits)));
+        rank[t] = uint32_t(p.distinct.size());
+        p.distinct.push_back(t);
+      }
+  } else {
+    for (uint64_t i = 0; i < c.num_tokens; ++i)
+      if (c.tokens[i] >= c.vocab_size) bad_token(c, i);
+    p.distinct.assign(c.tokens, c.tokens + c.num_tokens);
+    std::sort(p.distinct.begin(), p.distinct.end());
+    p.distinct.erase(std::unique(p.distinct.begin(), p.distinct.end()), p.distinct.end());
   }
-  const I marker = direct ? I(c.vocab_size) : I(ranks.size());
-  std::atomic<uint64_t> bad_doc{~uint64_t(0)};
+  // Ranks cost fewer bits whenever the corpus uses under half of the id range (all-ones stays free).
+  p.compact = bits_for(p.distinct.size()) < bits_for(c.vocab_size);
+  p.token_bits = p.compact ? bits_for(p.distinct.size()) : bits_for(c.vocab_size);
+  p.offset_bits = bits_for(text_len - 1);
+  const I marker = I(p.distinct.size());
+  p.k = marker + 1;
+  p.sym.resize(text_len);
   auto fill = [&](uint64_t d0, uint64_t d1) {
     for (uint64_t d = d0; d < d1; ++d) {
-      const uint64_t b = c.offsets[d], e = c.offsets[d + 1];
-      I* out = sym.data() + b + d;  // d markers precede this document
-      for (uint64_t i = b; i < e; ++i) {
+      I* out = p.sym.data() + c.offsets[d] + d;  // d markers precede this document
+      for (uint64_t i = c.offsets[d]; i < c.offsets[d + 1]; ++i) {
         const uint32_t t = c.tokens[i];
-        if (t >= c.vocab_size) {
-          uint64_t cur = bad_doc.load();
-          while (d < cur && !bad_doc.compare_exchange_weak(cur, d)) {
-          }
-          return;
-        }
-        *out++ = direct ? I(t) : I(std::lower_bound(ranks.begin(), ranks.end(), t) - ranks.begin());
+        *out++ = rank.empty() ? I(std::lower_bound(p.distinct.begin(), p.distinct.end(), t) - p.distinct.begin())
+                              : I(rank[t]);
       }
       *out = marker;
     }
   };
-  // Split by tokens, not documents, so one huge document does not leave a core idle.
-  uint64_t mid = std::upper_bound(c.offsets, c.offsets + c.num_docs + 1, c.num_tokens / 2) - c.offsets;
+  // Two threads, split by tokens rather than documents so one huge document does not idle a core.
+  uint64_t mid = uint64_t(std::upper_bound(c.offsets, c.offsets + c.num_docs + 1, c.num_tokens / 2) - c.offsets);
   mid = std::min<uint64_t>(std::max<uint64_t>(mid, 1), c.num_docs);
   std::thread t1(fill, mid, c.num_docs);
   fill(0, mid);
   t1.join();
-  if (bad_doc.load() != ~uint64_t(0)) {
-    const uint64_t d = bad_doc.load();
-    for (uint64_t i = c.offsets[d]; i < c.offsets[d + 1]; ++i)
-      if (c.tokens[i] >= c.vocab_size)
-        throw std::invalid_argument("document " + std::to_string(d) + ", position " + std::to_string(i - c.offsets[d]) +
-                                    ": token id " + std::to_string(c.tokens[i]) + " is outside the vocabulary of size " +
-                                    std::to_string(c.vocab_size));
-  }
-  return marker + 1;
 }
 
-void pack_text(const Corpus& c, uint8_t* dst, unsigned bits) {
-  const uint64_t marker = (uint64_t(1) << bits) - 1;
+// Stored text: ranks (compact) or ids, all-ones after each document.
+template <class I>
+void pack_text(const Corpus& c, const Prepared<I>& p, uint8_t* dst) {
+  const uint64_t marker = (uint64_t(1) << p.token_bits) - 1;
+  const I sym_marker = p.k - 1;
+  if (p.compact) {
+    for (uint64_t i = 0; i < p.sym.size(); ++i)
+      packed_put(dst, i, p.token_bits, p.sym[i] == sym_marker ? marker : uint64_t(p.sym[i]));
+    return;
+  }
   uint64_t pos = 0;
   for (uint64_t d = 0; d < c.num_docs; ++d) {
-    for (uint64_t i = c.offsets[d]; i < c.offsets[d + 1]; ++i) packed_put(dst, pos++, bits, c.tokens[i]);
-    packed_put(dst, pos++, bits, marker);
+    for (uint64_t i = c.offsets[d]; i < c.offsets[d + 1]; ++i) packed_put(dst, pos++, p.token_bits, c.tokens[i]);
+    packed_put(dst, pos++, p.token_bits, marker);
   }
 }
 
 template <class I>
-void pack_sa(const std::vector<I>& sa, const std::vector<I>& sym, I marker, uint64_t n, uint8_t* dst, unsigned bits) {
+void pack_sa(const std::vector<I>& sa, const Prepared<I>& p, uint64_t n, uint8_t* dst) {
   // Split at a multiple of 8 entries: the halves then start on byte boundaries and never share a byte.
   const uint64_t mid = (n / 2) & ~uint64_t(7);
+  const I marker = p.k - 1;
   std::atomic<bool> bad{false};
   auto work = [&](uint64_t a, uint64_t b) {
     for (uint64_t k = a; k < b; ++k) {
-      if (sym[sa[k]] == marker) bad = true;
-      packed_put(dst, k, bits, uint64_t(sa[k]));
+      if (p.sym[sa[k]] == marker) bad = true;
+      packed_put(dst, k, p.offset_bits, uint64_t(sa[k]));
     }
   };
   std::thread t(work, mid, n);
@@ -114,18 +144,21 @@ void pack_sa(const std::vector<I>& sa, const std::vector<I>& sym, I marker, uint
   if (bad) throw std::logic_error("internal error: a document end sorted before a token suffix");
 }
 
-// Builds text and suffix array into zeroed buffers sized by layout_for/packed_bytes.
+// Output regions, zeroed, laid out by layout_for / packed_bytes.
+struct Output {
+  uint8_t* map;
+  uint8_t* text;
+  uint8_t* sa;
+};
+
+// Text and token map on a second core while the suffix sort runs on this one, then the suffix array.
 template <class I>
-void build_into(const Corpus& c, unsigned token_bits, unsigned offset_bits, uint8_t* text, uint8_t* sa_out,
-                const Progress& progress) {
-  report(progress, "preparing symbols", 0.0);
-  std::vector<I> sym;
-  const I k = make_symbols<I>(c, sym);
-  // The text packs on a second core while the suffix sort runs on this one.
+void build_into(const Corpus& c, Prepared<I>& p, const Output& o, const Progress& progress) {
+  if (p.compact && o.map) std::memcpy(o.map, p.distinct.data(), p.distinct.size() * 4);
   std::exception_ptr text_error;
   std::thread text_thread([&] {
     try {
-      pack_text(c, text, token_bits);
+      pack_text(c, p, o.text);
     } catch (...) {
       text_error = std::current_exception();
     }
@@ -133,8 +166,8 @@ void build_into(const Corpus& c, unsigned token_bits, unsigned offset_bits, uint
   std::vector<I> sa;
   try {
     report(progress, "sorting suffixes", 0.0);
-    sa.resize(sym.size());
-    SuffixSorter<I>::sort(sym.data(), sa.data(), I(sym.size()), k);
+    sa.resize(p.sym.size());
+    SuffixSorter<I>::sort(p.sym.data(), sa.data(), I(p.sym.size()), p.k);
   } catch (...) {
     text_thread.join();
     throw;
@@ -142,18 +175,12 @@ void build_into(const Corpus& c, unsigned token_bits, unsigned offset_bits, uint
   text_thread.join();
   if (text_error) std::rethrow_exception(text_error);
   report(progress, "packing suffix array", 0.0);
-  pack_sa<I>(sa, sym, I(k - 1), c.num_tokens, sa_out, offset_bits);
+  pack_sa<I>(sa, p, c.num_tokens, o.sa);
 }
 
-void build_any(const Corpus& c, unsigned token_bits, unsigned offset_bits, uint8_t* text, uint8_t* sa,
-               const Progress& progress) {
-  const uint64_t text_len = c.num_tokens + c.num_docs;
-  // 32-bit indices halve the sorter's memory; ~0 is its "empty" value, so stay below it.
-  if (!g_force_wide_index && text_len < 0xFFFFFFF0ull && c.vocab_size < 0xFFFFFFF0ull) {
-    build_into<uint32_t>(c, token_bits, offset_bits, text, sa, progress);
-  } else {
-    build_into<uint64_t>(c, token_bits, offset_bits, text, sa, progress);
-  }
+// 32-bit sorter indices halve the build memory; ~0 is the sorter's "empty" value, so stay below it.
+bool wide_index(const Corpus& c) {
+  return g_force_wide_index || c.num_tokens + c.num_docs >= 0xFFFFFFF0ull;
 }
 
 std::atomic<uint64_t> g_tmp_counter{0};
@@ -167,12 +194,16 @@ std::string parent_dir(const std::string& path) {
 
 }  // namespace
 
-FileHeader build_file(const Corpus& c, const std::string& path, const Progress& progress) {
-  check_corpus(c);
-  const unsigned token_bits = bits_for(c.vocab_size);  // all-ones stays free for the marker
+namespace {
+
+template <class I>
+FileHeader build_file_impl(const Corpus& c, const std::string& path, const Progress& progress) {
+  report(progress, "preparing symbols", 0.0);
+  Prepared<I> prep;
+  prepare(c, prep);
   const uint64_t text_len = c.num_tokens + c.num_docs;
-  const unsigned offset_bits = bits_for(text_len - 1);
-  const Layout l = layout_for(text_len, token_bits, c.num_tokens, offset_bits, c.num_docs);
+  const uint64_t map_entries = prep.compact ? prep.distinct.size() : 0;
+  const Layout l = layout_for(map_entries, text_len, prep.token_bits, c.num_tokens, prep.offset_bits, c.num_docs);
 
   const std::string tmp = path + ".tmp-" + std::to_string(getpid()) + "-" + std::to_string(g_tmp_counter++);
   const int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -186,10 +217,10 @@ FileHeader build_file(const Corpus& c, const std::string& path, const Progress& 
     if (int e = posix_fallocate(fd, 0, off_t(l.file_bytes)))
       throw std::runtime_error("cannot write datastore " + path + ": " + std::strerror(e) + " (reserving " +
                                std::to_string(l.file_bytes) + " bytes)");
-    void* p = mmap(nullptr, l.file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) throw std::runtime_error("cannot map " + tmp + ": " + std::strerror(errno));
-    base = static_cast<uint8_t*>(p);
-    build_any(c, token_bits, offset_bits, base + l.text_offset, base + l.sa_offset, progress);
+    void* mp = mmap(nullptr, l.file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (mp == MAP_FAILED) throw std::runtime_error("cannot map " + tmp + ": " + std::strerror(errno));
+    base = static_cast<uint8_t*>(mp);
+    build_into<I>(c, prep, Output{base + l.map_offset, base + l.text_offset, base + l.sa_offset}, progress);
     uint64_t* docs = reinterpret_cast<uint64_t*>(base + l.docs_offset);
     for (uint64_t d = 0; d <= c.num_docs; ++d) docs[d] = c.offsets[d] + d;
     report(progress, "checksums", 0.0);
@@ -197,12 +228,14 @@ FileHeader build_file(const Corpus& c, const std::string& path, const Progress& 
     std::memcpy(h.magic, kMagic, sizeof kMagic);
     h.version = kFormatVersion;
     h.header_bytes = kHeaderBytes;
-    h.token_bits = token_bits;
-    h.offset_bits = offset_bits;
+    h.token_bits = prep.token_bits;
+    h.offset_bits = prep.offset_bits;
     h.vocab_size = c.vocab_size;
     h.num_tokens = c.num_tokens;
     h.num_docs = c.num_docs;
     h.text_len = text_len;
+    h.map_entries = map_entries;
+    h.map_offset = l.map_offset;
     h.text_offset = l.text_offset;
     h.sa_offset = l.sa_offset;
     h.docs_offset = l.docs_offset;
@@ -210,6 +243,7 @@ FileHeader build_file(const Corpus& c, const std::string& path, const Progress& 
     std::thread th([&] { h.text_checksum = section_checksum(base + l.text_offset, l.text_bytes); });
     h.sa_checksum = section_checksum(base + l.sa_offset, l.sa_bytes);
     th.join();
+    h.map_checksum = section_checksum(base + l.map_offset, l.map_bytes);
     h.docs_checksum = section_checksum(base + l.docs_offset, l.docs_bytes);
     h.header_checksum = fnv1a64(&h, offsetof(FileHeader, header_checksum));
     std::memcpy(base, &h, sizeof h);
@@ -218,16 +252,9 @@ FileHeader build_file(const Corpus& c, const std::string& path, const Progress& 
     base = nullptr;
     if (fsync(fd) != 0) throw std::runtime_error("cannot write datastore " + path + ": fsync: " + std::strerror(errno));
     fd_open = false;
-    if (::close(fd) != 0) {
-      const int e = errno;
-      ::unlink(tmp.c_str());
-      throw std::runtime_error("cannot write datastore " + path + ": close: " + std::strerror(e));
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-      const int e = errno;
-      ::unlink(tmp.c_str());
-      throw std::invalid_argument("cannot write datastore " + path + ": rename: " + std::strerror(e));
-    }
+    if (::close(fd) != 0) throw std::runtime_error("cannot write datastore " + path + ": close: " + std::strerror(errno));
+    if (std::rename(tmp.c_str(), path.c_str()) != 0)
+      throw std::invalid_argument("cannot write datastore " + path + ": rename: " + std::strerror(errno));
     report(progress, "done", 1.0);
     return h;
   } catch (...) {
@@ -236,6 +263,30 @@ FileHeader build_file(const Corpus& c, const std::string& path, const Progress& 
     ::unlink(tmp.c_str());
     throw;
   }
+}
+
+template <class I>
+std::shared_ptr<MemSegment> build_mem_impl(const Corpus& c) {
+  Prepared<I> prep;
+  prepare(c, prep);
+  auto m = std::make_shared<MemSegment>();
+  m->token_bits = prep.token_bits;
+  m->offset_bits = prep.offset_bits;
+  m->text_len = c.num_tokens + c.num_docs;
+  m->num_tokens = c.num_tokens;
+  m->num_docs = c.num_docs;
+  m->text.assign(packed_bytes(m->text_len, m->token_bits), 0);
+  m->sa.assign(packed_bytes(m->num_tokens, m->offset_bits), 0);
+  if (prep.compact) m->token_map = prep.distinct;
+  build_into<I>(c, prep, Output{nullptr, m->text.data(), m->sa.data()}, nullptr);
+  return m;
+}
+
+}  // namespace
+
+FileHeader build_file(const Corpus& c, const std::string& path, const Progress& progress) {
+  check_corpus(c);
+  return wide_index(c) ? build_file_impl<uint64_t>(c, path, progress) : build_file_impl<uint32_t>(c, path, progress);
 }
 
 Segment MemSegment::view() const {
@@ -247,21 +298,14 @@ Segment MemSegment::view() const {
   s.text_len = text_len;
   s.num_suffixes = num_tokens;
   s.end_marker = (uint64_t(1) << token_bits) - 1;
+  s.token_map = token_map.empty() ? nullptr : token_map.data();
+  s.map_entries = token_map.size();
   return s;
 }
 
 std::shared_ptr<MemSegment> build_mem_segment(const Corpus& c) {
   check_corpus(c);
-  auto m = std::make_shared<MemSegment>();
-  m->token_bits = bits_for(c.vocab_size);
-  m->text_len = c.num_tokens + c.num_docs;
-  m->num_tokens = c.num_tokens;
-  m->num_docs = c.num_docs;
-  m->offset_bits = bits_for(m->text_len - 1);
-  m->text.assign(packed_bytes(m->text_len, m->token_bits), 0);
-  m->sa.assign(packed_bytes(m->num_tokens, m->offset_bits), 0);
-  build_any(c, m->token_bits, m->offset_bits, m->text.data(), m->sa.data(), nullptr);
-  return m;
+  return wide_index(c) ? build_mem_impl<uint64_t>(c) : build_mem_impl<uint32_t>(c);
 }
 
 void unpack_documents(const Segment& s, std::vector<uint32_t>& tokens, std::vector<uint64_t>& offsets) {
@@ -271,7 +315,7 @@ void unpack_documents(const Segment& s, std::vector<uint32_t>& tokens, std::vect
     if (t == s.end_marker) {
       offsets.push_back(tokens.size());
     } else {
-      tokens.push_back(uint32_t(t));
+      tokens.push_back(s.to_token(t));
     }
   }
 }
@@ -394,14 +438,17 @@ size_t Datastore::num_segments() const {
   return (file_ ? 1 : 0) + mem_.size();
 }
 
-std::vector<uint32_t> Datastore::text_slice(uint64_t seg, uint64_t begin, uint64_t end) const {
+std::vector<int64_t> Datastore::text_slice(uint64_t seg, uint64_t begin, uint64_t end) const {
   std::shared_lock<std::shared_mutex> lk(mu_);
   const Source s = source_locked();
   if (seg >= s.segments.size()) throw std::out_of_range("segment " + std::to_string(seg) + " does not exist");
   const Segment& g = s.segments[seg];
   end = std::min(end, g.text_len);
-  std::vector<uint32_t> out;
-  for (uint64_t i = begin; i < end; ++i) out.push_back(uint32_t(g.tok(i)));
+  std::vector<int64_t> out;
+  for (uint64_t i = begin; i < end; ++i) {
+    const uint64_t t = g.tok(i);
+    out.push_back(t == g.end_marker ? -1 : int64_t(g.to_token(t)));
+  }
   return out;
 }
 

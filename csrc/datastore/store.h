@@ -36,6 +36,7 @@ FileHeader build_file(const Corpus& c, const std::string& path, const Progress& 
 // An in-memory segment (documents added online).
 struct MemSegment {
   std::vector<uint8_t> text, sa;
+  std::vector<uint32_t> token_map;  // empty: text stores ids
   unsigned token_bits = 0, offset_bits = 0;
   uint64_t text_len = 0, num_tokens = 0, num_docs = 0;
   Segment view() const;
@@ -69,7 +70,8 @@ class Datastore {
   uint64_t num_docs() const;
   size_t num_segments() const;
   std::shared_ptr<MappedFile> file() const { return file_; }
-  std::vector<uint32_t> text_slice(uint64_t seg, uint64_t begin, uint64_t end) const;
+  // Token ids of text positions [begin, end) of a segment; -1 marks document ends.
+  std::vector<int64_t> text_slice(uint64_t seg, uint64_t begin, uint64_t end) const;
   std::vector<uint64_t> suffix_array(uint64_t seg) const;
 
  private:
