@@ -20,6 +20,7 @@ Usage::
 
     python bench/bench_tree_attention.py                 # full sweep on a GPU
     python bench/bench_tree_attention.py --quick         # a few shapes
+    python bench/bench_tree_attention.py --B 8 --L 16384,32768 --T 16,64 --peers verispec_triton,sdpa_causal
     python bench/bench_tree_attention.py --cpu-check     # tiny shapes on CPU: correctness of every path
     pytest bench/bench_tree_attention.py                 # the CPU check (+ one GPU case when present)
 """
@@ -267,55 +268,65 @@ def commit_hash() -> str:
         return "unknown"
 
 
-def run_gpu(shapes: list[tuple[int, int, int]], peers: list[str], out_dir: Path) -> dict:
-    device = torch.device("cuda")
-    props = torch.cuda.get_device_properties(device)
-    bw = copy_bandwidth(device)
-    print(f"device: {props.name} ({props.multi_processor_count} SMs), measured copy bandwidth {bw:.0f} GB/s")
-    rows = []
-    for B, L, T in shapes:
-        pr = build(Problem(B, L, T), device)
-        want = reference(pr)
-        row = {"B": B, "L": L, "T": T, "floor_bytes": pr.floor_bytes(), "impls": {}}
-        for name in peers:
-            entry: dict = {}
-            try:
-                fn = PEERS[name](pr)
-                got = _as_bhtd(name, fn(), pr).float()
-                err = float((got - want).abs().max())
-                entry["max_abs_err"] = err
-                if not math.isfinite(err) or err > 0.1:
-                    entry["error"] = f"wrong output (max abs err {err:.3g})"
-                else:
-                    ms = time_ms(fn)
-                    gbs = pr.floor_bytes() / (ms * 1e-3) / 1e9
-                    entry.update(ms=ms, GBps=gbs, pct_copy_bw=100 * gbs / bw)
-            except Exception as exc:  # a peer that cannot run here is reported, not fatal
-                entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-            row["impls"][name] = entry
-            torch.cuda.empty_cache()
-        rows.append(row)
-        print(format_row(row), flush=True)
-        del pr
-        torch.cuda.empty_cache()
+def run_gpu(shapes: list[tuple[int, int, int]], peers: list[str], out_dir: Path, *, device=None, dims=None,
+            timer=None, bandwidth=None) -> dict:
+    """Time every peer on every shape; the result files are rewritten after each shape, so a run cut
+    short by a time limit still leaves its numbers behind. ``device``/``dims``/``timer``/``bandwidth``
+    exist so the reporting pipeline can be exercised on CPU by the tests."""
+    device = torch.device("cuda") if device is None else torch.device(device)
+    dims = dims or {}
+    timer = timer or time_ms
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        name, sms = props.name, props.multi_processor_count
+    else:
+        name, sms = platform.processor() or "cpu", os.cpu_count()
+    bw = bandwidth or copy_bandwidth(device)
+    print(f"device: {name} ({sms} SMs), measured copy bandwidth {bw:.0f} GB/s")
     result = {
         "bench": "tree_attention",
-        "device": props.name,
-        "sms": props.multi_processor_count,
+        "device": name,
+        "sms": sms,
         "copy_bandwidth_GBps": bw,
         "commit": commit_hash(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "shape": "Llama-3-8B attention: Hq=32, Hkv=8, D=128, bf16",
-        "rows": rows,
+        "rows": [],
+        "targets": [],
     }
-    result["targets"] = check_targets(result)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"tree_attention-{props.name.replace(' ', '_')}-{result['date'][:10]}-{result['commit']}"
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    (out_dir / f"{stem}.md").write_text(markdown(result))
-    print(f"wrote {out_dir / stem}.json and .md")
+    stem = out_dir / f"tree_attention-{name.replace(' ', '_')}-{result['date'][:16].replace(':', '')}-{result['commit']}"
+    for B, L, T in shapes:
+        pr = build(Problem(B, L, T, **dims), device)
+        want = reference(pr)
+        row = {"B": B, "L": L, "T": T, "floor_bytes": pr.floor_bytes(), "impls": {}}
+        for peer in peers:
+            entry: dict = {}
+            try:
+                fn = PEERS[peer](pr)
+                got = _as_bhtd(peer, fn(), pr).float()
+                err = float((got - want).abs().max())
+                entry["max_abs_err"] = err
+                if not math.isfinite(err) or err > 0.1:
+                    entry["error"] = f"wrong output (max abs err {err:.3g})"
+                else:
+                    ms = timer(fn)
+                    gbs = pr.floor_bytes() / (ms * 1e-3) / 1e9
+                    entry.update(ms=ms, GBps=gbs, pct_copy_bw=100 * gbs / bw)
+            except Exception as exc:  # a peer that cannot run here is reported, not fatal
+                entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            row["impls"][peer] = entry
+        result["rows"].append(row)
+        result["targets"] = check_targets(result)
+        print(format_row(row), flush=True)
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        stem.with_suffix(".md").write_text(markdown(result))
+        del pr, want
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(f"wrote {stem}.json and .md")
     return result
 
 
@@ -404,15 +415,14 @@ def causal_dense(pr: Problem) -> torch.Tensor:
     return torch.ones(pr.T, S, dtype=torch.bool).tril(diagonal=pr.L).expand(pr.B, -1, -1)
 
 
-def full_shapes() -> list[tuple[int, int, int]]:
-    return [(B, L, T) for B in (1, 8, 32) for L in (1024, 4096, 16384, 32768) for T in (1, 16, 64, 128)]
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a handful of shapes")
     ap.add_argument("--cpu-check", action="store_true", help="tiny shapes on CPU, correctness only")
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
+    ap.add_argument("--B", default="1,8,32", help="batch sizes (comma-separated)")
+    ap.add_argument("--L", default="1024,4096,16384,32768", help="prefix lengths")
+    ap.add_argument("--T", default="1,16,64,128", help="tree rows")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.cpu_check or not torch.cuda.is_available():
@@ -420,7 +430,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(line)
         print("CPU check passed (timings are meaningless on CPU; run on a GPU for numbers)")
         return 0
-    shapes = [(1, 32768, 16), (8, 16384, 64), (32, 4096, 128), (1, 1024, 1)] if args.quick else full_shapes()
+    ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    shapes = [(B, L, T) for B in ints(args.B) for L in ints(args.L) for T in ints(args.T)]
+    if args.quick:
+        shapes = [(1, 32768, 16), (8, 16384, 64), (32, 4096, 128), (1, 1024, 1)]
     run_gpu(shapes, [p for p in args.peers.split(",") if p], args.out)
     return 0
 
@@ -432,6 +445,30 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def test_cpu_check():
     assert cpu_check()
+
+
+def test_report_pipeline_on_cpu(tmp_path):
+    """The GPU sweep's bookkeeping (checks, bandwidth, targets, files) on CPU with a fake timer."""
+    import time
+
+    def timer(fn):
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+    res = run_gpu([(1, 40, 5), (1, 8200, 3)], ["verispec_triton", "sdpa_dense", "sdpa_causal", "flashinfer"],
+                  tmp_path, device="cpu", dims=dict(Hq=4, Hkv=2, D=16, dtype=torch.float32), timer=timer,
+                  bandwidth=10.0)
+    assert [r["L"] for r in res["rows"]] == [40, 8200]
+    for r in res["rows"]:
+        assert "ms" in r["impls"]["verispec_triton"] and r["impls"]["verispec_triton"]["max_abs_err"] < 1e-4
+        assert "ms" in r["impls"]["sdpa_dense"]
+        assert "error" in r["impls"]["flashinfer"]  # not installed here: reported, not fatal
+    assert any("of copy bandwidth" in line for line in res["targets"])  # L >= 8k rows are judged
+    files = sorted(p.suffix for p in tmp_path.iterdir())
+    assert files == [".json", ".md"]
+    md = next(tmp_path.glob("*.md")).read_text()
+    assert "| 1 | 8200 | 3 |" in md and "Targets:" in md
 
 
 def test_gpu_llama3_shape(benchmark=None):
