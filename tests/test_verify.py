@@ -274,3 +274,19 @@ def test_zero_probability_draft_never_accepted():
     res = verispec.verify(logits.repeat(64, 1), trees, mode="exact", top_k=2, seed=torch.arange(64), backend="torch")
     assert (res.num_accepted == 0).all()
     assert set(res.tokens[:, 0].tolist()) <= {0, 1}
+
+
+def test_philox_known_answers():
+    """Random123's Philox4x32-10 known-answer vectors (counter, key -> output)."""
+    from verispec.ops._philox import philox4x32
+
+    m = 0xFFFFFFFF
+    cases = [
+        ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+        ((m, m, m, m), (m, m), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+         (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    ]
+    for ctr, key, want in cases:
+        got = philox4x32(*(torch.tensor([c]) for c in ctr), *(torch.tensor([k]) for k in key))
+        assert tuple(int(g) for g in got) == want

@@ -41,7 +41,7 @@ def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10) -> tuple[torch.Tensor, ...]:
     """Philox4x32 on int64 tensors holding uint32 values (broadcasting). Returns four int64 tensors."""
     c0, c1, c2, c3, k0, k1 = (torch.as_tensor(x, dtype=torch.int64) & _MASK for x in (c0, c1, c2, c3, k0, k1))
-    c0, c1, c2, c3, k0, k1 = torch.broadcast_tensors(c0, c1, c2, c3, k0, k1)
+    # Keys keep their own (small) shape: only the counters grow to the broadcast shape.
     for i in range(rounds):
         if i:
             k0 = (k0 + _W0) & _MASK
@@ -49,7 +49,8 @@ def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10) -> tuple[torch.Tensor, 
         hi0, lo0 = _mulhilo(_M0, c0)
         hi1, lo1 = _mulhilo(_M1, c2)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-    return c0, c1, c2, c3
+    shape = torch.broadcast_shapes(c0.shape, c1.shape, c2.shape, c3.shape)
+    return tuple(c.expand(shape) for c in (c0, c1, c2, c3))
 
 
 def _key_and_offset(seed: torch.Tensor, offset: torch.Tensor):
