@@ -13,6 +13,7 @@ through registers), which makes the in-place move safe even where sources and de
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -196,6 +197,13 @@ def commit_kv_triton(
     return _new_lengths(prefix_lens, path_rows)
 
 
+@functools.lru_cache(maxsize=16)
+def _pointer_table(ptrs: tuple[int, ...], device: str) -> torch.Tensor:
+    """Device array of layer pointers. Cached: a cache's layers keep their addresses between steps, so
+    steady-state commits do no host-to-device copy."""
+    return torch.tensor(ptrs, dtype=torch.int64).to(device)
+
+
 def _cuda_launch(group: list[torch.Tensor], prefix_lens, path_rows, block_table, capacity: int, stream: int,
                  launch) -> None:
     """Turn one group of same-shaped caches into the arguments of ``_C.commit_kv_cuda``."""
@@ -209,7 +217,7 @@ def _cuda_launch(group: list[torch.Tensor], prefix_lens, path_rows, block_table,
         page, st = 0, first.stride()
     if D * first.element_size() > 1024:
         _fail(f"backend='cuda' moves rows of at most 1024 bytes, got head dim {D} of {first.dtype}")
-    ptrs = torch.tensor([t.data_ptr() for t in group], dtype=torch.int64).to(first.device, non_blocking=True)
+    ptrs = _pointer_table(tuple(t.data_ptr() for t in group), str(first.device))
     launch(
         caches=ptrs.data_ptr(), num_caches=len(group), prefix_lens=prefix_lens.data_ptr(),
         path_rows=path_rows.data_ptr(), block_table=block_table.data_ptr() if block_table is not None else 0,
