@@ -244,3 +244,45 @@ def test_triton_strided_lengths_and_block_table():
     got = verispec.tree_attention(case.q, kp, vp, pl, tl_, case.ancestors, case.positions,
                                   block_table=wide[:, :, 0], backend="triton")
     check_close(got, case.expected(), TOL[torch.float32], what="strided lengths")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_paged_hnd_cache_as_a_view(backend):
+    """An HND paged cache ([blocks, Hkv, page, D], FlashInfer's other layout) passes as a transposed view."""
+    case = Case([21, 5], [6, 10], 4, 2, 16, seed=14)
+    kp, vp, table = case.paged(8)
+    k_hnd, v_hnd = kp.transpose(1, 2).contiguous(), vp.transpose(1, 2).contiguous()
+    import verispec
+
+    got = verispec.tree_attention(case.q, k_hnd.transpose(1, 2), v_hnd.transpose(1, 2), case.prefix_lens,
+                                  case.tree_lens, case.ancestors, case.positions, block_table=table, backend=backend)
+    check_close(got, case.expected(), TOL[torch.float32], what="HND view")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_cuda_graph_replay(backend):
+    """Captured once, replayed with new lengths, trees and K/V: no host sync inside, results follow."""
+    import verispec
+
+    first = Case([700, 1500], [20, 40], 32, 8, 128, dtype=torch.bfloat16, seed=1)
+    second = Case([900, 1200], [33, 5], 32, 8, 128, dtype=torch.bfloat16, seed=2, T=first.T)
+    assert second.S <= first.S
+    _to(first, "cuda")
+    static = {name: getattr(first, name).clone() for name in ("q", "k", "v", "prefix_lens", "tree_lens", "ancestors")}
+    out = torch.empty_like(static["q"])
+    args = [static[n] for n in ("q", "k", "v", "prefix_lens", "tree_lens", "ancestors")]
+    verispec.tree_attention(*args, out=out, backend=backend)  # compile / warm up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        verispec.tree_attention(*args, out=out, backend=backend)
+    for case in (first, second):
+        want = case.expected()
+        for name in ("q", "prefix_lens", "tree_lens", "ancestors"):
+            static[name].copy_(getattr(case, name).to("cuda"))
+        static["k"].zero_()[:, :, : case.S].copy_(case.k.to("cuda"))
+        static["v"].zero_()[:, :, : case.S].copy_(case.v.to("cuda"))
+        graph.replay()
+        torch.cuda.synchronize()
+        check_close(out.cpu(), want, TOL[torch.bfloat16], rtol=TOL[torch.bfloat16], what=f"graph {backend}")
