@@ -15,7 +15,7 @@ A program walks keys in two phases:
    split does this; the tree is tiny next to the prefix).
 
 With one split the program writes the normalised output; with several, each writes its partial
-output and log-sum-exp (base 2) and `_combine` merges them.
+output and log-sum-exp (base 2) and `_combine_kernel` merges them.
 """
 
 from __future__ import annotations
