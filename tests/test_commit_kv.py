@@ -60,7 +60,7 @@ def from_paged(paged, table, S):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_commit_contiguous_all_layers(backend, dtype, seed):
     rng = random.Random(seed)
