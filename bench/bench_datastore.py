@@ -40,12 +40,14 @@ OURS = {
     "verispec tree b16": dict(budget=16, max_depth=10),
     "verispec tree b24": dict(budget=24, max_depth=12),
     "verispec tree b32": dict(budget=32, max_depth=12),
+    "verispec tree b24, min_count=1": dict(budget=24, max_depth=12, min_count=1),
     "verispec chain d12": dict(budget=12, max_depth=12, mode="chain"),
     "REST rule (our index)": dict(budget=64, max_depth=10, max_match=16, min_match=2, mode="rest",
                                   rest_max_matches=5000),
 }
 PEER = {
     "draftretriever choices=16": dict(choices=16),
+    "draftretriever choices=32": dict(choices=32),
     "draftretriever choices=64": dict(choices=64),
 }
 
@@ -112,10 +114,10 @@ def worker(args: argparse.Namespace) -> None:
     cfg = json.loads(args.config)
     corpus = load_corpus(verbose=False)
     docs = [d.tolist() for d in corpus.heldout]
-    base_rss = rss_mib()
     if args.worker == "verispec":
         from verispec.datastore import Datastore
 
+        base_rss = rss_mib()  # after the library import (torch included): the index's own growth
         t0 = time.perf_counter()
         ds = Datastore.open(args.index)
         open_s = time.perf_counter() - t0
@@ -127,6 +129,7 @@ def worker(args: argparse.Namespace) -> None:
     else:
         import draftretriever
 
+        base_rss = rss_mib()
         t0 = time.perf_counter()
         reader = draftretriever.Reader(args.index)
         open_s = time.perf_counter() - t0

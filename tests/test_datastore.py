@@ -119,7 +119,8 @@ def test_best_first_worked_example():
 def test_fallback_to_shorter_suffix():
     docs = [[5, 1, 2, 9]] + [[1, 2, 3]] * 3
     ds = Datastore.from_documents(docs)
-    assert ds.draft([5, 1, 2], budget=1).tokens.tolist() == [9]  # longest match [5, 1, 2] seen once
+    assert ds.draft([5, 1, 2], budget=1, min_count=1).tokens.tolist() == [9]  # longest match [5, 1, 2], seen once
+    assert ds.draft([5, 1, 2], budget=1).tokens.tolist() == [3]  # default min_count=2 falls back
     assert ds.draft([5, 1, 2], budget=1, min_count=2).tokens.tolist() == [3]  # [1, 2] seen 4 times
     assert ds.draft([5, 1, 2], budget=1, min_count=2, min_match=3).tokens.tolist() == [9]
     assert ds.draft_arrays([5, 1, 2], min_count=2).match_len == 2
@@ -131,7 +132,7 @@ def test_large_token_ids_and_wide_vocab():
     ds = Datastore.from_documents(docs, vocab_size=2**32 - 1)
     assert ds.info()["vocab_size"] == 2**32 - 1
     assert ds.continuations([big]) == {7: 2}
-    assert ds.draft([70000, big], budget=2).tokens.tolist() == [7]
+    assert ds.draft([70000, big], budget=2, min_count=1).tokens.tolist() == [7]
     assert ds.draft_arrays([big, 7], budget=4, max_depth=4).tokens.tolist() == [big - 1, 70000]
     with pytest.raises(ValueError, match="does not fit DraftTree's int32"):
         ds.draft([big, 7], budget=4, max_depth=4)
@@ -182,15 +183,15 @@ def test_online_add_and_merge_match_reference():
         for _ in range(5):
             ctx = [rng.randrange(10) for _ in range(rng.randrange(1, 6))]
             assert_same(as_lists(ds.draft(ctx, budget=12, max_depth=4)),
-                        ref.draft(all_docs, ctx, budget=12, max_depth=4), f"after add {step}")
+                        ref.draft(all_docs, ctx, budget=12, max_depth=4, min_count=2), f"after add {step}")
     assert ds.num_segments < 12  # merged as they grew
     ds.merge()
     assert ds.num_segments == 1
     ctx = all_docs[-1][:3]
-    assert_same(as_lists(ds.draft(ctx, budget=12)), ref.draft(all_docs, ctx, budget=12))
+    assert_same(as_lists(ds.draft(ctx, budget=12)), ref.draft(all_docs, ctx, budget=12, min_count=2))
     # generated outputs become findable at once
     ds.add([[9, 8, 7, 6, 5]])
-    assert ds.draft([9, 8, 7], budget=2, mode="chain").tokens.tolist() == [6, 5]
+    assert ds.draft([9, 8, 7], budget=2, mode="chain", min_count=1).tokens.tolist() == [6, 5]
     with pytest.raises(ValueError, match="outside the vocabulary of size 10"):
         ds.add([[1, 2, 10]])
 
@@ -308,5 +309,5 @@ def test_pruned_search_on_large_ranges_and_segments(seed, tmp_path):
     for _ in range(8):
         ctx = rng.choices(range(v), k=rng.randrange(1, 4))
         kw = dict(budget=rng.choice([1, 5, 40]), max_depth=rng.choice([2, 5]), max_match=rng.choice([1, 2, 3]),
-                  min_score=rng.choice([0.0, 0.05]), mode=rng.choice(["tree", "chain"]))
+                  min_score=rng.choice([0.0, 0.05]), mode=rng.choice(["tree", "chain"]), min_count=rng.choice([1, 2, 5]))
         assert_same(as_lists(ds.draft(ctx, **kw)), ref.draft(docs, ctx, **kw), f"{kw} ctx={ctx}")
