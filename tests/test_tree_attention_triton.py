@@ -286,3 +286,15 @@ def test_gpu_cuda_graph_replay(backend):
         graph.replay()
         torch.cuda.synchronize()
         check_close(out.cpu(), want, TOL[torch.bfloat16], rtol=TOL[torch.bfloat16], what=f"graph {backend}")
+
+
+@pytest.mark.parametrize("shape", [
+    ([70, 5], [12, 3], 8, 2, 128),   # Llama-style D=128, BLOCK_M 64
+    ([40], [40], 8, 2, 128),         # 41 rows x G=4: BLOCK_M 128 with 32-key tiles
+    ([33], [9], 4, 2, 256),          # Gemma-style D=256, 32-key tiles
+    ([20], [6], 2, 1, 96),           # a head dim that is not a power of two (BLOCK_D 128, masked)
+], ids=["D128", "D128-M128", "D256", "D96"])
+def test_triton_real_head_dims_fp16(shape):
+    prefix, nodes, Hq, Hkv, D = shape
+    case = Case(prefix, nodes, Hq, Hkv, D, dtype=torch.float16, seed=D, softcap=30.0)
+    check_close(triton_run(case), case.expected(), TOL[torch.float16], what=f"D={D}")
