@@ -288,3 +288,54 @@ def test_cuda_binding_rejects_bad_sizes():
     ]:
         with pytest.raises(ValueError, match=match):
             C.verify_cuda(**{**args, **bad})
+
+
+@pytest.mark.skipif(triton is None, reason="triton is not installed")
+def test_triton_kernels_compile_for_sm90():
+    """The interpreter accepts code the compiler rejects (loop-carried types, branches): compile every
+    kernel variant for an H100 (no GPU needed) so a GPU session does not meet the first compile error.
+    Runs in a child process because TRITON_INTERPRET=1 (set for this session) replaces the compiler."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    here = Path(__file__).resolve().parent
+    code = f"import sys; sys.path.insert(0, {str(here)!r}); import test_verify_backends as t; t._compile_all_for_sm90()"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def _compile_all_for_sm90():
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from verispec.triton_kernels import verify as tk
+
+    f, i, l = "*fp32", "*i32", "*i64"
+
+    def build(fn, params, constexprs):
+        sig = {name: ("constexpr" if name in constexprs else kind) for name, kind in params}
+        sig.update({k: "constexpr" for k in constexprs})
+        triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=GPUTarget("cuda", 90, 32))
+
+    stats = [("L", "*bf16"), ("stride_l", "i32"), ("V", "i32"), ("SCALE", f), ("THR", f), ("MAX", f), ("SUM", f),
+             ("ENT", f), ("ARGMAX", i)]
+    for thr, need_sum, ent in [(False, False, False), (True, True, False), (False, True, True)]:
+        build(tk._row_stats_kernel, stats, dict(HAS_THR=thr, NEED_SUM=need_sum, NEED_ENT=ent, BLOCK=2048))
+    walk = [("L", "*fp16"), ("stride_l", "i32"), ("V", "i32"), ("TOK", i), ("CU_NODES", i), ("CU_ROWS", i),
+            ("FIRST", i), ("NEXT", i), ("TEMP", f), ("SCALE", f), ("THR", f), ("MAX", f), ("SUM", f), ("ENT", f),
+            ("ARGMAX", i), ("Q", f), ("stride_q", "i32"), ("SCRATCH", f), ("SEED", l), ("OFFSET", l), ("U_HOOK", f),
+            ("ACC_OUT", i), ("TOK_OUT", i), ("STATE", i), ("D", "i32"), ("eps", "fp32"), ("delta", "fp32")]
+    for mode, q, thr, hook in [(0, False, False, False), (1, False, True, False), (1, True, True, True), (2, False, False, False)]:
+        build(tk._walk_kernel, walk, dict(MODE=mode, HAS_Q=q, HAS_THR=thr, HOOK=hook, BLOCK=1024))
+    race = [("L", "*bf16"), ("stride_l", "i32"), ("V", "i32"), ("TOK", i), ("CU_NODES", i), ("CU_ROWS", i),
+            ("FIRST", i), ("NEXT", i), ("SCALE", f), ("THR", f), ("MAX", f), ("ARGMAX", i), ("SCRATCH", f),
+            ("SEED", l), ("OFFSET", l), ("E_HOOK", f), ("STATE", i), ("PART_KEY", f), ("PART_IDX", i), ("S", "i32")]
+    for thr, hook in [(False, False), (True, True)]:
+        build(tk._race_kernel, race, dict(HAS_THR=thr, HOOK=hook, CHUNK=4096, BLOCK=1024))
+    fin = [("ARGMAX", i), ("STATE", i), ("PART_KEY", f), ("PART_IDX", i), ("S", "i32"), ("ACC_OUT", i),
+           ("NUM_OUT", i), ("TOK_OUT", i), ("D", "i32")]
+    build(tk._finalize_kernel, fin, dict(BLOCK_S=64, BLOCK_D=128))

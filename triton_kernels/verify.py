@@ -9,8 +9,8 @@
    (``max(p_res - q, 0)`` into a double-buffered scratch row). It leaves the final row per request.
 3. ``_race_kernel``, ``B x splits`` programs, draws the correction / bonus token from the final row by an
    exponential race (``argmax_v log2 p(v) - log2 E_v``): one pass, no prefix sum, spread over the GPU.
-   Blocks whose best possible key (``E >= E_min``, so ``key <= z2 + 33``) cannot beat the best so far
-   skip their random numbers; the result is unchanged.
+   Each program starts from the key of the row's argmax; blocks whose best possible key (``E >= E_min``,
+   so ``key <= z2 + 33``) cannot beat the best so far skip their random numbers. The result is unchanged.
 4. ``_finalize_kernel`` reduces the splits and writes the outputs and their -1 padding.
 
 Random numbers: ``tl.philox`` with key = seed and counter ``(index, stream, offset_lo, offset_hi)``, the
@@ -236,7 +236,7 @@ def _walk_kernel(
 
 @triton.jit
 def _race_kernel(
-    L, stride_l, V, TOK, CU_NODES, CU_ROWS, FIRST, NEXT, SCALE, THR, MAX,
+    L, stride_l, V, TOK, CU_NODES, CU_ROWS, FIRST, NEXT, SCALE, THR, MAX, ARGMAX,
     SCRATCH, SEED, OFFSET, E_HOOK, STATE, PART_KEY, PART_IDX, S,
     HAS_THR: tl.constexpr, HOOK: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -263,6 +263,29 @@ def _race_kernel(
         scratch_row = SCRATCH + b64 * 2 * V + slot * V
         offs = tl.arange(0, BLOCK)
         z32 = offs.to(tl.uint32) * 0
+        if not in_scratch:
+            # Seed with the row's argmax when it is a candidate: blocks that cannot beat it are skipped.
+            a = tl.load(ARGMAX + row)
+            la_raw = tl.load(l_row + a).to(tl.float32)
+            la = (la_raw - m) * c  # the same float ops as the block loop (0: a holds the max)
+            cand_a = True
+            if HAS_THR:
+                cand_a = la_raw >= tl.load(THR + row)
+            if exclude:
+                ch = tl.load(FIRST + row)
+                while ch >= 0:
+                    cand_a = cand_a & (tl.load(TOK + n0 + ch - 1) != a)
+                    ch = tl.load(NEXT + row0 + ch)
+            if cand_a:
+                if HOOK:
+                    ea = tl.load(E_HOOK + b64 * V + a)
+                else:
+                    za = a.to(tl.uint32) * 0
+                    a0, a1, a2, a3 = tl.philox(seed, (a // 4).to(tl.uint32), za + STREAM_RESIDUAL, off_lo, off_hi)
+                    lane_a = a % 4
+                    ea = _exponential(tl.where(lane_a == 0, a0, tl.where(lane_a == 1, a1, tl.where(lane_a == 2, a2, a3))))
+                best = la - tl.log2(ea)
+                best_i = a
         for v0 in range(s * CHUNK, s * CHUNK + CHUNK, BLOCK):
             idx = v0 + offs
             okv = idx < V
@@ -292,7 +315,7 @@ def _race_kernel(
                 key = tl.where(logp > -float("inf"), logp - tl.log2(e), -float("inf"))
                 bk = tl.max(key, 0)
                 bi = tl.min(tl.where(key == bk, idx, 2147483647), 0)
-                best_i = tl.where(bk > best, bi, best_i)
+                best_i = tl.where((bk > best) | ((bk == best) & (bi < best_i)), bi, best_i)
                 best = tl.maximum(best, bk)
     tl.store(PART_KEY + b64 * S + s, best)
     tl.store(PART_IDX + b64 * S + s, best_i)
@@ -381,7 +404,7 @@ def verify_triton_launch(problem):
     if mode != 0:
         _race_kernel[(B, S)](
             logits, logits.stride(0), V, pr.tokens, pr.cu_nodes, buf.cu_rows, buf.first_child, buf.next_sibling,
-            scale, thr, row_max, scratch, seed, offset, e_hook, state, part_key, part_idx, S,
+            scale, thr, row_max, row_arg, scratch, seed, offset, e_hook, state, part_key, part_idx, S,
             HAS_THR=has_thr, HOOK=hook, CHUNK=chunk, BLOCK=block,
         )
     _finalize_kernel[(B,)](
