@@ -290,3 +290,17 @@ def test_philox_known_answers():
     for ctr, key, want in cases:
         got = philox4x32(*(torch.tensor([c]) for c in ctr), *(torch.tensor([k]) for k in key))
         assert tuple(int(g) for g in got) == want
+
+
+def test_draft_probs_must_be_distributions_covering_the_drafts():
+    trees = [DraftTree.chain([1, 2])]
+    logits = torch.zeros(3, 5)
+    q = torch.full((2, 5), 0.2)
+    with pytest.raises(ValueError, match="draft_probs row 1 .* sums to 1.5"):
+        verispec.verify(logits, trees, mode="exact", draft_probs=torch.cat([q[:1], q[1:] * 1.5]), backend="torch")
+    q0 = q.clone()
+    q0[1] = torch.tensor([0.5, 0.5, 0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="node 1 of the flat batch drafts token 2, which has probability 0"):
+        verispec.verify(logits, trees, mode="exact", draft_probs=q0, backend="torch")
+    with pytest.raises(ValueError, match="negative or non-finite"):
+        verispec.verify(logits, trees, mode="exact", draft_probs=-q, backend="torch")

@@ -606,8 +606,23 @@ def verify(
         if tuple(draft_probs.shape) != (N, V):
             _fail(f"draft_probs must have shape [N, V] = [{N}, {V}], got {tuple(draft_probs.shape)}")
         draft_probs = draft_probs.to(dev)
-        if validate and N and bool(((draft_probs < 0) | ~torch.isfinite(draft_probs)).any()):
-            _fail("draft_probs has negative or non-finite entries")
+        if validate and N:
+            if bool(((draft_probs < 0) | ~torch.isfinite(draft_probs)).any()):
+                _fail("draft_probs has negative or non-finite entries")
+            # Rows must be distributions, and a drafted token must have been possible under its row.
+            sums = draft_probs.double().sum(dim=1)
+            tol = 1e-3 if draft_probs.dtype in (torch.float32, torch.float64) else 2e-2
+            bad = (sums - 1).abs() > tol
+            if bool(bad.any()):
+                j = int(bad.nonzero()[0, 0])
+                _fail(f"draft_probs row {j} (node {j} of the flat batch) sums to {float(sums[j]):.6g}, not 1")
+            qx = draft_probs.gather(1, tokens.long().unsqueeze(1)).squeeze(1)
+            if bool((qx <= 0).any()):
+                j = int((qx <= 0).nonzero()[0, 0])
+                _fail(
+                    f"node {j} of the flat batch drafts token {int(tokens[j])}, which has probability 0 under its "
+                    "draft_probs row: the draft did not come from that distribution"
+                )
     temp = _per_request(temperature, B, torch.float32, dev, "temperature", 1.0)
     if validate and bool((temp < 0).any() | ~torch.isfinite(temp).all()):
         _fail("temperature must be finite and >= 0")
