@@ -49,7 +49,8 @@ CASES = ("greedy", "exact_chain", "exact_tree")
 
 
 def make_case(case: str, B: int, K: int, V: int, device, dtype=torch.bfloat16, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
+    """Inputs for one benchmark case, generated on `device` (large shapes never touch host memory)."""
+    g = torch.Generator(device=device).manual_seed(seed)
     if case == "exact_tree":
         fan = min(4, K)
         parents = [-1] * fan + [j - fan for j in range(fan, K)]  # four interleaved chains
@@ -57,21 +58,21 @@ def make_case(case: str, B: int, K: int, V: int, device, dtype=torch.bfloat16, s
         parents = list(range(-1, K - 1))
     par = torch.tensor(parents, dtype=torch.int32).repeat(B).to(device)
     cu = (torch.arange(B + 1, dtype=torch.int32) * K).to(device)
-    logits = (torch.randn(B * (K + 1), V, generator=g) * 2).to(device=device, dtype=dtype)
+    logits = torch.randn(B * (K + 1), V, generator=g, device=device).mul_(2).to(dtype)
     c = {"B": B, "K": K, "V": V, "case": case, "logits": logits, "parents": par, "cu": cu}
     if case == "exact_chain":
-        q = torch.softmax(torch.randn(B * K, V, generator=g).to(device) * 2, dim=1)
+        q = torch.softmax(torch.randn(B * K, V, generator=g, device=device).mul_(2), dim=1)
         c["draft_probs"] = q
-        c["tokens"] = torch.multinomial(q, 1, generator=None).squeeze(1).to(torch.int32)
+        c["tokens"] = torch.multinomial(q, 1, generator=g).squeeze(1).to(torch.int32)
     else:
         # drafts that often match the target's argmax so walks go deep
         rows = logits.view(B, K + 1, V)
         want = rows[:, :K].float().argmax(-1)
-        noise = torch.randint(0, V, (B, K), generator=g).to(device)
-        keep = torch.rand(B, K, generator=g).to(device) < 0.7
+        noise = torch.randint(0, V, (B, K), generator=g, device=device)
+        keep = torch.rand(B, K, generator=g, device=device) < 0.7
         c["tokens"] = torch.where(keep, want, noise).reshape(-1).to(torch.int32)
     c["buffers"] = tree_buffers(par, cu, max_rows=K + 1, validate=False)
-    c["max_depth"] = int(c["buffers"].depth.max())
+    c["max_depth"] = K if case != "exact_tree" else (K + fan - 1) // fan
     c["seed"] = torch.arange(B, device=device)
     c["offset"] = torch.zeros(B, dtype=torch.int64, device=device)
     return c
