@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "attention/tree_attention.h"
 
@@ -47,6 +48,20 @@ struct Pack<__nv_bfloat16> {
   }
 };
 
+#ifdef VERISPEC_CUDA_EMULATION
+// Tests run this file on a CPU: the PTX wrappers become the emulated warp collectives of
+// attention/cuda_emulation.h (see tests/test_tree_attention_cuda_emulated.py).
+template <typename T>
+void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+  emu::mma(c, a, b0, b1, std::is_same<T, __nv_bfloat16>::value);
+}
+inline void ldmatrix_x4(uint32_t r[4], const void* smem) { emu::ldmatrix(r, smem, false); }
+inline void ldmatrix_x4_trans(uint32_t r[4], const void* smem) { emu::ldmatrix(r, smem, true); }
+inline void cp_async16(void* smem, const void* gmem, bool pred) { emu::cp_async16(smem, gmem, pred); }
+inline void cp_async_commit() {}
+template <int N>
+void cp_async_wait() {}
+#else
 template <typename T>
 __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1);
 template <>
@@ -92,6 +107,8 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+#endif  // VERISPEC_CUDA_EMULATION
+
 __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 // Element offset of cache entry j of request b, KV head h; -1 when j is outside the cache.
@@ -106,7 +123,11 @@ __device__ __forceinline__ int64_t kv_offset(const TreeAttentionParams& p, const
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const TreeAttentionParams p) {
+#ifdef VERISPEC_CUDA_EMULATION
+  unsigned char* smem_raw = emu::dynamic_smem();
+#else
   extern __shared__ __align__(16) unsigned char smem_raw[];
+#endif
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + kBM * kStride;  // 2 stages
   T* sV = sK + 2 * kBN * kStride;
@@ -354,6 +375,7 @@ __global__ void __launch_bounds__(kThreads) tree_attention_combine_kernel(const 
   }
 }
 
+#ifndef VERISPEC_CUDA_EMULATION  // the emulation test launches the kernels itself
 template <typename T>
 cudaError_t launch_typed(const TreeAttentionParams& p, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(kBM + 4 * kBN) * kStride * sizeof(T);
@@ -367,9 +389,11 @@ cudaError_t launch_typed(const TreeAttentionParams& p, cudaStream_t stream) {
   tree_attention_combine_kernel<T><<<dim3(p.m_tiles, p.batch * p.kv_heads), kThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
+#endif  // VERISPEC_CUDA_EMULATION
 
 }  // namespace
 
+#ifndef VERISPEC_CUDA_EMULATION
 cudaError_t tree_attention_launch(const TreeAttentionParams& p, cudaStream_t stream) {
   if (p.head_dim != kD || p.num_splits < 1 || p.num_splits > kMaxSplits || p.kv_heads < 1 ||
       p.q_heads % p.kv_heads != 0 || p.m_tiles < 1 || (p.num_splits > 1 && (!p.o_part || !p.lse_part)) ||
@@ -378,5 +402,6 @@ cudaError_t tree_attention_launch(const TreeAttentionParams& p, cudaStream_t str
   if (p.batch == 0 || p.rows == 0) return cudaSuccess;
   return p.bf16 ? launch_typed<__nv_bfloat16>(p, stream) : launch_typed<__half>(p, stream);
 }
+#endif  // VERISPEC_CUDA_EMULATION
 
 }  // namespace verispec

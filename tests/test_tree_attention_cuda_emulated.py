@@ -1,0 +1,258 @@
+"""The CUDA kernels' own source, run on the CPU against the float64 oracle.
+
+csrc/attention/tree_attention.cu and commit_kv.cu are compiled with g++ together with
+csrc/attention/cuda_emulation.h, which turns every CUDA thread into a fiber and implements the warp
+collectives (mma.m16n8k16, ldmatrix, shfl) from the PTX ISA's fragment layouts. The Python glue is
+the real one (`_cuda_launch` builds the same keyword arguments it passes to the pybind launcher), so
+this checks the whole CUDA path except what only hardware can show: timing, cp.async asynchrony
+(copies are synchronous here), and the real tensor cores' rounding. It is no substitute for the
+`gpu`-marked tests; it catches index, masking and fragment-layout mistakes before a GPU is at hand.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from test_tree_attention import TOL, Case, check_close
+
+from verispec.ops.tree_attention import _check
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DRIVER_ATTENTION = r"""
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include "attention/cuda_emulation.h"
+#define VERISPEC_CUDA_EMULATION 1
+#include "attention/tree_attention.cu"
+
+using namespace verispec;
+
+extern "C" int emu_tree_attention(
+    uint64_t q, uint64_t k, uint64_t v, uint64_t out, uint64_t prefix_lens, uint64_t tree_lens, uint64_t ancestors,
+    uint64_t positions, uint64_t block_table, uint64_t o_part, uint64_t lse_part, int batch, int q_heads,
+    int kv_heads, int rows, int head_dim, const int64_t* q_stride, const int64_t* k_stride, const int64_t* v_stride,
+    const int64_t* o_stride, const int64_t* anc_stride, const int64_t* pos_stride, int64_t bt_stride,
+    int page_size, int64_t capacity, int num_splits, int m_tiles, float scale, float softcap, int window,
+    int bf16) {
+  TreeAttentionParams p{};
+  p.q = reinterpret_cast<const void*>(q);
+  p.k = reinterpret_cast<const void*>(k);
+  p.v = reinterpret_cast<const void*>(v);
+  p.out = reinterpret_cast<void*>(out);
+  p.prefix_lens = reinterpret_cast<const int32_t*>(prefix_lens);
+  p.tree_lens = reinterpret_cast<const int32_t*>(tree_lens);
+  p.ancestors = reinterpret_cast<const uint32_t*>(ancestors);
+  p.positions = reinterpret_cast<const int32_t*>(positions);
+  p.block_table = reinterpret_cast<const int32_t*>(block_table);
+  p.o_part = reinterpret_cast<float*>(o_part);
+  p.lse_part = reinterpret_cast<float*>(lse_part);
+  p.batch = batch; p.q_heads = q_heads; p.kv_heads = kv_heads; p.rows = rows; p.head_dim = head_dim;
+  for (int i = 0; i < 3; ++i) {
+    p.q_stride[i] = q_stride[i]; p.k_stride[i] = k_stride[i];
+    p.v_stride[i] = v_stride[i]; p.o_stride[i] = o_stride[i];
+  }
+  for (int i = 0; i < 2; ++i) { p.anc_stride[i] = anc_stride[i]; p.pos_stride[i] = pos_stride[i]; }
+  p.bt_stride = bt_stride; p.page_size = page_size; p.capacity = capacity; p.num_splits = num_splits;
+  p.m_tiles = m_tiles; p.scale = scale; p.softcap = softcap; p.window = window; p.bf16 = bf16 != 0;
+  if (head_dim != kD) return 2;
+  const size_t smem = static_cast<size_t>(kBM + 4 * kBN) * kStride * 2;
+  emu::Dim3 grid{static_cast<unsigned>(m_tiles), static_cast<unsigned>(batch * kv_heads),
+                 static_cast<unsigned>(num_splits)};
+  bool ok = emu::launch(grid, kThreads, smem, [&] {
+    if (p.bf16) tree_attention_kernel<__nv_bfloat16>(p); else tree_attention_kernel<__half>(p);
+  });
+  if (ok && num_splits > 1) {
+    grid.z = 1;
+    ok = emu::launch(grid, kThreads, 0, [&] {
+      if (p.bf16) tree_attention_combine_kernel<__nv_bfloat16>(p); else tree_attention_combine_kernel<__half>(p);
+    });
+  }
+  return ok ? 0 : 1;
+}
+"""
+
+DRIVER_COMMIT = r"""
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include "attention/cuda_emulation.h"
+#define VERISPEC_CUDA_EMULATION 1
+#include "attention/commit_kv.cu"
+
+using namespace verispec;
+
+extern "C" int emu_commit_kv(uint64_t caches, int num_caches, uint64_t prefix_lens, uint64_t path_rows,
+                             uint64_t block_table, int batch, int path_len, int kv_heads, int head_dim,
+                             int elem_size, const int64_t* stride, const int64_t* rows_stride, int64_t bt_stride,
+                             int page_size, int64_t capacity) {
+  CommitKvParams p{};
+  p.caches = reinterpret_cast<const uint64_t*>(caches);
+  p.num_caches = num_caches;
+  p.prefix_lens = reinterpret_cast<const int32_t*>(prefix_lens);
+  p.path_rows = reinterpret_cast<const int32_t*>(path_rows);
+  p.block_table = reinterpret_cast<const int32_t*>(block_table);
+  p.batch = batch; p.path_len = path_len; p.kv_heads = kv_heads; p.head_dim = head_dim;
+  p.elem_size = elem_size;
+  for (int i = 0; i < 4; ++i) p.stride[i] = stride[i];
+  p.rows_stride[0] = rows_stride[0]; p.rows_stride[1] = rows_stride[1];
+  p.bt_stride = bt_stride; p.page_size = page_size; p.capacity = capacity;
+  emu::Dim3 grid{static_cast<unsigned>(batch), static_cast<unsigned>(num_caches * kv_heads), 1};
+  bool ok = emu::launch(grid, kThreads, 0, [&] {
+    switch (elem_size) {
+      case 2: commit_kv_kernel<uint16_t>(p); break;
+      case 4: commit_kv_kernel<uint32_t>(p); break;
+      default: commit_kv_kernel<uint64_t>(p); break;
+    }
+  });
+  return ok ? 0 : 1;
+}
+"""
+
+
+def _cuda_include() -> Path | None:
+    for base in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if base and (Path(base) / "include" / "cuda_fp16.h").exists():
+            return Path(base) / "include"
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        inc = Path(nvcc).resolve().parent.parent / "include"
+        if (inc / "cuda_fp16.h").exists():
+            return inc
+    return None
+
+
+@pytest.fixture(scope="module")
+def emu_lib(tmp_path_factory):
+    inc = _cuda_include()
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if inc is None or cxx is None:
+        pytest.skip("needs a C++ compiler and the CUDA headers (cuda_fp16.h) to emulate the kernels")
+    d = tmp_path_factory.mktemp("cuda_emu")
+    srcs = []
+    for name, text in (("attention.cpp", DRIVER_ATTENTION), ("commit.cpp", DRIVER_COMMIT)):
+        (d / name).write_text(text)
+        srcs.append(str(d / name))
+    lib = d / "libverispec_cuda_emu.so"
+    cmd = [cxx, "-std=c++17", "-O1", "-shared", "-fPIC", "-w", f"-I{ROOT / 'csrc'}", f"-I{inc}", *srcs, "-o", str(lib)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, f"emulation build failed:\n{res.stderr[-4000:]}"
+    return ctypes.CDLL(str(lib))
+
+
+def _arr(values):
+    return (ctypes.c_int64 * len(values))(*values)
+
+
+def attention_launcher(lib):
+    """A stand-in for `_C.tree_attention_cuda` with the same keyword arguments."""
+
+    def launch(**kw):
+        c = ctypes
+        rc = lib.emu_tree_attention(
+            *(c.c_uint64(kw[n]) for n in ("q", "k", "v", "out", "prefix_lens", "tree_lens", "ancestors",
+                                          "positions", "block_table", "o_part", "lse_part")),
+            *(c.c_int(kw[n]) for n in ("batch", "q_heads", "kv_heads", "rows", "head_dim")),
+            *(_arr(kw[n]) for n in ("q_stride", "k_stride", "v_stride", "o_stride", "anc_stride", "pos_stride")),
+            c.c_int64(kw["bt_stride"]), c.c_int(kw["page_size"]), c.c_int64(kw["capacity"]),
+            c.c_int(kw["num_splits"]), c.c_int(kw["m_tiles"]), c.c_float(kw["scale"]), c.c_float(kw["softcap"]),
+            c.c_int(kw["window"]), c.c_int(int(kw["bf16"])),
+        )
+        assert rc == 0, "emulated kernel deadlocked or was misconfigured (see stderr)"
+
+    return launch
+
+
+def run_emulated(lib, case: Case, *, num_splits: int, paged_block: int = 0) -> torch.Tensor:
+    from verispec.ops.tree_attention import _cuda_launch, positions_from_ancestors
+
+    args = list(case.args())
+    table = None
+    if paged_block:
+        args[1], args[2], table = case.paged(paged_block)
+    out = torch.full_like(case.q, float("nan"))
+    p = _check(*args, case.scale, case.softcap, case.window, table, out)
+    if p.window and args[6] is None:
+        args[6] = positions_from_ancestors(args[3], args[5])
+    _cuda_launch(*args, p, table, out, num_splits, 0, attention_launcher(lib))
+    return out
+
+
+CASES = [
+    # prefix lens, node counts, Hq, Hkv, kinds, options, splits, paged block
+    ([5, 0], [3, 6], 4, 1, ["chain", "star"], {}, 1, 0),
+    ([150], [20], 8, 2, ["random"], {}, 3, 0),  # 3 prefix tiles over 3 splits, G=4
+    ([70, 9], [39, -1], 8, 1, ["deep", "chain"], dict(softcap=20.0), 2, 0),  # 2 mask words, G=8, T_b=0
+    ([100, 30], [10, 25], 2, 2, ["binary", "random"], dict(window=40), 2, 16),  # G=1, paged, window
+    ([64], [15], 4, 1, ["random"], dict(window=5, softcap=3.0), 1, 1),  # page size 1
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case_args", CASES, ids=lambda c: f"L{c[0]}-n{c[1]}-{c[2]}x{c[3]}-s{c[6]}-p{c[7]}")
+def test_emulated_cuda_kernel_matches_oracle(emu_lib, case_args, dtype):
+    prefix, nodes, Hq, Hkv, kinds, opts, splits, page = case_args
+    case = Case(prefix, nodes, Hq, Hkv, 128, kinds=kinds, dtype=dtype, seed=sum(prefix) + Hq, **opts)
+    got = run_emulated(emu_lib, case, num_splits=splits, paged_block=page)
+    check_close(got, case.expected(), TOL[dtype], rtol=TOL[dtype], what="emulated CUDA")
+
+
+def test_emulated_cuda_kernel_catches_a_wrong_mask(emu_lib):
+    """The harness can fail: flipping one ancestor bit must change the emulated output."""
+    case = Case([40], [12], 4, 1, 128, kinds=["chain"], dtype=torch.float16, seed=3)
+    words = case.ancestors.view(torch.int32).clone()
+    words[0, 5, 0] ^= 1 << 2  # row 5 stops seeing row 2
+    case.ancestors = words.view(torch.uint32)
+    got = run_emulated(emu_lib, case, num_splits=1)
+    with pytest.raises(AssertionError, match="elements off"):
+        check_close(got, case.expected(), TOL[torch.float16], rtol=TOL[torch.float16])
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_emulated_cuda_commit_matches_reference(emu_lib, paged):
+    from test_commit_kv import expected_contiguous, from_paged, make_batch, to_paged
+
+    from verispec.ops.commit_kv import _cuda_launch
+
+    rng = random.Random(int(paged))
+    prefix, tree, P = [4, 0, 9], [12, 3, 40], 20  # P > 16: two staging chunks
+    B, H, D, layers = len(prefix), 2, 16, 3
+    S = max(p + t for p, t in zip(prefix, tree)) + 1
+    paths, rows = make_batch(prefix, tree, P, rng)
+    dense = [torch.randn(B, H, S, D).to(torch.bfloat16) for _ in range(2 * layers)]
+    want = [expected_contiguous(c, prefix, paths) for c in dense]
+    table = None
+    if paged:
+        per = (S + 3) // 4
+        perm = torch.randperm(B * per + 1, generator=torch.Generator().manual_seed(2))
+        caches = []
+        for c in dense:
+            pg, table = to_paged(c, 4, perm)
+            caches.append(pg)
+    else:
+        caches = [c.clone() for c in dense]
+
+    def launch(**kw):
+        c = ctypes
+        rc = emu_lib.emu_commit_kv(
+            c.c_uint64(kw["caches"]), c.c_int(kw["num_caches"]), c.c_uint64(kw["prefix_lens"]),
+            c.c_uint64(kw["path_rows"]), c.c_uint64(kw["block_table"]),
+            *(c.c_int(kw[n]) for n in ("batch", "path_len", "kv_heads", "head_dim", "elem_size")),
+            _arr(kw["stride"]), _arr(kw["rows_stride"]), c.c_int64(kw["bt_stride"]), c.c_int(kw["page_size"]),
+            c.c_int64(kw["capacity"]),
+        )
+        assert rc == 0
+
+    capacity = table.shape[1] * 4 if paged else S
+    _cuda_launch(caches, torch.tensor(prefix, dtype=torch.int32), rows, table, capacity, 0, launch)
+    for got, exp in zip(caches, want):
+        got = from_paged(got, table, S) if paged else got
+        assert torch.equal(got, exp)
