@@ -193,6 +193,8 @@ CASES = [
     ([70, 9], [39, -1], 8, 1, ["deep", "chain"], dict(softcap=20.0), 2, 0),  # 2 mask words, G=8, T_b=0
     ([100, 30], [10, 25], 2, 2, ["binary", "random"], dict(window=40), 2, 16),  # G=1, paged, window
     ([64], [15], 4, 1, ["random"], dict(window=5, softcap=3.0), 1, 1),  # page size 1
+    ([20, 131], [40, 0], 8, 2, ["random", "chain"], {}, 2, 0),  # 41 rows x G=4: 3 row tiles; a lone root
+    ([1500], [0], 8, 2, ["chain"], {}, 4, 16),  # decode-like T=1, long prefix, 4 splits, paged
 ]
 
 
