@@ -311,3 +311,27 @@ def test_pruned_search_on_large_ranges_and_segments(seed, tmp_path):
         kw = dict(budget=rng.choice([1, 5, 40]), max_depth=rng.choice([2, 5]), max_match=rng.choice([1, 2, 3]),
                   min_score=rng.choice([0.0, 0.05]), mode=rng.choice(["tree", "chain"]), min_count=rng.choice([1, 2, 5]))
         assert_same(as_lists(ds.draft(ctx, **kw)), ref.draft(docs, ctx, **kw), f"{kw} ctx={ctx}")
+
+
+def test_tree_cache_is_exact_and_cleared_by_add():
+    rng = random.Random(11)
+    docs = [[rng.randrange(4) for _ in range(rng.randrange(20, 300))] for _ in range(10)]
+    ds = Datastore.from_documents(docs, vocab_size=8)
+    ds.set_cache(capacity=3, min_count=1)  # tiny: exercises generation swaps too
+    ctxs = [[rng.randrange(5) for _ in range(rng.randrange(1, 6))] for _ in range(40)]
+    kws = [dict(budget=9, max_depth=5, min_count=2), dict(budget=4, max_depth=3, mode="chain", min_count=2),
+           dict(budget=9, max_depth=5, min_count=1)]
+    for _ in range(3):
+        for ctx in ctxs:
+            for kw in kws:
+                assert_same(as_lists(ds.draft(ctx, **kw)), ref.draft(docs, ctx, **kw), f"{kw} {ctx}")
+    info = ds.cache_info()
+    assert info["hits"] > 0 and info["entries"] <= 6
+    ds.add([[1, 2, 3, 7, 7, 7]])
+    docs = docs + [[1, 2, 3, 7, 7, 7]]
+    for ctx in ctxs:
+        assert_same(as_lists(ds.draft(ctx, budget=9, max_depth=5)), ref.draft(docs, ctx, budget=9, max_depth=5, min_count=2))
+    ds.set_cache(0)
+    assert ds.cache_info()["entries"] == 0
+    with pytest.raises(ValueError, match="capacity must be"):
+        ds.set_cache(-1)

@@ -230,6 +230,16 @@ void bind_datastore(py::module_& m) {
              }
              return info;
            })
+      .def("set_cache",
+           [](const Datastore& d, size_t capacity, uint64_t min_count) { d.cache().configure(capacity, min_count); })
+      .def("cache_info",
+           [](const Datastore& d) {
+             py::dict i;
+             i["entries"] = d.cache().size();
+             i["hits"] = d.cache().hits();
+             i["misses"] = d.cache().misses();
+             return i;
+           })
       .def_property_readonly("vocab_size", &Datastore::vocab_size)
       .def_property_readonly("num_tokens", &Datastore::num_tokens)
       .def_property_readonly("num_docs", &Datastore::num_docs)

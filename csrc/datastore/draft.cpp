@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <queue>
 #include <unordered_map>
@@ -481,7 +482,65 @@ void draft_rest(Index& ix, const uint32_t* ctx, uint64_t len, const DraftParams&
 
 }  // namespace
 
-DraftResult draft(const Source& src, const uint32_t* ctx, uint64_t len, const DraftParams& p) {
+bool DraftCache::get(const std::string& key, DraftResult& out) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = cur_.find(key);
+  if (it == cur_.end()) {
+    auto jt = old_.find(key);
+    if (jt == old_.end()) {
+      ++misses_;
+      return false;
+    }
+    it = cur_.emplace(key, std::move(jt->second)).first;  // promote
+    old_.erase(jt);
+  }
+  ++hits_;
+  out = it->second;
+  return true;
+}
+
+void DraftCache::put(const std::string& key, const DraftResult& r) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (cur_.size() >= capacity_) {
+    old_.swap(cur_);
+    cur_.clear();
+  }
+  cur_.emplace(key, r);
+}
+
+void DraftCache::clear() {
+  std::lock_guard<std::mutex> lk(mu_);
+  cur_.clear();
+  old_.clear();
+}
+
+void DraftCache::configure(size_t capacity, uint64_t min_count) {
+  std::lock_guard<std::mutex> lk(mu_);
+  capacity_ = capacity;
+  min_count_ = min_count;
+  cur_.clear();
+  old_.clear();
+}
+
+size_t DraftCache::size() {
+  std::lock_guard<std::mutex> lk(mu_);
+  return cur_.size() + old_.size();
+}
+
+namespace {
+std::string cache_key(const DraftParams& p, const uint32_t* suffix, uint64_t m) {
+  std::string k;
+  k.resize(sizeof(int64_t) * 5 + sizeof(double) + 4 * m);
+  char* w = &k[0];
+  const int64_t f[5] = {p.budget, p.max_depth, p.min_match, p.min_count, int64_t(p.mode)};
+  std::memcpy(w, f, sizeof f);
+  std::memcpy(w + sizeof f, &p.min_score, sizeof(double));
+  std::memcpy(w + sizeof f + sizeof(double), suffix, 4 * m);
+  return k;
+}
+}  // namespace
+
+DraftResult draft(const Source& src, const uint32_t* ctx, uint64_t len, const DraftParams& p, DraftCache* cache) {
   DraftResult out;
   if (len == 0 || p.budget <= 0 || p.max_depth <= 0) return out;
   Index ix(src);
@@ -493,6 +552,12 @@ DraftResult draft(const Source& src, const uint32_t* ctx, uint64_t len, const Dr
   uint64_t count = 0;
   const uint64_t m = choose_match(ix, ctx, len, p, count);
   if (!m) return out;
+  // choose_match counted m last unless it fell back without success; either way `count` is exact.
+  std::string key;
+  if (cache && cache->wants(count)) {
+    key = cache_key(p, ctx + len - m, m);
+    if (cache->get(key, out)) return out;
+  }
   ix.make_root(ctx, len, m);
   out.match_len = int64_t(m);
   out.match_count = ix.node(0).count;
@@ -502,6 +567,7 @@ DraftResult draft(const Source& src, const uint32_t* ctx, uint64_t len, const Dr
   } else {
     draft_tree(ix, out.match_count, p, out);
   }
+  if (!key.empty()) cache->put(key, out);
   return out;
 }
 

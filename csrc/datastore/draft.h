@@ -2,6 +2,9 @@
 // best-first from exact continuation counts (or a single best path, or REST's published rule).
 #pragma once
 #include <cstdint>
+#include <mutex>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "datastore/segment.h"
@@ -44,8 +47,33 @@ struct Source {
   const Tail* tail = nullptr;
 };
 
+// Memo of trees grown from frequent suffixes. A draft depends only on the matched suffix and the
+// parameters, never on the rest of the context, so caching is exact; it pays off for short,
+// frequent suffixes (thousands of occurrences, bushy trees) that recur constantly and dominate
+// the latency tail. Two generations: when the current one fills up it becomes the old one.
+class DraftCache {
+ public:
+  DraftCache(size_t capacity, uint64_t min_count) : capacity_(capacity), min_count_(min_count) {}
+  bool wants(uint64_t match_count) const { return capacity_ > 0 && match_count >= min_count_; }
+  bool get(const std::string& key, DraftResult& out);
+  void put(const std::string& key, const DraftResult& r);
+  void clear();
+  void configure(size_t capacity, uint64_t min_count);
+  size_t size();
+  uint64_t hits() const { return hits_; }
+  uint64_t misses() const { return misses_; }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<std::string, DraftResult> cur_, old_;
+  size_t capacity_;
+  uint64_t min_count_;
+  uint64_t hits_ = 0, misses_ = 0;
+};
+
 // ctx[0..len) are the last `len` context tokens (len <= max_match), already validated.
-DraftResult draft(const Source& src, const uint32_t* ctx, uint64_t len, const DraftParams& p);
+DraftResult draft(const Source& src, const uint32_t* ctx, uint64_t len, const DraftParams& p,
+                  DraftCache* cache = nullptr);
 
 // Exact number of occurrences of pat[0..m) (tail: only those followed by another token).
 uint64_t count_pattern(const Source& src, const uint32_t* pat, uint64_t m);

@@ -132,7 +132,7 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   void* p = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) throw std::runtime_error(where + "mmap failed: " + std::strerror(errno));
   // Queries touch a few cache lines at scattered places: read-ahead would only waste memory.
-  madvise(p, size, MADV_RANDOM);
+  // (no MADV_RANDOM: it also disables fault-around, making every first touch of a page its own fault)
   std::shared_ptr<MappedFile> f(new MappedFile());
   f->path_ = path;
   f->header_ = h;

@@ -344,7 +344,7 @@ Source Datastore::source_locked() const {
 
 DraftResult Datastore::draft(const uint32_t* ctx, uint64_t len, const DraftParams& p) const {
   std::shared_lock<std::shared_mutex> lk(mu_);
-  return ds::draft(source_locked(), ctx, len, p);
+  return ds::draft(source_locked(), ctx, len, p, &cache_);
 }
 
 uint64_t Datastore::count(const uint32_t* pat, uint64_t m) const {
@@ -389,6 +389,7 @@ void Datastore::add(const Corpus& c) {
   }
   std::unique_lock<std::shared_mutex> lk(mu_);
   mem_.swap(list);
+  cache_.clear();  // counts changed; no query runs while we hold the lock
 }
 
 void Datastore::merge() {
@@ -405,6 +406,7 @@ void Datastore::merge() {
   }
   std::unique_lock<std::shared_mutex> lk(mu_);
   mem_.swap(list);
+  cache_.clear();  // counts changed; no query runs while we hold the lock
 }
 
 FileHeader Datastore::save(const std::string& path, const Progress& progress) const {

@@ -73,6 +73,7 @@ class Datastore {
   // Token ids of text positions [begin, end) of a segment; -1 marks document ends.
   std::vector<int64_t> text_slice(uint64_t seg, uint64_t begin, uint64_t end) const;
   std::vector<uint64_t> suffix_array(uint64_t seg) const;
+  DraftCache& cache() const { return cache_; }
 
  private:
   Source source_locked() const;
@@ -80,6 +81,7 @@ class Datastore {
   std::vector<std::shared_ptr<MemSegment>> mem_;
   uint64_t vocab_size_ = 0;
   mutable std::shared_mutex mu_;  // queries share, add/merge swap the segment list exclusively
+  mutable DraftCache cache_{4096, 256};  // trees of suffixes with >= 256 occurrences
   std::mutex writer_mu_;          // one writer at a time builds new segments outside mu_
 };
 

@@ -369,6 +369,21 @@ class Datastore:
         report = _Reporter(progress, "datastore save")
         return self._core.save(path, report if (report.show or report.cb) else None)
 
+    def set_cache(self, capacity: int = 4096, min_count: int = 256) -> None:
+        """Memoise trees grown from suffixes with >= `min_count` occurrences (`capacity` 0: off).
+
+        A draft depends only on the matched suffix and the parameters, so the cache is exact; it
+        removes most of the latency tail, which comes from short, frequent suffixes (bushy trees)
+        that recur all the time. On by default (4096 trees, cleared by `add`/`merge`).
+        """
+        if capacity < 0 or min_count < 1:
+            raise ValueError(f"capacity must be >= 0 and min_count >= 1, got {capacity}, {min_count}")
+        self._core.set_cache(int(capacity), int(min_count))
+
+    def cache_info(self) -> dict:
+        """{"entries", "hits", "misses"} of the tree cache."""
+        return dict(self._core.cache_info())
+
     def verify(self, threads: int = 2) -> None:
         """Check the file's checksums and structure (O(corpus)); ValueError when corrupt."""
         self._core.verify(int(threads))
