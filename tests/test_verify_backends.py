@@ -274,7 +274,7 @@ def test_cuda_binding_rejects_bad_sizes():
         logits=1, dtype=2, stride_row=100, rows=3, batch=1, vocab=100, mode=1, tokens=1, cu_nodes=1, cu_rows=1,
         first_child=1, next_sibling=1, temperature=1, scale=1, scale_rows=1, threshold=0, typical_epsilon=0.1,
         typical_delta=0.3, draft_probs=0, stride_q=0, seed=1, offset=1, accept_uniforms=0, exponentials=0,
-        row_max=1, row_sum=1, row_entropy=1, row_argmax=1, scratch=0, state=1, part_key=1, part_idx=1, splits=1,
+        row_max=1, row_sum=1, row_entropy=1, row_argmax=1, scratch=0, state=1, state_f=1, part_key=1, part_idx=1, splits=1,
         accepted_nodes=1, num_accepted=1, out_tokens=1, max_depth=2, stream=0,
     )
     for bad, match in [
@@ -328,14 +328,33 @@ def _compile_all_for_sm90():
     walk = [("L", "*fp16"), ("stride_l", "i32"), ("V", "i32"), ("TOK", i), ("CU_NODES", i), ("CU_ROWS", i),
             ("FIRST", i), ("NEXT", i), ("TEMP", f), ("SCALE", f), ("THR", f), ("MAX", f), ("SUM", f), ("ENT", f),
             ("ARGMAX", i), ("Q", f), ("stride_q", "i32"), ("SCRATCH", f), ("SEED", l), ("OFFSET", l), ("U_HOOK", f),
-            ("ACC_OUT", i), ("TOK_OUT", i), ("STATE", i), ("D", "i32"), ("eps", "fp32"), ("delta", "fp32")]
+            ("ACC_OUT", i), ("TOK_OUT", i), ("STATE", i), ("STATE_F", f), ("D", "i32"), ("eps", "fp32"),
+            ("delta", "fp32")]
     for mode, q, thr, hook in [(0, False, False, False), (1, False, True, False), (1, True, True, True), (2, False, False, False)]:
         build(tk._walk_kernel, walk, dict(MODE=mode, HAS_Q=q, HAS_THR=thr, HOOK=hook, BLOCK=1024))
     race = [("L", "*bf16"), ("stride_l", "i32"), ("V", "i32"), ("TOK", i), ("CU_NODES", i), ("CU_ROWS", i),
-            ("FIRST", i), ("NEXT", i), ("SCALE", f), ("THR", f), ("MAX", f), ("ARGMAX", i), ("SCRATCH", f),
-            ("SEED", l), ("OFFSET", l), ("E_HOOK", f), ("STATE", i), ("PART_KEY", f), ("PART_IDX", i), ("S", "i32")]
-    for thr, hook in [(False, False), (True, True)]:
-        build(tk._race_kernel, race, dict(HAS_THR=thr, HOOK=hook, CHUNK=4096, BLOCK=1024))
+            ("FIRST", i), ("NEXT", i), ("SCALE", f), ("THR", f), ("MAX", f), ("SUM", f), ("ARGMAX", i), ("Q", f),
+            ("stride_q", "i32"), ("SCRATCH", f), ("SEED", l), ("OFFSET", l), ("E_HOOK", f), ("STATE", i),
+            ("STATE_F", f), ("PART_KEY", f), ("PART_IDX", i), ("S", "i32")]
+    for thr, q, hook in [(False, False, False), (True, True, True), (False, True, False)]:
+        build(tk._race_kernel, race, dict(HAS_THR=thr, HAS_Q=q, HOOK=hook, CHUNK=4096, BLOCK=1024))
     fin = [("ARGMAX", i), ("STATE", i), ("PART_KEY", f), ("PART_IDX", i), ("S", "i32"), ("ACC_OUT", i),
            ("NUM_OUT", i), ("TOK_OUT", i), ("D", "i32")]
     build(tk._finalize_kernel, fin, dict(BLOCK_S=64, BLOCK_D=128))
+
+
+@pytest.mark.parametrize("backend", ["torch", *BACKENDS])
+def test_empty_residual_keeps_previous(backend):
+    """q >= p everywhere (q sums to 1.0005) and u = 1 rejects the draft: max(p - q, 0) has no mass, so
+    the next token is drawn from p itself (the exponentials make token 0 win, not the argmax 3)."""
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25]]))
+    p = vmod.target_probs(logits[:1], torch.ones(1), None)
+    q = p * 1.0005
+    hook = vmod.VerifyUniforms(torch.ones(1), torch.tensor([[1e-3, 1.0, 1.0, 1.0]]))
+    kw = dict(mode="exact", draft_probs=q.to(_dev()), uniforms=hook)
+    trees = [DraftTree.chain([2])]
+    if backend == "torch":
+        res = verispec.verify(logits.to(_dev()), trees, backend="torch", **kw)
+    else:
+        res = _compare(backend, logits.to(_dev()), trees, **kw)
+    assert res.tokens.cpu().tolist() == [[0, -1]]

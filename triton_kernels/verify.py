@@ -5,8 +5,9 @@
    passing the top-k/top-p threshold and, for ``typical``, the entropy, with an online softmax. This pass
    is the floor every acceptance sampler pays.
 2. ``_walk_kernel``, one program per request, walks the tree with scalar work: ``p(x)`` of a candidate
-   is one logit gather plus the row stats. With draft probabilities a rejected sibling costs one pass
-   (``max(p_res - q, 0)`` into a double-buffered scratch row). It leaves the final row per request.
+   is one logit gather plus the row stats. With draft probabilities a rejected sibling that has a next
+   sibling costs one pass (``max(p_res - q, 0)`` into a double-buffered scratch row); the last rejected
+   sibling's subtraction is left to the race. It leaves the final row per request.
 3. ``_race_kernel``, ``B x splits`` programs, draws the correction / bonus token from the final row by an
    exponential race (``argmax_v log2 p(v) - log2 E_v``): one pass, no prefix sum, spread over the GPU.
    Each program starts from the key of the row's argmax; blocks whose best possible key (``E >= E_min``,
@@ -92,7 +93,8 @@ def _exponential(bits):
     return -l1p
 
 
-# flags of the walk's per-request state [B, 4] = (final row, flags, depth, last token | scratch slot)
+# flags of the walk's per-request state [B, 5] = (final row, flags, depth, last token | scratch slot,
+# 1 + flat node of a pending q subtraction or 0), plus the residual's sum in a float [B]
 GREEDY_DONE: tl.constexpr = tl.constexpr(1)
 IN_SCRATCH: tl.constexpr = tl.constexpr(2)
 EXCLUDE_CHILDREN: tl.constexpr = tl.constexpr(4)
@@ -103,7 +105,7 @@ def _walk_kernel(
     L, stride_l, V, TOK, CU_NODES, CU_ROWS, FIRST, NEXT,
     TEMP, SCALE, THR, MAX, SUM, ENT, ARGMAX,
     Q, stride_q, SCRATCH, SEED, OFFSET, U_HOOK,
-    ACC_OUT, TOK_OUT, STATE, D, eps, delta,
+    ACC_OUT, TOK_OUT, STATE, STATE_F, D, eps, delta,
     MODE: tl.constexpr, HAS_Q: tl.constexpr, HAS_THR: tl.constexpr, HOOK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     b = tl.program_id(0)
@@ -130,6 +132,7 @@ def _walk_kernel(
     scr = row0 * 0  # 1: the residual lives in scratch slot `slot`, with sum s_res
     slot = row0 * 0
     s_res = 1.0
+    lazy = row0 * 0  # 1 + flat node whose q the race subtracts (last sibling rejected), 0 = none
     while cand >= 0:
         node = cand - 1
         x = tl.load(TOK + n0 + node)
@@ -188,32 +191,36 @@ def _walk_kernel(
             if MODE == 1:  # noqa: SIM102  (constexpr test, then a runtime one: kept apart for the compiler)
                 if sampling:
                     if HAS_Q:
-                        # residual <- max(residual - q, 0) into the other scratch slot
-                        new_slot = 1 - slot
-                        q_row = Q + (n0 + node).to(tl.int64) * stride_q
-                        l_row = L + row.to(tl.int64) * stride_l
-                        acc = 0.0
-                        for v0 in range(0, V, BLOCK):
-                            idx = v0 + offs
-                            okv = idx < V
-                            if scr != 0:
-                                pv = tl.load(scratch_row + slot * V + idx, mask=okv, other=0.0) / s_res
-                            else:
-                                lv = tl.load(l_row + idx, mask=okv, other=-float("inf")).to(tl.float32)
-                                kv = okv
-                                if HAS_THR:
-                                    kv = kv & (lv >= tl.load(THR + row))
-                                pv = tl.where(kv, tl.exp2((lv - m) * c) / zs, 0.0)
-                            qv = tl.load(q_row + idx, mask=okv, other=0.0).to(tl.float32)
-                            w = tl.maximum(pv - qv, 0.0)
-                            tl.store(scratch_row + new_slot * V + idx, w, mask=okv)
-                            acc += tl.sum(w, 0)
-                        # No residual mass (rounding only): keep the previous residual, as the reference.
-                        if acc > 0:
-                            if scr == 0:
-                                scr = scr + 1
-                            slot = new_slot
-                            s_res = acc
+                        if tl.load(NEXT + row0 + cand) < 0:
+                            # Last sibling: the race applies max(p_res - q, 0) on the fly, in parallel.
+                            lazy = n0 + node + 1
+                        else:
+                            # residual <- max(residual - q, 0) into the other scratch slot
+                            new_slot = 1 - slot
+                            q_row = Q + (n0 + node).to(tl.int64) * stride_q
+                            l_row = L + row.to(tl.int64) * stride_l
+                            acc = 0.0
+                            for v0 in range(0, V, BLOCK):
+                                idx = v0 + offs
+                                okv = idx < V
+                                if scr != 0:
+                                    pv = tl.load(scratch_row + slot * V + idx, mask=okv, other=0.0) / s_res
+                                else:
+                                    lv = tl.load(l_row + idx, mask=okv, other=-float("inf")).to(tl.float32)
+                                    kv = okv
+                                    if HAS_THR:
+                                        kv = kv & (lv >= tl.load(THR + row))
+                                    pv = tl.where(kv, tl.exp2((lv - m) * c) / zs, 0.0)
+                                qv = tl.load(q_row + idx, mask=okv, other=0.0).to(tl.float32)
+                                w = tl.maximum(pv - qv, 0.0)
+                                tl.store(scratch_row + new_slot * V + idx, w, mask=okv)
+                                acc += tl.sum(w, 0)
+                            # No residual mass (rounding only): keep the previous residual, as the reference.
+                            if acc > 0:
+                                if scr == 0:
+                                    scr = scr + 1
+                                slot = new_slot
+                                s_res = acc
                     else:
                         mass = tl.where(px > 0, mass + p_row, mass)
             cand = tl.load(NEXT + row0 + cand)
@@ -228,31 +235,40 @@ def _walk_kernel(
         flags = flags + IN_SCRATCH
     if MODE == 1 and not HAS_Q:
         flags = flags + EXCLUDE_CHILDREN
-    tl.store(STATE + b64 * 4 + 0, row)
-    tl.store(STATE + b64 * 4 + 1, flags)
-    tl.store(STATE + b64 * 4 + 2, depth)
-    tl.store(STATE + b64 * 4 + 3, last)
+    tl.store(STATE + b64 * 5 + 0, row)
+    tl.store(STATE + b64 * 5 + 1, flags)
+    tl.store(STATE + b64 * 5 + 2, depth)
+    tl.store(STATE + b64 * 5 + 3, last)
+    tl.store(STATE + b64 * 5 + 4, lazy)
+    tl.store(STATE_F + b, s_res)
 
 
 @triton.jit
 def _race_kernel(
-    L, stride_l, V, TOK, CU_NODES, CU_ROWS, FIRST, NEXT, SCALE, THR, MAX, ARGMAX,
-    SCRATCH, SEED, OFFSET, E_HOOK, STATE, PART_KEY, PART_IDX, S,
-    HAS_THR: tl.constexpr, HOOK: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    L, stride_l, V, TOK, CU_NODES, CU_ROWS, FIRST, NEXT, SCALE, THR, MAX, SUM, ARGMAX,
+    Q, stride_q, SCRATCH, SEED, OFFSET, E_HOOK, STATE, STATE_F, PART_KEY, PART_IDX, S,
+    HAS_THR: tl.constexpr, HAS_Q: tl.constexpr, HOOK: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     b = tl.program_id(0)
     s = tl.program_id(1)
     b64 = b.to(tl.int64)
-    flags = tl.load(STATE + b64 * 4 + 1)
+    flags = tl.load(STATE + b64 * 5 + 1)
+    # best: the draw; best2: with a pending q subtraction, the draw from the residual before it, used
+    # only if the subtraction leaves no mass (rounding), as the reference keeps the previous residual.
     best = -float("inf")
     best_i = 2147483647
+    best2 = -float("inf")
+    best2_i = 2147483647
     if (flags & GREEDY_DONE) == 0:
-        row = tl.load(STATE + b64 * 4 + 0)
-        slot = tl.load(STATE + b64 * 4 + 3)
+        row = tl.load(STATE + b64 * 5 + 0)
+        slot = tl.load(STATE + b64 * 5 + 3)
+        lazy = tl.load(STATE + b64 * 5 + 4)
+        s_res = tl.load(STATE_F + b)
         row0 = tl.load(CU_ROWS + b)
         n0 = tl.load(CU_NODES + b)
         c = tl.load(SCALE + b)
         m = tl.load(MAX + row)
+        zs = tl.load(SUM + row)
         seed = tl.load(SEED + b)
         off = tl.load(OFFSET + b)
         off_lo = (off & 0xFFFFFFFF).to(tl.uint32)
@@ -261,9 +277,10 @@ def _race_kernel(
         exclude = (flags & EXCLUDE_CHILDREN) != 0
         l_row = L + row.to(tl.int64) * stride_l
         scratch_row = SCRATCH + b64 * 2 * V + slot * V
+        q_row = Q + (lazy - 1).to(tl.int64) * stride_q
         offs = tl.arange(0, BLOCK)
         z32 = offs.to(tl.uint32) * 0
-        if not in_scratch:
+        if ((flags & IN_SCRATCH) == 0) & (lazy == 0):
             # Seed with the row's argmax when it is a candidate: blocks that cannot beat it are skipped.
             a = tl.load(ARGMAX + row)
             la_raw = tl.load(l_row + a).to(tl.float32)
@@ -289,9 +306,11 @@ def _race_kernel(
         for v0 in range(s * CHUNK, s * CHUNK + CHUNK, BLOCK):
             idx = v0 + offs
             okv = idx < V
+            # log2 of the current residual (up to a constant) and, for a pending subtraction, its probabilities
             if in_scratch:
                 w = tl.load(scratch_row + idx, mask=okv, other=0.0)
                 logp = tl.where(w > 0, tl.log2(w), -float("inf"))
+                pv = w / s_res
             else:
                 lv = tl.load(l_row + idx, mask=okv, other=-float("inf")).to(tl.float32)
                 kv = okv
@@ -303,8 +322,9 @@ def _race_kernel(
                         kv = kv & (idx != tl.load(TOK + n0 + ch - 1))
                         ch = tl.load(NEXT + row0 + ch)
                 logp = tl.where(kv, (lv - m) * c, -float("inf"))
+                pv = tl.where(kv, tl.exp2((lv - m) * c) / zs, 0.0)
             # E >= E_min = 1.16e-10, so no key exceeds logp + 33: skip blocks that cannot win.
-            if tl.max(logp, 0) + 33.0 >= best:
+            if (lazy != 0) | (tl.max(logp, 0) + 33.0 >= best):
                 if HOOK:
                     e = tl.load(E_HOOK + b64 * V + idx, mask=okv, other=1.0)
                 else:
@@ -312,13 +332,27 @@ def _race_kernel(
                     lane = idx % 4
                     bits = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
                     e = _exponential(bits)
-                key = tl.where(logp > -float("inf"), logp - tl.log2(e), -float("inf"))
+                log2e = tl.log2(e)
+                key = tl.where(logp > -float("inf"), logp - log2e, -float("inf"))
+                if HAS_Q:  # noqa: SIM102  (constexpr test, then a runtime one)
+                    if lazy != 0:
+                        # backup = the residual before the subtraction; the draw = max(p_res - q, 0)
+                        bk2 = tl.max(key, 0)
+                        bi2 = tl.min(tl.where(key == bk2, idx, 2147483647), 0)
+                        best2_i = tl.where((bk2 > best2) | ((bk2 == best2) & (bi2 < best2_i)), bi2, best2_i)
+                        best2 = tl.maximum(best2, bk2)
+                        qv = tl.load(q_row + idx, mask=okv, other=0.0).to(tl.float32)
+                        wl = tl.maximum(pv - qv, 0.0)
+                        key = tl.where(wl > 0, tl.log2(wl) - log2e, -float("inf"))
                 bk = tl.max(key, 0)
                 bi = tl.min(tl.where(key == bk, idx, 2147483647), 0)
                 best_i = tl.where((bk > best) | ((bk == best) & (bi < best_i)), bi, best_i)
                 best = tl.maximum(best, bk)
-    tl.store(PART_KEY + b64 * S + s, best)
-    tl.store(PART_IDX + b64 * S + s, best_i)
+    base = b64 * 2 * S
+    tl.store(PART_KEY + base + s, best)
+    tl.store(PART_IDX + base + s, best_i)
+    tl.store(PART_KEY + base + S + s, best2)
+    tl.store(PART_IDX + base + S + s, best2_i)
 
 
 @triton.jit
@@ -328,17 +362,22 @@ def _finalize_kernel(
 ):
     b = tl.program_id(0)
     b64 = b.to(tl.int64)
-    row = tl.load(STATE + b64 * 4 + 0)
-    flags = tl.load(STATE + b64 * 4 + 1)
-    depth = tl.load(STATE + b64 * 4 + 2)
-    last = tl.load(STATE + b64 * 4 + 3)
+    row = tl.load(STATE + b64 * 5 + 0)
+    flags = tl.load(STATE + b64 * 5 + 1)
+    depth = tl.load(STATE + b64 * 5 + 2)
+    last = tl.load(STATE + b64 * 5 + 3)
     if (flags & GREEDY_DONE) == 0:
         j = tl.arange(0, BLOCK_S)
-        k = tl.load(PART_KEY + b64 * S + j, mask=j < S, other=-float("inf"))
-        i = tl.load(PART_IDX + b64 * S + j, mask=j < S, other=2147483647)
+        base = b64 * 2 * S
+        k = tl.load(PART_KEY + base + j, mask=j < S, other=-float("inf"))
+        i = tl.load(PART_IDX + base + j, mask=j < S, other=2147483647)
         bk = tl.max(k, 0)
         bi = tl.min(tl.where(k == bk, i, 2147483647), 0)
-        last = tl.where(bk > -float("inf"), bi, tl.load(ARGMAX + row))
+        k2 = tl.load(PART_KEY + base + S + j, mask=j < S, other=-float("inf"))
+        i2 = tl.load(PART_IDX + base + S + j, mask=j < S, other=2147483647)
+        bk2 = tl.max(k2, 0)
+        bi2 = tl.min(tl.where(k2 == bk2, i2, 2147483647), 0)
+        last = tl.where(bk > -float("inf"), bi, tl.where(bk2 > -float("inf"), bi2, tl.load(ARGMAX + row)))
     tl.store(TOK_OUT + b64 * (D + 1) + depth, last)
     tl.store(NUM_OUT + b, depth)
     for d0 in range(0, D + 1, BLOCK_D):
@@ -386,26 +425,28 @@ def verify_triton_launch(problem):
     acc = _alloc(B, D, dtype=i32, device=dev)
     num = _alloc(B, dtype=i32, device=dev)
     tok = _alloc(B, D + 1, dtype=i32, device=dev)
-    state = _alloc(B, 4, dtype=i32, device=dev)
+    state = _alloc(B, 5, dtype=i32, device=dev)
+    state_f = _alloc(B, dtype=f32, device=dev)
     seed, offset = pr.seed.contiguous(), pr.offset.contiguous()
     block = min(1024, triton.next_power_of_2(V))
     _walk_kernel[(B,)](
         logits, logits.stride(0), V, pr.tokens, pr.cu_nodes, buf.cu_rows, buf.first_child, buf.next_sibling,
         pr.temperature.contiguous(), scale, thr, row_max, row_sum, row_ent, row_arg,
         q, q.stride(0) if has_q else 0, scratch, seed, offset, u_hook,
-        acc, tok, state, D, pr.typical_epsilon, pr.typical_delta,
+        acc, tok, state, state_f, D, pr.typical_epsilon, pr.typical_delta,
         MODE=mode, HAS_Q=has_q, HAS_THR=has_thr, HOOK=hook, BLOCK=block,
     )
     # Race splits: enough programs to fill a GPU (a chunk of 4096 ids each), one per request on CPU.
     chunk = max(block, 4096) if dev.type == "cuda" else max(block, triton.next_power_of_2(V))
     S = triton.cdiv(V, chunk)
-    part_key = _alloc(B, S, dtype=f32, device=dev)
-    part_idx = _alloc(B, S, dtype=i32, device=dev)
+    part_key = _alloc(B, 2, S, dtype=f32, device=dev)
+    part_idx = _alloc(B, 2, S, dtype=i32, device=dev)
     if mode != 0:
         _race_kernel[(B, S)](
             logits, logits.stride(0), V, pr.tokens, pr.cu_nodes, buf.cu_rows, buf.first_child, buf.next_sibling,
-            scale, thr, row_max, row_arg, scratch, seed, offset, e_hook, state, part_key, part_idx, S,
-            HAS_THR=has_thr, HOOK=hook, CHUNK=chunk, BLOCK=block,
+            scale, thr, row_max, row_sum, row_arg, q, q.stride(0) if has_q else 0, scratch, seed, offset, e_hook,
+            state, state_f, part_key, part_idx, S,
+            HAS_THR=has_thr, HAS_Q=has_q, HOOK=hook, CHUNK=chunk, BLOCK=block,
         )
     _finalize_kernel[(B,)](
         row_arg, state, part_key, part_idx, S, acc, num, tok, D,

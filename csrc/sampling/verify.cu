@@ -4,7 +4,8 @@
 //      entropy, with an online softmax so the row is read a single time.
 //   2. walk: one block per request walks the tree. The scalar walk runs redundantly on every thread
 //      (same loads, same values, uniform control flow, so __syncthreads inside it is safe); with draft
-//      probabilities a rejected sibling costs one block-wide pass building max(p_res - q, 0).
+//      probabilities a rejected sibling that has a next sibling costs one block-wide pass building
+//      max(p_res - q, 0); the last rejected sibling's subtraction is left to the (parallel) race.
 //   3. race: B x splits blocks draw the correction / bonus token from the final row by an exponential
 //      race, argmax_v log2 p(v) - log2 E_v. Each thread starts from the key of the row's argmax and skips
 //      the random numbers of ids that cannot beat it (E >= E_min, so key <= z2 + 33): same result.
@@ -191,6 +192,7 @@ __global__ void __launch_bounds__(kWalkThreads) walk_kernel(VerifyParams p) {
   bool scr = false;  // draft probabilities: the residual lives in scratch slot `slot`, sum s_res
   int slot = 0;
   float s_res = 1.f;
+  int lazy = 0;  // 1 + flat node whose q the race subtracts (the last sibling was rejected), 0 = none
   while (cand >= 0) {
     const int node = cand - 1;
     const int x = p.tokens[n0 + node];
@@ -239,7 +241,9 @@ __global__ void __launch_bounds__(kWalkThreads) walk_kernel(VerifyParams p) {
       s_res = 1.f;
     } else {
       if (exact && !greedy) {
-        if (p.draft_probs) {
+        if (p.draft_probs && p.next_sibling[row0 + cand] < 0) {
+          lazy = n0 + node + 1;
+        } else if (p.draft_probs) {
           // residual <- max(residual - q, 0), written to the other slot so a zero-mass result
           // (rounding only) can keep the previous residual, as the reference does.
           const int new_slot = 1 - slot;
@@ -280,11 +284,42 @@ __global__ void __launch_bounds__(kWalkThreads) walk_kernel(VerifyParams p) {
     }
     if (scr) flags |= kInScratch;
     if (exact && !p.draft_probs) flags |= kExcludeChildren;
-    int32_t* st = p.state + static_cast<int64_t>(b) * 4;
+    int32_t* st = p.state + static_cast<int64_t>(b) * 5;
     st[0] = row;
     st[1] = flags;
     st[2] = depth;
     st[3] = last;
+    st[4] = lazy;
+    p.state_f[b] = s_res;
+  }
+}
+
+struct Best {
+  float key = -INFINITY;
+  int id = INT_MAX;
+  __device__ void offer(float k, int i) {
+    if (better(k, i, key, id)) {
+      key = k;
+      id = i;
+    }
+  }
+};
+
+// Block-wide best, written by thread 0 to part_key/part_idx[slot].
+__device__ void write_block_best(Best best, float* red_k, int* red_i, float* part_key, int32_t* part_idx) {
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) best.offer(__shfl_down_sync(0xffffffffu, best.key, d), __shfl_down_sync(0xffffffffu, best.id, d));
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();  // red_* may still be read by a previous call
+  if (lane == 0) {
+    red_k[warp] = best.key;
+    red_i[warp] = best.id;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) best.offer(red_k[w], red_i[w]);
+    *part_key = best.key;
+    *part_idx = best.id;
   }
 }
 
@@ -294,16 +329,19 @@ __global__ void __launch_bounds__(kRaceThreads) race_kernel(VerifyParams p) {
   __shared__ float red_k[kRaceThreads / 32];
   __shared__ int red_i[kRaceThreads / 32];
   const int s = blockIdx.x, b = blockIdx.y;
-  const int32_t* st = p.state + static_cast<int64_t>(b) * 4;
+  const int32_t* st = p.state + static_cast<int64_t>(b) * 5;
   const int flags = st[1];
-  float best = -INFINITY;
-  int best_id = INT_MAX;
+  // best: the draw. fallback: with a pending q subtraction, the draw from the residual before it, used
+  // only when the subtraction leaves no mass (rounding), as the reference keeps the previous residual.
+  Best best, fallback;
   if (!(flags & kGreedyDone)) {
     const int V = p.vocab;
-    const int row = st[0], slot = st[3];
+    const int row = st[0], slot = st[3], lazy = st[4];
+    const float s_res = p.state_f[b];
     const int row0 = p.cu_rows[b], n0 = p.cu_nodes[b];
     const float c = p.scale[b];
     const float m = p.row_max[row];
+    const float zs = p.row_sum[row];
     const float thr = p.threshold ? p.threshold[row] : -INFINITY;
     const uint64_t seed = static_cast<uint64_t>(p.seed[b]);
     const uint64_t off = static_cast<uint64_t>(p.offset[b]);
@@ -312,6 +350,7 @@ __global__ void __launch_bounds__(kRaceThreads) race_kernel(VerifyParams p) {
     const bool exclude = (flags & kExcludeChildren) && !in_scratch;
     const T* lrow = static_cast<const T*>(p.logits) + static_cast<int64_t>(row) * p.stride_row;
     const float* wrow = in_scratch ? p.scratch + (static_cast<int64_t>(b) * 2 + slot) * V : nullptr;
+    const float* qrow = lazy ? p.draft_probs + static_cast<int64_t>(lazy - 1) * p.stride_q : nullptr;
     int n_excl = 0;
     if (exclude) {
       for (int ch = p.first_child[row]; ch >= 0; ch = p.next_sibling[row0 + ch]) {
@@ -330,7 +369,8 @@ __global__ void __launch_bounds__(kRaceThreads) race_kernel(VerifyParams p) {
       }
       return false;
     };
-    auto log_weight = [&](int v) -> float {  // log2 p(v) up to a constant; -inf when not a candidate
+    // log2 of the current residual at v, up to a constant; -inf when v is not a candidate
+    auto log_weight = [&](int v) -> float {
       if (in_scratch) {
         const float w = wrow[v];
         return w > 0.f ? log2f(w) : -INFINITY;
@@ -338,6 +378,12 @@ __global__ void __launch_bounds__(kRaceThreads) race_kernel(VerifyParams p) {
       const float lv = to_float(lrow[v]);
       if (!(lv >= thr) || (exclude && excluded_id(v))) return -INFINITY;
       return (lv - m) * c;
+    };
+    // the current residual's probability at v (for a pending subtraction)
+    auto prob = [&](int v) -> float {
+      if (in_scratch) return wrow[v] / s_res;
+      const float lv = to_float(lrow[v]);
+      return lv >= thr ? exp2f((lv - m) * c) / zs : 0.f;
     };
     // word v % 4 of the group's Philox output; a select, not an indexed load, keeps it in registers
     auto exponential = [&](int v, const philox::Out4& bits) {
@@ -347,14 +393,13 @@ __global__ void __launch_bounds__(kRaceThreads) race_kernel(VerifyParams p) {
       return philox::exponential(x);
     };
     // Seed every thread with the row argmax when it is a candidate: most ids then cannot beat it.
-    if (!in_scratch) {
+    if (!in_scratch && !lazy) {
       const int a = p.row_argmax[row];
       const float la = log_weight(a);
       if (la > -INFINITY) {
         philox::Out4 bits{};
         if (!p.exponentials) bits = philox::philox4x32_10(a >> 2, philox::kStreamResidual, off_lo, off_hi, seed);
-        best = la - log2f(exponential(a, bits));
-        best_id = a;
+        best.offer(la - log2f(exponential(a, bits)), a);
       }
     }
     const int g_begin = s * (kRaceChunk / 4);
@@ -368,78 +413,52 @@ __global__ void __launch_bounds__(kRaceThreads) race_kernel(VerifyParams p) {
         lw[j] = v < V ? log_weight(v) : -INFINITY;
         top = fmaxf(top, lw[j]);
       }
-      if (top == -INFINITY || top + kMaxNegLog2E < best) continue;  // cannot win: no random numbers needed
+      // cannot win (E >= E_min): no random numbers needed. Never skipped with a pending subtraction.
+      if (!lazy && (top == -INFINITY || top + kMaxNegLog2E < best.key)) continue;
       philox::Out4 bits{};
       if (!p.exponentials) bits = philox::philox4x32_10(g, philox::kStreamResidual, off_lo, off_hi, seed);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        if (lw[j] == -INFINITY) continue;
         const int v = 4 * g + j;
-        const float key = lw[j] - log2f(exponential(v, bits));
-        if (better(key, v, best, best_id)) {
-          best = key;
-          best_id = v;
+        if (v >= V) break;
+        const float le = log2f(exponential(v, bits));
+        if (!lazy) {
+          if (lw[j] > -INFINITY) best.offer(lw[j] - le, v);
+        } else {
+          if (lw[j] > -INFINITY) fallback.offer(lw[j] - le, v);
+          const float w = fmaxf(prob(v) - qrow[v], 0.f);
+          if (w > 0.f) best.offer(log2f(w) - le, v);
         }
       }
     }
   }
-  // block argmax, larger key then lower id
+  const int64_t base = static_cast<int64_t>(b) * 2 * p.splits;
+  write_block_best(best, red_k, red_i, p.part_key + base + s, p.part_idx + base + s);
+  write_block_best(fallback, red_k, red_i, p.part_key + base + p.splits + s, p.part_idx + base + p.splits + s);
+}
+
+// Best over a warp of the partials part[0..splits), returned to every lane.
+__device__ Best warp_best(const float* key, const int32_t* idx, int splits) {
+  Best best;
+  for (int s = threadIdx.x; s < splits; s += 32) best.offer(key[s], idx[s]);
 #pragma unroll
-  for (int d = 16; d > 0; d >>= 1) {
-    const float ok = __shfl_down_sync(0xffffffffu, best, d);
-    const int oi = __shfl_down_sync(0xffffffffu, best_id, d);
-    if (better(ok, oi, best, best_id)) {
-      best = ok;
-      best_id = oi;
-    }
-  }
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) {
-    red_k[warp] = best;
-    red_i[warp] = best_id;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) {
-      if (better(red_k[w], red_i[w], best, best_id)) {
-        best = red_k[w];
-        best_id = red_i[w];
-      }
-    }
-    p.part_key[static_cast<int64_t>(b) * p.splits + s] = best;
-    p.part_idx[static_cast<int64_t>(b) * p.splits + s] = best_id;
-  }
+  for (int d = 16; d > 0; d >>= 1) best.offer(__shfl_down_sync(0xffffffffu, best.key, d), __shfl_down_sync(0xffffffffu, best.id, d));
+  best.key = __shfl_sync(0xffffffffu, best.key, 0);
+  best.id = __shfl_sync(0xffffffffu, best.id, 0);
+  return best;
 }
 
 __global__ void finalize_kernel(VerifyParams p) {
   const int b = blockIdx.x;
   const int D = p.max_depth;
-  const int32_t* st = p.state + static_cast<int64_t>(b) * 4;
+  const int32_t* st = p.state + static_cast<int64_t>(b) * 5;
   const int row = st[0], flags = st[1], depth = st[2];
   int last = st[3];
   if (!(flags & kGreedyDone)) {
-    float best = -INFINITY;
-    int best_id = INT_MAX;
-    for (int s = threadIdx.x; s < p.splits; s += blockDim.x) {
-      const float k = p.part_key[static_cast<int64_t>(b) * p.splits + s];
-      const int i = p.part_idx[static_cast<int64_t>(b) * p.splits + s];
-      if (better(k, i, best, best_id)) {
-        best = k;
-        best_id = i;
-      }
-    }
-#pragma unroll
-    for (int d = 16; d > 0; d >>= 1) {
-      const float ok = __shfl_down_sync(0xffffffffu, best, d);
-      const int oi = __shfl_down_sync(0xffffffffu, best_id, d);
-      if (better(ok, oi, best, best_id)) {
-        best = ok;
-        best_id = oi;
-      }
-    }
-    best_id = __shfl_sync(0xffffffffu, best_id, 0);
-    best = __shfl_sync(0xffffffffu, best, 0);
-    last = best > -INFINITY ? best_id : p.row_argmax[row];
+    const int64_t base = static_cast<int64_t>(b) * 2 * p.splits;
+    const Best draw = warp_best(p.part_key + base, p.part_idx + base, p.splits);
+    const Best fallback = warp_best(p.part_key + base + p.splits, p.part_idx + base + p.splits, p.splits);
+    last = draw.key > -INFINITY ? draw.id : fallback.key > -INFINITY ? fallback.id : p.row_argmax[row];
   }
   if (threadIdx.x == 0) {
     p.out_tokens[static_cast<int64_t>(b) * (D + 1) + depth] = last;

@@ -47,9 +47,10 @@ struct VerifyParams {
   float* row_entropy;   // [R]
   int32_t* row_argmax;  // [R]
   float* scratch;       // [B, 2, V] when draft_probs is given
-  int32_t* state;       // [B, 4]
-  float* part_key;      // [B, splits]
-  int32_t* part_idx;    // [B, splits]
+  int32_t* state;       // [B, 5] final row, flags, depth, last token | scratch slot, 1 + pending q node
+  float* state_f;       // [B] sum of the scratch residual
+  float* part_key;      // [B, 2, splits] best key per split: the draw, and the fallback draw
+  int32_t* part_idx;    // [B, 2, splits]
   int splits;           // ceil(V / kRaceChunk)
   // outputs
   int32_t* accepted_nodes;  // [B, D]

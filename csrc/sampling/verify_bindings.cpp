@@ -39,7 +39,8 @@ void verify_binding(std::uintptr_t logits, int dtype, int64_t stride_row, int ro
                     float typical_delta, std::uintptr_t draft_probs, int64_t stride_q, std::uintptr_t seed,
                     std::uintptr_t offset, std::uintptr_t accept_uniforms, std::uintptr_t exponentials,
                     std::uintptr_t row_max, std::uintptr_t row_sum, std::uintptr_t row_entropy,
-                    std::uintptr_t row_argmax, std::uintptr_t scratch, std::uintptr_t state, std::uintptr_t part_key,
+                    std::uintptr_t row_argmax, std::uintptr_t scratch, std::uintptr_t state, std::uintptr_t state_f,
+                    std::uintptr_t part_key,
                     std::uintptr_t part_idx, int splits, std::uintptr_t accepted_nodes, std::uintptr_t num_accepted,
                     std::uintptr_t out_tokens, int max_depth, std::uintptr_t stream) {
   require(batch >= 0 && vocab >= 1 && max_depth >= 0, "need batch >= 0, vocab >= 1, max_depth >= 0");
@@ -54,7 +55,7 @@ void verify_binding(std::uintptr_t logits, int dtype, int64_t stride_row, int ro
           "scratch of B * 2 * V floats must stay below 2^31 entries");
   require((accept_uniforms == 0) == (exponentials == 0), "uniforms hook needs both accept and exponential");
   require(logits && tokens && cu_nodes && cu_rows && first_child && next_sibling && temperature && scale &&
-              scale_rows && seed && offset && row_max && row_sum && row_entropy && row_argmax && state &&
+              scale_rows && seed && offset && row_max && row_sum && row_entropy && row_argmax && state && state_f &&
               part_key && part_idx && num_accepted && out_tokens && (accepted_nodes || max_depth == 0),
           "null pointer among the required inputs / workspaces / outputs");
   VerifyParams p{};
@@ -88,6 +89,7 @@ void verify_binding(std::uintptr_t logits, int dtype, int64_t stride_row, int ro
   p.row_argmax = ptr<int32_t>(row_argmax);
   p.scratch = ptr<float>(scratch);
   p.state = ptr<int32_t>(state);
+  p.state_f = ptr<float>(state_f);
   p.part_key = ptr<float>(part_key);
   p.part_idx = ptr<int32_t>(part_idx);
   p.splits = splits;
@@ -109,7 +111,8 @@ void bind_sampling(py::module_& m) {
         py::arg("scale_rows"), py::arg("threshold"), py::arg("typical_epsilon"), py::arg("typical_delta"),
         py::arg("draft_probs"), py::arg("stride_q"), py::arg("seed"), py::arg("offset"),
         py::arg("accept_uniforms"), py::arg("exponentials"), py::arg("row_max"), py::arg("row_sum"),
-        py::arg("row_entropy"), py::arg("row_argmax"), py::arg("scratch"), py::arg("state"), py::arg("part_key"),
+        py::arg("row_entropy"), py::arg("row_argmax"), py::arg("scratch"), py::arg("state"), py::arg("state_f"),
+        py::arg("part_key"),
         py::arg("part_idx"), py::arg("splits"), py::arg("accepted_nodes"), py::arg("num_accepted"),
         py::arg("out_tokens"), py::arg("max_depth"), py::arg("stream"));
 }

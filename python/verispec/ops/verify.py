@@ -452,9 +452,10 @@ def verify_cuda(problem: _Problem) -> VerifyResult:
         "row_sum": _cuda_alloc(R, dtype=f32, device=dev),
         "row_entropy": _cuda_alloc(R, dtype=f32, device=dev),
         "row_argmax": _cuda_alloc(R, dtype=i32, device=dev),
-        "state": _cuda_alloc(B, 4, dtype=i32, device=dev),
-        "part_key": _cuda_alloc(B, splits, dtype=f32, device=dev),
-        "part_idx": _cuda_alloc(B, splits, dtype=i32, device=dev),
+        "state": _cuda_alloc(B, 5, dtype=i32, device=dev),
+        "state_f": _cuda_alloc(B, dtype=f32, device=dev),
+        "part_key": _cuda_alloc(B, 2, splits, dtype=f32, device=dev),
+        "part_idx": _cuda_alloc(B, 2, splits, dtype=i32, device=dev),
     }
     scratch = torch.empty(B * 2 * V, dtype=f32, device=dev) if q is not None else None
     acc = _cuda_alloc(B, D, dtype=i32, device=dev)
@@ -467,7 +468,8 @@ def verify_cuda(problem: _Problem) -> VerifyResult:
         buf.next_sibling.data_ptr(), temp.data_ptr(), scale.data_ptr(), scale_rows.data_ptr(), ptr(thr),
         pr.typical_epsilon, pr.typical_delta, ptr(q), q.stride(0) if q is not None else 0, seed.data_ptr(),
         offset.data_ptr(), ptr(hook_u), ptr(hook_e), *(work[k].data_ptr() for k in ("row_max", "row_sum", "row_entropy", "row_argmax")),
-        ptr(scratch), work["state"].data_ptr(), work["part_key"].data_ptr(), work["part_idx"].data_ptr(), splits,
+        ptr(scratch), work["state"].data_ptr(), work["state_f"].data_ptr(), work["part_key"].data_ptr(),
+        work["part_idx"].data_ptr(), splits,
         acc.data_ptr() if D else 0, num.data_ptr(), tok.data_ptr(), D, _native.cuda_stream_handle(dev),
     )
     return VerifyResult(acc, num, tok)
