@@ -36,6 +36,22 @@ DRIVER_ATTENTION = r"""
 
 using namespace verispec;
 
+template <int D>
+bool run(const TreeAttentionParams& p) {
+  emu::Dim3 grid{static_cast<unsigned>(p.m_tiles), static_cast<unsigned>(p.batch * p.kv_heads),
+                 static_cast<unsigned>(p.num_splits)};
+  bool ok = emu::launch(grid, kThreads, Tile<D>::smem_bytes(2), [&] {
+    if (p.bf16) tree_attention_kernel<__nv_bfloat16, D>(p); else tree_attention_kernel<__half, D>(p);
+  });
+  if (ok && p.num_splits > 1) {
+    grid.z = 1;
+    ok = emu::launch(grid, kThreads, 0, [&] {
+      if (p.bf16) tree_attention_combine_kernel<__nv_bfloat16, D>(p); else tree_attention_combine_kernel<__half, D>(p);
+    });
+  }
+  return ok;
+}
+
 extern "C" int emu_tree_attention(
     uint64_t q, uint64_t k, uint64_t v, uint64_t out, uint64_t prefix_lens, uint64_t tree_lens, uint64_t ancestors,
     uint64_t positions, uint64_t block_table, uint64_t o_part, uint64_t lse_part, int batch, int q_heads,
@@ -63,18 +79,12 @@ extern "C" int emu_tree_attention(
   for (int i = 0; i < 2; ++i) { p.anc_stride[i] = anc_stride[i]; p.pos_stride[i] = pos_stride[i]; }
   p.bt_stride = bt_stride; p.page_size = page_size; p.capacity = capacity; p.num_splits = num_splits;
   p.m_tiles = m_tiles; p.scale = scale; p.softcap = softcap; p.window = window; p.bf16 = bf16 != 0;
-  if (head_dim != kD) return 2;
-  const size_t smem = static_cast<size_t>(kBM + 4 * kBN) * kStride * 2;
-  emu::Dim3 grid{static_cast<unsigned>(m_tiles), static_cast<unsigned>(batch * kv_heads),
-                 static_cast<unsigned>(num_splits)};
-  bool ok = emu::launch(grid, kThreads, smem, [&] {
-    if (p.bf16) tree_attention_kernel<__nv_bfloat16>(p); else tree_attention_kernel<__half>(p);
-  });
-  if (ok && num_splits > 1) {
-    grid.z = 1;
-    ok = emu::launch(grid, kThreads, 0, [&] {
-      if (p.bf16) tree_attention_combine_kernel<__nv_bfloat16>(p); else tree_attention_combine_kernel<__half>(p);
-    });
+  bool ok = true;
+  switch (head_dim) {
+    case 64: ok = run<64>(p); break;
+    case 128: ok = run<128>(p); break;
+    case 256: ok = run<256>(p); break;
+    default: return 2;
   }
   return ok ? 0 : 1;
 }
@@ -205,6 +215,15 @@ def test_emulated_cuda_kernel_matches_oracle(emu_lib, case_args, dtype):
     case = Case(prefix, nodes, Hq, Hkv, 128, kinds=kinds, dtype=dtype, seed=sum(prefix) + Hq, **opts)
     got = run_emulated(emu_lib, case, num_splits=splits, paged_block=page)
     check_close(got, case.expected(), TOL[dtype], rtol=TOL[dtype], what="emulated CUDA")
+
+
+@pytest.mark.parametrize("D", [64, 256])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_emulated_cuda_other_head_dims(emu_lib, D, dtype):
+    """D=64 (SmolLM, Qwen-0.5B style) and D=256 (Gemma; 32-key tiles, Q re-read from shared memory)."""
+    case = Case([90, 7], [20, 33], 8, 2, D, kinds=["random", "deep"], dtype=dtype, seed=D, softcap=30.0, window=50)
+    got = run_emulated(emu_lib, case, num_splits=2, paged_block=16)
+    check_close(got, case.expected(), TOL[dtype], rtol=TOL[dtype], what=f"emulated CUDA D={D}")
 
 
 def test_emulated_cuda_kernel_catches_a_wrong_mask(emu_lib):

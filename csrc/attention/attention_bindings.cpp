@@ -38,7 +38,8 @@ void tree_attention_cuda_binding(std::uintptr_t q, std::uintptr_t k, std::uintpt
                                  int64_t bt_stride, int page_size, int64_t capacity, int num_splits, int m_tiles,
                                  float scale, float softcap, int window, bool bf16, std::uintptr_t stream) {
   const char* where = "verispec.tree_attention(backend='cuda')";
-  require(head_dim == 128, std::string(where) + ": head_dim must be 128, got " + std::to_string(head_dim));
+  require(head_dim == 64 || head_dim == 128 || head_dim == 256,
+          std::string(where) + ": head_dim must be 64, 128 or 256, got " + std::to_string(head_dim));
   require(kv_heads >= 1 && q_heads % kv_heads == 0,
           std::string(where) + ": q heads must be a multiple of the K/V heads");
   require(num_splits >= 1 && num_splits <= 64, std::string(where) + ": num_splits must be in 1..64");

@@ -1,9 +1,10 @@
-// Tree attention, CUDA hot path: fp16/bf16, D = 128, GQA-packed rows, contiguous or paged K/V, split-KV.
+// Tree attention, CUDA hot path: fp16/bf16, D = 64/128/256, GQA-packed rows, contiguous or paged K/V,
+// split-KV.
 //
 // A block owns 64 packed rows of one (request, KV head): packed row m is tree row m / G of query head
 // h * G + m % G, so the G query heads sharing a KV head read each K/V tile once. Its four warps own 16
 // rows each and run m16n8k16 tensor-core MMAs; the logits' accumulator fragment is re-packed in
-// registers as the A operand of P @ V (no shared-memory round trip). K/V tiles of 64 keys stream
+// registers as the A operand of P @ V (no shared-memory round trip). K/V tiles of 64 keys (32 at D=256) stream
 // through a two-stage cp.async pipeline. Keys come in two phases that share one loop: the block's
 // chunk of the prefix (no mask stored or read, only bounds and the sliding window) and, for the last
 // split only, the tree rows up to the tile's last row, masked by ancestor bits.
@@ -23,11 +24,19 @@
 namespace verispec {
 namespace {
 
-constexpr int kD = 128;
 constexpr int kBM = 64;
-constexpr int kBN = 64;
 constexpr int kThreads = 128;
-constexpr int kStride = kD + 8;  // smem row pitch in elements: +16 B keeps ldmatrix rows on distinct banks
+
+// Per head dim: keys per K/V tile (32 at D=256 keeps two stages of K and V within sm_80's shared
+// memory) and the shared-memory row pitch (+16 bytes keeps the 8 rows of an ldmatrix on distinct banks).
+template <int D>
+struct Tile {
+  static_assert(D % 16 == 0 && D >= 16, "head dim must be a multiple of 16");
+  static constexpr int kBN = D >= 256 ? 32 : 64;
+  static constexpr int kStride = D + 8;
+  static constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  static size_t smem_bytes(size_t elem) { return static_cast<size_t>(64 + 4 * kBN) * kStride * elem; }
+};
 constexpr int kMaxSplits = 64;
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -121,8 +130,9 @@ __device__ __forceinline__ int64_t kv_offset(const TreeAttentionParams& p, const
   return b * st[0] + h * st[1] + static_cast<int64_t>(j) * st[2];
 }
 
-template <typename T>
+template <typename T, int kD>
 __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const TreeAttentionParams p) {
+  constexpr int kBN = Tile<kD>::kBN, kStride = Tile<kD>::kStride, kChunks = Tile<kD>::kChunks;
 #ifdef VERISPEC_CUDA_EMULATION
   unsigned char* smem_raw = emu::dynamic_smem();
 #else
@@ -143,9 +153,9 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const TreeAtte
   const T* kg = static_cast<const T*>(p.k);
   const T* vg = static_cast<const T*>(p.v);
 
-  // Q tile: 64 rows x 16 chunks of 16 bytes; dead rows are zero-filled.
-  for (int c = tid; c < kBM * 16; c += kThreads) {
-    int r = c / 16, ch = c % 16, m = m0 + r, t = m / G, head = h * G + m % G;
+  // Q tile: 64 rows of 16-byte chunks; dead rows are zero-filled.
+  for (int c = tid; c < kBM * kChunks; c += kThreads) {
+    int r = c / kChunks, ch = c % kChunks, m = m0 + r, t = m / G, head = h * G + m % G;
     bool ok = live && t < n;
     const T* src = ok ? qg + b * p.q_stride[0] + head * p.q_stride[1] + t * p.q_stride[2] + ch * 8 : qg;
     cp_async16(sQ + r * kStride + ch * 8, src, ok);
@@ -183,8 +193,8 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const TreeAtte
     tile_keys(i, j0, jlim);
     T* dk = sK + stage * kBN * kStride;
     T* dv = sV + stage * kBN * kStride;
-    for (int c = tid; c < kBN * 16; c += kThreads) {
-      int r = c / 16, ch = c % 16, j = j0 + r;
+    for (int c = tid; c < kBN * kChunks; c += kThreads) {
+      int r = c / kChunks, ch = c % kChunks, j = j0 + r;
       int64_t ko = j < jlim ? kv_offset(p, p.k_stride, b, h, j) : -1;
       int64_t vo = j < jlim ? kv_offset(p, p.v_stride, b, h, j) : -1;
       cp_async16(dk + r * kStride + ch * 8, ko >= 0 ? kg + ko + ch * 8 : kg, ko >= 0);
@@ -214,10 +224,15 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const TreeAtte
     if (p.window > 0 && row_ok[r]) qpos[r] = p.positions[b * p.pos_stride[0] + tt * p.pos_stride[1]];
   }
 
-  uint32_t qf[kD / 16][4];
-  if (warp_live) {
-    for (int kk = 0; kk < kD / 16; ++kk)
-      ldmatrix_x4(qf[kk], sQ + (wr0 + (lane % 8) + ((lane / 8) & 1) * 8) * kStride + kk * 16 + (lane / 16) * 8);
+  // Q fragments live in registers up to D=128; at D=256 they would push the accumulators into spills,
+  // so they are re-read from shared memory at every k-step instead.
+  constexpr bool kQInRegs = kD <= 128;
+  const T* q_frag_row = sQ + (wr0 + (lane % 8) + ((lane / 8) & 1) * 8) * kStride + (lane / 16) * 8;
+  uint32_t qf[kQInRegs ? kD / 16 : 1][4];
+  if constexpr (kQInRegs) {
+    if (warp_live) {
+      for (int kk = 0; kk < kD / 16; ++kk) ldmatrix_x4(qf[kk], q_frag_row + kk * 16);
+    }
   }
 
   const float scale_log2 = p.scale * kLog2e;
@@ -238,12 +253,18 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const TreeAtte
       for (int nt = 0; nt < kBN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < kD / 16; ++kk) {
+        uint32_t qs[4];
+        const uint32_t* qa = qf[kQInRegs ? kk : 0];
+        if constexpr (!kQInRegs) {
+          ldmatrix_x4(qs, q_frag_row + kk * 16);
+          qa = qs;
+        }
 #pragma unroll
         for (int np = 0; np < kBN / 16; ++np) {
           uint32_t kb[4];
           ldmatrix_x4(kb, Ks + (np * 16 + (lane % 8) + (lane / 16) * 8) * kStride + kk * 16 + ((lane / 8) & 1) * 8);
-          mma16816<T>(s[2 * np], qf[kk], kb[0], kb[1]);
-          mma16816<T>(s[2 * np + 1], qf[kk], kb[2], kb[3]);
+          mma16816<T>(s[2 * np], qa, kb[0], kb[1]);
+          mma16816<T>(s[2 * np + 1], qa, kb[2], kb[3]);
         }
       }
       int j0, jlim;
@@ -333,7 +354,7 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const TreeAtte
 }
 
 // Merge split partials: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), zeros for padded rows.
-template <typename T>
+template <typename T, int kD>
 __global__ void __launch_bounds__(kThreads) tree_attention_combine_kernel(const TreeAttentionParams p) {
   __shared__ float w[kMaxSplits][kBM];
   const int tile = blockIdx.x, bh = blockIdx.y;
@@ -376,18 +397,27 @@ __global__ void __launch_bounds__(kThreads) tree_attention_combine_kernel(const 
 }
 
 #ifndef VERISPEC_CUDA_EMULATION  // the emulation test launches the kernels itself
-template <typename T>
+template <typename T, int D>
 cudaError_t launch_typed(const TreeAttentionParams& p, cudaStream_t stream) {
-  const size_t smem = static_cast<size_t>(kBM + 4 * kBN) * kStride * sizeof(T);
-  cudaError_t err = cudaFuncSetAttribute(tree_attention_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  const size_t smem = Tile<D>::smem_bytes(sizeof(T));
+  cudaError_t err = cudaFuncSetAttribute(tree_attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   dim3 grid(p.m_tiles, p.batch * p.kv_heads, p.num_splits);
-  tree_attention_kernel<T><<<grid, kThreads, smem, stream>>>(p);
+  tree_attention_kernel<T, D><<<grid, kThreads, smem, stream>>>(p);
   err = cudaGetLastError();
   if (err != cudaSuccess || p.num_splits == 1) return err;
-  tree_attention_combine_kernel<T><<<dim3(p.m_tiles, p.batch * p.kv_heads), kThreads, 0, stream>>>(p);
+  tree_attention_combine_kernel<T, D><<<dim3(p.m_tiles, p.batch * p.kv_heads), kThreads, 0, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_dim(const TreeAttentionParams& p, cudaStream_t stream) {
+  switch (p.head_dim) {
+    case 64: return launch_typed<T, 64>(p, stream);
+    case 128: return launch_typed<T, 128>(p, stream);
+    default: return launch_typed<T, 256>(p, stream);
+  }
 }
 #endif  // VERISPEC_CUDA_EMULATION
 
@@ -395,12 +425,12 @@ cudaError_t launch_typed(const TreeAttentionParams& p, cudaStream_t stream) {
 
 #ifndef VERISPEC_CUDA_EMULATION
 cudaError_t tree_attention_launch(const TreeAttentionParams& p, cudaStream_t stream) {
-  if (p.head_dim != kD || p.num_splits < 1 || p.num_splits > kMaxSplits || p.kv_heads < 1 ||
+  if ((p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256) || p.num_splits < 1 || p.num_splits > kMaxSplits || p.kv_heads < 1 ||
       p.q_heads % p.kv_heads != 0 || p.m_tiles < 1 || (p.num_splits > 1 && (!p.o_part || !p.lse_part)) ||
       (p.page_size > 0 && !p.block_table) || (p.window > 0 && !p.positions))
     return cudaErrorInvalidValue;
   if (p.batch == 0 || p.rows == 0) return cudaSuccess;
-  return p.bf16 ? launch_typed<__nv_bfloat16>(p, stream) : launch_typed<__half>(p, stream);
+  return p.bf16 ? launch_dim<__nv_bfloat16>(p, stream) : launch_dim<__half>(p, stream);
 }
 #endif  // VERISPEC_CUDA_EMULATION
 

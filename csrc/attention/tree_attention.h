@@ -17,7 +17,7 @@ struct TreeAttentionParams {
   const uint32_t* ancestors;  // [B, T, W], unit stride along W
   const int32_t* positions;   // [B, T]; read only when window > 0
   const int32_t* block_table; // [B, max_blocks]; null for the contiguous layout
-  float* o_part;              // [B * Hkv, num_splits, m_tiles * 64, 128] when num_splits > 1
+  float* o_part;              // [B * Hkv, num_splits, m_tiles * 64, head_dim] when num_splits > 1
   float* lse_part;            // [B * Hkv, num_splits, m_tiles * 64]
   int batch, q_heads, kv_heads, rows, head_dim;
   int64_t q_stride[3];        // b, h, t
@@ -36,7 +36,7 @@ struct TreeAttentionParams {
   bool bf16;                  // else fp16
 };
 
-// Grid (m_tiles, B * Hkv, num_splits) + a combine pass when num_splits > 1. D must be 128.
+// Grid (m_tiles, B * Hkv, num_splits) + a combine pass when num_splits > 1. head_dim: 64, 128 or 256.
 cudaError_t tree_attention_launch(const TreeAttentionParams& p, cudaStream_t stream);
 
 struct CommitKvParams {

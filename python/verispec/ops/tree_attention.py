@@ -358,7 +358,7 @@ def _cuda_launch(q, k, v, prefix_lens, tree_lens, ancestors, positions, p: _Prob
     G = p.Hq // p.Hkv
     m_tiles = (G * p.T + 63) // 64
     if num_splits > 1:  # partial outputs and log-sum-exps of every split, merged by the combine kernel
-        o_part = torch.empty(p.B * p.Hkv * num_splits * m_tiles * 64 * 128, dtype=torch.float32, device=q.device)
+        o_part = torch.empty(p.B * p.Hkv * num_splits * m_tiles * 64 * p.D, dtype=torch.float32, device=q.device)
         lse_part = torch.empty(p.B * p.Hkv * num_splits * m_tiles * 64, dtype=torch.float32, device=q.device)
         parts = (o_part.data_ptr(), lse_part.data_ptr())
     else:
@@ -397,7 +397,7 @@ def tree_attention_cuda(
     out: Optional[torch.Tensor] = None,
     num_splits: Optional[int] = None,
 ) -> torch.Tensor:
-    """CUDA tree attention, the hot path: fp16/bf16, D = 128, GQA, both layouts. Same contract as
+    """CUDA tree attention, the hot path: fp16/bf16, D = 64/128/256, GQA, both layouts. Same contract as
     `tree_attention` (``num_splits`` overrides the split-KV heuristic, for benchmarks and tests).
     Unverified on GPU."""
     from verispec import _native
@@ -408,8 +408,8 @@ def tree_attention_cuda(
     if q.dtype not in (torch.float16, torch.bfloat16):
         _fail(f"backend='cuda' supports float16 and bfloat16, got {q.dtype} (use backend='triton' or 'torch')",
               TypeError)
-    if p.D != 128:
-        _fail(f"backend='cuda' supports head dim 128, got {p.D} (use backend='triton' for 64 and 256)")
+    if p.D not in (64, 128, 256):
+        _fail(f"backend='cuda' supports head dims 64, 128 and 256, got {p.D} (use backend='triton')")
     for name, t in (("q", q), ("k", k), ("v", v)):
         _cuda_ready(name, t, 8)
     if p.window and positions is None:
