@@ -2,12 +2,14 @@
 // Algorithms for Linear Time Suffix Array Construction", 2009), written for verispec.
 //
 // The string s[0..n) holds symbols in [0, k) and ends in a *virtual* terminator smaller than every
-// symbol, so callers need not append one. I is the index type: uint32_t below 2^32 - 1 entries,
+// symbol, so callers need not append one. I is the index type; a symbol and its S/L type share one
+// I word, so n and k must stay below 2^(bits of I - 1): uint32_t for texts below 2^31 entries,
 // uint64_t beyond (the datastore picks the narrowest that fits, halving build memory for most
 // corpora).
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <thread>
 #include <vector>
 
 namespace verispec::ds {
@@ -30,19 +32,24 @@ class SuffixSorter {
   const I* s_;
   I* sa_;
   I n_, k_;
-  std::vector<uint8_t> stype_;  // 1 = S-type (smaller than the suffix after it), 0 = L-type
+  // Symbol and type in one word, (s[i] << 1) | S-type bit (S: smaller than the suffix after it):
+  // induced sorting reads both for a random position, and one cache miss is cheaper than two.
+  std::vector<I> st_;
   std::vector<I> bucket_end_;   // bucket_end_[c] = number of symbols <= c
   std::vector<I> head_;
 
   SuffixSorter(const I* s, I* sa, I n, I k) : s_(s), sa_(sa), n_(n), k_(k) {}
 
-  bool is_lms(I i) const { return i > 0 && stype_[i] && !stype_[i - 1]; }
+  bool stype(I i) const { return st_[i] & 1; }
+  bool is_lms(I i) const { return i > 0 && (st_[i] & 1) && !(st_[i - 1] & 1); }
 
   void run() {
     const I n = n_;
-    stype_.assign(n, 0);
+    st_.resize(n);
     // The last symbol is L-type: the virtual terminator after it is smaller.
-    for (I i = n - 1; i-- > 0;) stype_[i] = s_[i] < s_[i + 1] || (s_[i] == s_[i + 1] && stype_[i + 1]);
+    st_[n - 1] = s_[n - 1] << 1;
+    for (I i = n - 1; i-- > 0;)
+      st_[i] = (s_[i] << 1) | I(s_[i] < s_[i + 1] || (s_[i] == s_[i + 1] && (st_[i + 1] & 1)));
     bucket_end_.assign(std::size_t(k_), 0);
     for (I i = 0; i < n; ++i) ++bucket_end_[s_[i]];
     I acc = 0;
@@ -61,17 +68,38 @@ class SuffixSorter {
     induce(lms);
     std::vector<I> sorted;
     sorted.reserve(m);
-    for (I i = 0; i < n; ++i)
+    for (I i = 0; i < n; ++i) {
+      if (i + 32 < n) __builtin_prefetch(st_.data() + sa_[i + 32] - 1);
       if (is_lms(sa_[i])) sorted.push_back(sa_[i]);
+    }
 
-    // Step 2: name the LMS substrings by rank. LMS positions are >= 2 apart, so slot p/2 of the
-    // (now free) output array can hold the name of position p.
+    // Step 2: name the LMS substrings by rank. Comparing neighbours is independent work, split
+    // over two threads when it is big enough to pay for one. LMS positions are >= 2 apart, so
+    // slot p/2 of the (now free) output array can hold the name of position p.
+    std::vector<uint8_t> differs(m, 0);
+    auto compare_range = [&](I a, I b) {
+      for (I j = std::max<I>(a, 1); j < b; ++j) {
+        if (j + 8 < b) {
+          __builtin_prefetch(st_.data() + sorted[j + 8]);
+          __builtin_prefetch(st_.data() + sorted[j + 7]);
+        }
+        differs[j] = !same_lms_substring(sorted[j - 1], sorted[j]);
+      }
+    };
+    if (m > (I(1) << 20)) {
+      std::thread t(compare_range, m / 2, m);
+      compare_range(0, m / 2);
+      t.join();
+    } else {
+      compare_range(0, m);
+    }
     for (I i = 0; i < n; ++i) sa_[i] = kEmpty;
     I name = 0;
     for (I j = 0; j < m; ++j) {
-      if (j > 0 && !same_lms_substring(sorted[j - 1], sorted[j])) ++name;
+      name += differs[j];
       sa_[sorted[j] / 2] = name;
     }
+    std::vector<uint8_t>().swap(differs);
     const I num_names = m ? name + 1 : 0;
 
     // Step 3: sort the LMS suffixes, recursing when two LMS substrings share a name.
@@ -97,7 +125,7 @@ class SuffixSorter {
     for (I d = 0;; ++d) {
       const I ia = a + d, ib = b + d;
       if (ia == n_ || ib == n_) return false;  // only one substring runs into the terminator
-      if (s_[ia] != s_[ib] || stype_[ia] != stype_[ib]) return false;
+      if (st_[ia] != st_[ib]) return false;  // same symbol and same type
       if (d > 0) {
         const bool ea = is_lms(ia), eb = is_lms(ib);
         if (ea || eb) return ea && eb;
@@ -108,22 +136,40 @@ class SuffixSorter {
   void induce(const std::vector<I>& lms) {
     I* sa = sa_;
     const I n = n_;
+    const I* st = st_.data();
     for (I i = 0; i < n; ++i) sa[i] = kEmpty;
     // LMS suffixes go to the ends of their buckets, keeping their given order.
     for (I c = 0; c < k_; ++c) head_[c] = bucket_end_[c];
-    for (std::size_t j = lms.size(); j-- > 0;) sa[--head_[s_[lms[j]]]] = lms[j];
+    for (std::size_t j = lms.size(); j-- > 0;) sa[--head_[st[lms[j]] >> 1]] = lms[j];
     // L-type suffixes, left to right. The suffix n-1 follows the terminator, so it comes first.
+    // The scan is sequential but st[v - 1] is a random read: fetch it a few entries ahead (an
+    // entry may still change before the scan reaches it; then the hint is wasted).
+    constexpr I kAhead = 32;
     for (I c = 0; c < k_; ++c) head_[c] = c ? bucket_end_[c - 1] : 0;
-    sa[head_[s_[n - 1]]++] = n - 1;
+    sa[head_[st[n - 1] >> 1]++] = n - 1;
     for (I i = 0; i < n; ++i) {
+      if (i + kAhead < n) {
+        const I w = sa[i + kAhead];
+        if (w != kEmpty && w > 0) __builtin_prefetch(st + w - 1);
+      }
       const I v = sa[i];
-      if (v != kEmpty && v > 0 && !stype_[v - 1]) sa[head_[s_[v - 1]]++] = v - 1;
+      if (v != kEmpty && v > 0) {
+        const I x = st[v - 1];
+        if (!(x & 1)) sa[head_[x >> 1]++] = v - 1;
+      }
     }
     // S-type suffixes, right to left; they overwrite the LMS placeholders.
     for (I c = 0; c < k_; ++c) head_[c] = bucket_end_[c];
     for (I i = n; i-- > 0;) {
+      if (i >= kAhead) {
+        const I w = sa[i - kAhead];
+        if (w != kEmpty && w > 0) __builtin_prefetch(st + w - 1);
+      }
       const I v = sa[i];
-      if (v != kEmpty && v > 0 && stype_[v - 1]) sa[--head_[s_[v - 1]]] = v - 1;
+      if (v != kEmpty && v > 0) {
+        const I x = st[v - 1];
+        if (x & 1) sa[--head_[x >> 1]] = v - 1;
+      }
     }
   }
 };

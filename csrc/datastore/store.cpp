@@ -178,9 +178,10 @@ void build_into(const Corpus& c, Prepared<I>& p, const Output& o, const Progress
   pack_sa<I>(sa, p, c.num_tokens, o.sa);
 }
 
-// 32-bit sorter indices halve the build memory; ~0 is the sorter's "empty" value, so stay below it.
+// 32-bit sorter indices halve the build memory. The sorter packs (symbol << 1 | type) into an
+// index word and symbols can reach the text length, so 32 bits serve texts below 2^31 positions.
 bool wide_index(const Corpus& c) {
-  return g_force_wide_index || c.num_tokens + c.num_docs >= 0xFFFFFFF0ull;
+  return g_force_wide_index || c.num_tokens + c.num_docs >= (uint64_t(1) << 31);
 }
 
 std::atomic<uint64_t> g_tmp_counter{0};
@@ -509,6 +510,7 @@ void PromptIndex::rebuild(uint64_t window) {
     s = sym.data();
     k = ranks.size();
   }
+  if (n_ >= (uint64_t(1) << 31)) throw std::invalid_argument("PromptIndex holds at most 2^31 - 1 tokens");
   std::vector<uint32_t> sa(n_);
   SuffixSorter<uint32_t>::sort(s, sa.data(), uint32_t(n_), uint32_t(k));
   sa_.clear();
