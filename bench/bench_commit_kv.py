@@ -85,44 +85,81 @@ def commit_hash() -> str:
         return "unknown"
 
 
-def run_gpu(out_dir: Path, quick: bool) -> dict:
-    from triton.testing import do_bench
+def check_backends(device, backends=("triton", "cuda")) -> dict[str, str]:
+    """Each backend against the torch reference on small caches (both layouts), exact equality."""
+    report = {}
+    for be in backends:
+        try:
+            for paged in (False, True):
+                ref = make_case(4, 8, 300, device, layers=4, paged=paged, seed=11)
+                got = make_case(4, 8, 300, device, layers=4, paged=paged, seed=11)
+                want_lens = verispec.commit_kv(ref[0], ref[1], ref[2], ref[3], block_table=ref[4], backend="torch")
+                lens = verispec.commit_kv(got[0], got[1], got[2], got[3], block_table=got[4], backend=be)
+                same = torch.equal(lens.cpu(), want_lens.cpu()) and all(
+                    torch.equal(x, y) for x, y in zip(got[0] + got[1], ref[0] + ref[1]))
+                if not same:
+                    raise AssertionError(f"{'paged' if paged else 'contiguous'} caches differ from the reference")
+            report[be] = "ok"
+        except Exception as exc:
+            report[be] = f"{type(exc).__name__}: {str(exc)[:160]}"
+    return report
 
-    device = torch.device("cuda")
-    props = torch.cuda.get_device_properties(device)
-    src = torch.empty(1 << 29, dtype=torch.int16, device=device)
-    dst = torch.empty_like(src)
-    bw = 2 * src.numel() * 2 / (do_bench(lambda: dst.copy_(src), return_mode="median") * 1e-3) / 1e9
-    print(f"device: {props.name}, measured copy bandwidth {bw:.0f} GB/s")
+
+def run_gpu(out_dir: Path, quick: bool, *, device=None, timer=None, bandwidth=None, shapes=None,
+            dims=None) -> dict:
+    """Time each backend on each shape after checking it against the reference; ``device``/``timer``/
+    ``bandwidth``/``shapes``/``dims`` let the tests drive the bookkeeping on CPU."""
+    device = torch.device("cuda") if device is None else torch.device(device)
+    dims = dims or {}
+    if timer is None:
+        from triton.testing import do_bench
+
+        def timer(fn):
+            return float(do_bench(fn, warmup=5, rep=50, return_mode="median"))
+
+    name = torch.cuda.get_device_properties(device).name if device.type == "cuda" else "cpu"
+    if bandwidth is None:
+        src = torch.empty(1 << 29, dtype=torch.int16, device=device)
+        dst = torch.empty_like(src)
+        bandwidth = 2 * src.numel() * 2 / (timer(lambda: dst.copy_(src)) * 1e-3) / 1e9
+        del src, dst
+    bw = bandwidth
+    print(f"device: {name}, measured copy bandwidth {bw:.0f} GB/s")
+    backends = ("triton", "cuda") if device.type == "cuda" else ("triton",)
+    checks = check_backends(device, backends)
+    print(f"correctness against the torch reference: {checks}")
     rows_out = []
-    shapes = [(8, 8, False), (32, 16, True)] if quick else [
-        (B, P, paged) for B in (1, 8, 32) for P in (1, 4, 8, 16) for paged in (False, True)]
+    if shapes is None:
+        shapes = [(8, 8, False), (32, 16, True)] if quick else [
+            (B, P, paged) for B in (1, 8, 32) for P in (1, 4, 8, 16) for paged in (False, True)]
     for B, P, paged in shapes:
-        ks, vs, pl, rows, table, nbytes = make_case(B, P, 4096, device, paged=paged)
+        ks, vs, pl, rows, table, nbytes = make_case(B, P, dims.get("L", 4096), device, paged=paged,
+                                                     **{k: v for k, v in dims.items() if k != "L"})
         row = {"B": B, "P": P, "layout": "paged" if paged else "contiguous", "bytes": nbytes, "impls": {}}
         impls: dict[str, Callable] = {
             f"verispec_{be}": (lambda be=be, ks=ks, vs=vs, pl=pl, rows=rows, table=table:
                                verispec.commit_kv(ks, vs, pl, rows, block_table=table, backend=be))
-            for be in ("triton", "cuda")
+            for be in backends if checks.get(be) == "ok"
         }
         if not paged:
             impls["torch_loop"] = torch_loop(ks, vs, pl, rows, table)
-        for name, fn in impls.items():
+        for impl, fn in impls.items():
             try:
                 # Repeated calls move the same rows again: the cache contents change, the work does not.
-                ms = float(do_bench(fn, warmup=5, rep=50, return_mode="median"))
+                ms = timer(fn)
                 gbs = nbytes / (ms * 1e-3) / 1e9
-                row["impls"][name] = {"ms": ms, "GBps": gbs, "pct_copy_bw": 100 * gbs / bw}
+                row["impls"][impl] = {"ms": ms, "GBps": gbs, "pct_copy_bw": 100 * gbs / bw}
             except Exception as exc:
-                row["impls"][name] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+                row["impls"][impl] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
         rows_out.append(row)
         print(row, flush=True)
-    result = {"bench": "commit_kv", "device": props.name, "copy_bandwidth_GBps": bw, "commit": commit_hash(),
+        del ks, vs
+    result = {"bench": "commit_kv", "device": name, "copy_bandwidth_GBps": bw, "commit": commit_hash(),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "torch": torch.__version__, "shape": f"{LAYERS} layers, Hkv={HKV}, D={D}, bf16, L=4096",
-              "rows": rows_out}
+              "correctness": checks, "rows": rows_out}
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"commit_kv-{props.name.replace(' ', '_')}-{result['date'][:10]}-{result['commit']}"
+    stem = f"commit_kv-{name.replace(' ', '_')}-{result['date'][:16].replace(':', '')}-{result['commit']}"
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
     print(f"wrote {out_dir / stem}.json")
     return result
@@ -167,6 +204,22 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def test_cpu_check():
     assert cpu_check()
+
+
+def test_report_pipeline_on_cpu(tmp_path):
+    import time
+
+    def timer(fn):
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+    res = run_gpu(tmp_path, False, device="cpu", timer=timer, bandwidth=1.0, shapes=[(2, 4, False), (2, 3, True)],
+                  dims=dict(L=20, layers=2, hkv=2, d=8, dtype=torch.float32))
+    assert res["correctness"] == {"triton": "ok"}
+    assert set(res["rows"][0]["impls"]) == {"verispec_triton", "torch_loop"}
+    assert "ms" in res["rows"][1]["impls"]["verispec_triton"]
+    assert len(list(tmp_path.glob("commit_kv-*.json"))) == 1
 
 
 if __name__ == "__main__":
