@@ -7,8 +7,9 @@
 // barrier (__syncthreads, or the warp-wide exchange inside a collective) lets a fiber pass once every
 // fiber of its group has arrived, and a schedule in which nobody can move reports a deadlock instead
 // of hanging. Warp collectives follow the PTX ISA fragment layouts: mma.m16n8k16 (row.col, fp32
-// accumulate), ldmatrix.x4 (optionally .trans) and shfl.xor. cp.async is a synchronous copy, so
-// missing cp.async waits are NOT detected; everything else is executed as written.
+// accumulate), ldmatrix.x4 (optionally .trans) and shfl.xor. cp.async copies are deferred per thread
+// until a cp.async.wait_group retires their commit group, so reading shared memory before the wait
+// that covers it sees stale or poisoned (0xCD) bytes, as it could on hardware.
 //
 // Usage (a test driver): include <cuda_runtime.h>, <cuda_fp16.h>, <cuda_bf16.h>, then this header,
 // then define VERISPEC_CUDA_EMULATION and include the .cu file; launch with emu::launch.
@@ -52,6 +53,12 @@ struct Lane {  // what one lane publishes to its warp for a collective
   float f;
 };
 
+struct Copy {
+  void* dst;
+  const void* src;
+  bool pred;
+};
+
 struct State {
   Dim3 block_idx, grid_dim, block_dim;
   int nthreads = 0, cur = 0;
@@ -60,6 +67,8 @@ struct State {
   std::vector<char> done;
   std::vector<long> block_epoch, warp_epoch;
   std::vector<Lane> lanes;
+  std::vector<std::vector<Copy>> open_copies;                // per thread: issued, not yet committed
+  std::vector<std::vector<std::vector<Copy>>> copy_groups;  // per thread: committed, not yet retired
   ucontext_t main_ctx;
   std::function<void()> body;
   bool progressed = false;
@@ -172,10 +181,27 @@ inline void ldmatrix(uint32_t r[4], const void* row_addr, bool trans) {
 }
 
 inline void cp_async16(void* dst, const void* src, bool pred) {
-  if (pred)
-    std::memcpy(dst, src, 16);
-  else
-    std::memset(dst, 0, 16);
+  st().open_copies[st().cur].push_back(Copy{dst, src, pred});
+}
+
+inline void cp_async_commit() {
+  State& s = st();
+  s.copy_groups[s.cur].push_back(std::move(s.open_copies[s.cur]));
+  s.open_copies[s.cur].clear();
+}
+
+// cp.async.wait_group n: every committed group but the n most recent has landed.
+inline void cp_async_wait(int n) {
+  auto& groups = st().copy_groups[st().cur];
+  while (static_cast<int>(groups.size()) > n) {
+    for (const Copy& c : groups.front()) {
+      if (c.pred)
+        std::memcpy(c.dst, c.src, 16);
+      else
+        std::memset(c.dst, 0, 16);
+    }
+    groups.erase(groups.begin());
+  }
 }
 
 inline unsigned char* dynamic_smem() { return st().smem.data(); }
@@ -207,6 +233,8 @@ inline bool launch(Dim3 grid, int threads, size_t smem_bytes, std::function<void
         s.done.assign(threads, 0);
         s.block_epoch.assign(threads, 0);
         s.warp_epoch.assign(threads, 0);
+        s.open_copies.assign(threads, {});
+        s.copy_groups.assign(threads, {});
         for (int t = 0; t < threads; ++t) {
           s.stacks[t].resize(256 * 1024);
           getcontext(&s.ctx[t]);

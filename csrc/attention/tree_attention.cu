@@ -67,9 +67,11 @@ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
 inline void ldmatrix_x4(uint32_t r[4], const void* smem) { emu::ldmatrix(r, smem, false); }
 inline void ldmatrix_x4_trans(uint32_t r[4], const void* smem) { emu::ldmatrix(r, smem, true); }
 inline void cp_async16(void* smem, const void* gmem, bool pred) { emu::cp_async16(smem, gmem, pred); }
-inline void cp_async_commit() {}
+inline void cp_async_commit() { emu::cp_async_commit(); }
 template <int N>
-void cp_async_wait() {}
+void cp_async_wait() {
+  emu::cp_async_wait(N);
+}
 #else
 template <typename T>
 __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1);
