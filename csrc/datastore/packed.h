@@ -40,6 +40,32 @@ inline void packed_put(uint8_t* base, uint64_t i, unsigned bits, uint64_t v) {
   for (unsigned b = 0; b < nbytes; ++b) p[b] |= uint8_t(x >> (8 * b));
 }
 
+// Sequential packing: appends values to a zero-initialised array starting at a byte boundary.
+// Much faster than packed_put for bulk writes (no read-modify-write, whole bytes only).
+class PackedWriter {
+ public:
+  PackedWriter(uint8_t* base, uint64_t first_index, unsigned bits)
+      : p_(base + first_index * bits / 8), bits_(bits) {}  // first_index * bits must be a multiple of 8
+  void put(uint64_t v) {
+    acc_ |= v << fill_;  // fill_ < 8 and bits <= 57, so this fits
+    fill_ += bits_;
+    while (fill_ >= 8) {
+      *p_++ = uint8_t(acc_);
+      acc_ >>= 8;
+      fill_ -= 8;
+    }
+  }
+  void finish() {
+    if (fill_) *p_ |= uint8_t(acc_);
+  }
+
+ private:
+  uint8_t* p_;
+  uint64_t acc_ = 0;
+  unsigned fill_ = 0;
+  unsigned bits_;
+};
+
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the datastore format is little-endian");
 
 }  // namespace verispec::ds

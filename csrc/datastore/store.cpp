@@ -114,34 +114,34 @@ template <class I>
 void pack_text(const Corpus& c, const Prepared<I>& p, uint8_t* dst) {
   const uint64_t marker = (uint64_t(1) << p.token_bits) - 1;
   const I sym_marker = p.k - 1;
+  PackedWriter w(dst, 0, p.token_bits);
   if (p.compact) {
-    for (uint64_t i = 0; i < p.sym.size(); ++i)
-      packed_put(dst, i, p.token_bits, p.sym[i] == sym_marker ? marker : uint64_t(p.sym[i]));
-    return;
+    for (uint64_t i = 0; i < p.sym.size(); ++i) w.put(p.sym[i] == sym_marker ? marker : uint64_t(p.sym[i]));
+  } else {
+    for (uint64_t d = 0; d < c.num_docs; ++d) {
+      for (uint64_t i = c.offsets[d]; i < c.offsets[d + 1]; ++i) w.put(c.tokens[i]);
+      w.put(marker);
+    }
   }
-  uint64_t pos = 0;
-  for (uint64_t d = 0; d < c.num_docs; ++d) {
-    for (uint64_t i = c.offsets[d]; i < c.offsets[d + 1]; ++i) packed_put(dst, pos++, p.token_bits, c.tokens[i]);
-    packed_put(dst, pos++, p.token_bits, marker);
-  }
+  w.finish();
 }
 
 template <class I>
 void pack_sa(const std::vector<I>& sa, const Prepared<I>& p, uint64_t n, uint8_t* dst) {
+  // Document ends are the largest symbol, so their suffixes are exactly the last entries; checking
+  // those few (not every entry, a random read each) proves no marker suffix is among the first n.
+  for (uint64_t k = n; k < sa.size(); ++k)
+    if (p.sym[sa[k]] != p.k - 1) throw std::logic_error("internal error: a document end sorted before a token suffix");
   // Split at a multiple of 8 entries: the halves then start on byte boundaries and never share a byte.
   const uint64_t mid = (n / 2) & ~uint64_t(7);
-  const I marker = p.k - 1;
-  std::atomic<bool> bad{false};
   auto work = [&](uint64_t a, uint64_t b) {
-    for (uint64_t k = a; k < b; ++k) {
-      if (p.sym[sa[k]] == marker) bad = true;
-      packed_put(dst, k, p.offset_bits, uint64_t(sa[k]));
-    }
+    PackedWriter w(dst, a, p.offset_bits);
+    for (uint64_t k = a; k < b; ++k) w.put(uint64_t(sa[k]));
+    w.finish();
   };
   std::thread t(work, mid, n);
   work(0, mid);
   t.join();
-  if (bad) throw std::logic_error("internal error: a document end sorted before a token suffix");
 }
 
 // Output regions, zeroed, laid out by layout_for / packed_bytes.
