@@ -195,10 +195,11 @@ def batch_numbers(index: str, corpus) -> dict:
 def machine() -> str:
     cpu = platform.processor() or "cpu"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores visible, Linux {platform.release()}, Python {platform.python_version()}"

@@ -213,7 +213,7 @@ def test_add_while_querying_from_threads():
 
     t = threading.Thread(target=reader)
     t.start()
-    for i in range(30):
+    for _ in range(30):
         ds.add([[rng.randrange(50) for _ in range(50)]])
     stop.set()
     t.join()
