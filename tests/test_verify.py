@@ -304,3 +304,20 @@ def test_draft_probs_must_be_distributions_covering_the_drafts():
         verispec.verify(logits, trees, mode="exact", draft_probs=q0, backend="torch")
     with pytest.raises(ValueError, match="negative or non-finite"):
         verispec.verify(logits, trees, mode="exact", draft_probs=-q, backend="torch")
+
+
+@pytest.mark.parametrize("V", [7, 111])
+def test_vectorised_matches_loop_reference_draft_probs_and_filters(V):
+    rng = random.Random(100 + V)
+    gen = torch.Generator().manual_seed(100 + V)
+    for trial in range(4):
+        trees = _random_batch(rng, B=6, V=V, max_nodes=9, dup=True)
+        N = sum(len(t) for t in trees)
+        logits = _peaked_logits(trees, V, gen, scale=1.0)
+        q = torch.softmax(torch.randn(N, V, generator=gen) * 2, dim=1)
+        kw = dict(seed=torch.arange(6) + trial, offset=3, temperature=torch.tensor([1.0, 0.7, 0.0, 1.3, 1.0, 0.9]))
+        for extra in (dict(draft_probs=q), dict(top_k=torch.tensor([0, 3, 5, 1, 2, 4])), dict(top_p=0.6, top_k=4)):
+            p = _problem(logits, trees, mode="exact", **kw, **extra)
+            a, b = vmod.verify_torch(p), vmod.verify_reference(p)
+            assert torch.equal(a.tokens, b.tokens), (trial, extra.keys(), a.tokens, b.tokens)
+            assert torch.equal(a.accepted_nodes, b.accepted_nodes)
