@@ -4,12 +4,12 @@ csrc/attention/tree_attention.cu and commit_kv.cu are compiled with g++ together
 csrc/attention/cuda_emulation.h, which turns every CUDA thread into a fiber and implements the warp
 collectives (mma.m16n8k16, ldmatrix, shfl) from the PTX ISA's fragment layouts. The Python glue is
 the real one (`_cuda_launch` builds the same keyword arguments it passes to the pybind launcher), so
-this checks the whole CUDA path except what only hardware can show: timing, races between warps that
-the round-robin fiber schedule happens not to expose, and the tensor cores' own rounding. cp.async
-copies land only when the issuing thread's wait_group retires them, so a missing wait shows up as
-stale shared memory (deleting either wait in the kernel fails these tests). It is no substitute for
-the `gpu`-marked tests; it catches index, masking, pipelining and fragment-layout mistakes before a
-GPU is at hand.
+this checks the whole CUDA path except what only hardware can show: timing, memory-model effects
+beyond what the emulator models, and the tensor cores' own rounding. cp.async copies land at a random
+point between issue and the wait_group that retires them, and warps are randomly held back so they
+drift apart: deleting either cp.async wait or a __syncthreads from the kernels fails these tests. It
+is no substitute for the `gpu`-marked tests; it catches index, masking, pipelining, barrier and
+fragment-layout mistakes before a GPU is at hand.
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@
 // barrier (__syncthreads, or the warp-wide exchange inside a collective) lets a fiber pass once every
 // fiber of its group has arrived, and a schedule in which nobody can move reports a deadlock instead
 // of hanging. Warp collectives follow the PTX ISA fragment layouts: mma.m16n8k16 (row.col, fp32
-// accumulate), ldmatrix.x4 (optionally .trans) and shfl.xor. cp.async copies are deferred per thread
-// until a cp.async.wait_group retires their commit group, so reading shared memory before the wait
-// that covers it sees stale or poisoned (0xCD) bytes, as it could on hardware.
+// accumulate), ldmatrix.x4 (optionally .trans) and shfl.xor. cp.async copies land at a random point
+// between issue and the cp.async.wait_group that retires their commit group, so reading shared memory
+// before the covering wait sees stale or poisoned (0xCD) bytes, and overwriting a buffer other warps
+// still read shows up. Warps are randomly held back for whole scheduling rounds (a fixed-seed
+// generator, so runs repeat), which lets them drift apart the way real warps do.
 //
 // Usage (a test driver): include <cuda_runtime.h>, <cuda_fp16.h>, <cuda_bf16.h>, then this header,
 // then define VERISPEC_CUDA_EMULATION and include the .cu file; launch with emu::launch.
@@ -72,12 +74,21 @@ struct State {
   ucontext_t main_ctx;
   std::function<void()> body;
   bool progressed = false;
+  uint64_t rng = 0x9E3779B97F4A7C15ull;
   std::vector<unsigned char> smem;
 };
 
 inline State& st() {
   static State s;
   return s;
+}
+
+inline uint32_t random_u32() {  // xorshift64*: deterministic, good enough to perturb schedules
+  uint64_t& x = st().rng;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  return static_cast<uint32_t>((x * 0x2545F4914F6CDD1Dull) >> 32);
 }
 
 inline Dim3 thread_idx() {
@@ -180,8 +191,19 @@ inline void ldmatrix(uint32_t r[4], const void* row_addr, bool trans) {
   syncwarp();
 }
 
+inline void land(const Copy& c) {
+  if (c.pred)
+    std::memcpy(c.dst, c.src, 16);
+  else
+    std::memset(c.dst, 0, 16);
+}
+
 inline void cp_async16(void* dst, const void* src, bool pred) {
-  st().open_copies[st().cur].push_back(Copy{dst, src, pred});
+  Copy c{dst, src, pred};
+  if (random_u32() % 2)
+    land(c);  // as early as hardware could
+  else
+    st().open_copies[st().cur].push_back(c);  // or as late as the kernel allows
 }
 
 inline void cp_async_commit() {
@@ -194,12 +216,7 @@ inline void cp_async_commit() {
 inline void cp_async_wait(int n) {
   auto& groups = st().copy_groups[st().cur];
   while (static_cast<int>(groups.size()) > n) {
-    for (const Copy& c : groups.front()) {
-      if (c.pred)
-        std::memcpy(c.dst, c.src, 16);
-      else
-        std::memset(c.dst, 0, 16);
-    }
+    for (const Copy& c : groups.front()) land(c);
     groups.erase(groups.begin());
   }
 }
@@ -246,14 +263,21 @@ inline bool launch(Dim3 grid, int threads, size_t smem_bytes, std::function<void
         for (;;) {
           bool all_done = true;
           s.progressed = false;
+          std::vector<char> hold((threads + 31) / 32);
+          for (auto& h : hold) h = random_u32() % 4 == 0;  // hold a warp back for this round
+          bool held = false;
           for (int t = 0; t < threads; ++t) {
             if (s.done[t]) continue;
             all_done = false;
+            if (hold[t / 32]) {
+              held = true;
+              continue;
+            }
             s.cur = t;
             swapcontext(&s.main_ctx, &s.ctx[t]);
           }
           if (all_done) break;
-          if (!s.progressed) {
+          if (!s.progressed && !held) {
             std::fprintf(stderr, "emu: deadlock in block (%u, %u, %u)\n", x, y, z);
             return false;
           }
