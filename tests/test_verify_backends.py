@@ -358,3 +358,32 @@ def test_empty_residual_keeps_previous(backend):
     else:
         res = _compare(backend, logits.to(_dev()), trees, **kw)
     assert res.tokens.cpu().tolist() == [[0, -1]]
+
+
+@pytest.mark.parametrize("backend", ["torch", *BACKENDS])
+def test_strided_logits_rows(backend):
+    """A slice of a padded vocabulary is read in place (row stride > V)."""
+    rng, gen = random.Random(90), torch.Generator().manual_seed(90)
+    trees = _random_trees(rng, 4, 100, 6)
+    R = sum(len(t) + 1 for t in trees)
+    padded = (torch.randn(R, 128, generator=gen) * 2).to(_dev())
+    view = padded[:, :100]
+    assert not view.is_contiguous()
+    for mode in ("greedy", "exact"):
+        want = verispec.verify(view.contiguous(), trees, mode=mode, seed=1, backend="torch")
+        got = verispec.verify(view, trees, mode=mode, seed=1, backend=backend)
+        assert torch.equal(want.tokens.cpu(), got.tokens.cpu())
+
+
+def test_buffers_must_match_trees():
+    from verispec import pack_trees
+    from verispec.ops.tree_buffers import tree_buffers
+
+    trees = [DraftTree.chain([1, 2]), DraftTree([3], [-1])]
+    other = [DraftTree([1], [-1]), DraftTree.chain([3, 4])]
+    _, par, cu = pack_trees(other)
+    with pytest.raises(ValueError, match="different trees"):
+        verispec.verify(torch.zeros(5, 9), trees, buffers=tree_buffers(par, cu), backend="torch")
+    _, par, cu = pack_trees(trees[:1])
+    with pytest.raises(ValueError, match="buffers describe 1 requests / 3 rows, the trees 2 / 5"):
+        verispec.verify(torch.zeros(5, 9), trees, buffers=tree_buffers(par, cu), backend="torch")

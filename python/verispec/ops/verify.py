@@ -590,6 +590,10 @@ def verify(
         _fail(f"logits has {logits.shape[0]} rows but the trees need {N + B} (one root row per request plus one per node)")
     if buffers is None:
         buffers = tree_buffers(parents, cu_nodes, validate=False)
+    elif buffers.num_rows != N + B or buffers.num_requests != B:
+        _fail(f"buffers describe {buffers.num_requests} requests / {buffers.num_rows} rows, the trees {B} / {N + B}")
+    elif validate and not torch.equal(buffers.cu_rows.to(dev), (cu_nodes.long() + torch.arange(B + 1, device=dev)).to(torch.int32)):
+        _fail("buffers were computed for different trees (cu_rows do not match cu_nodes)")
     if max_depth is None:
         max_depth = int(buffers.depth.max()) if buffers.depth.numel() else 0
     if validate:
@@ -646,7 +650,8 @@ def verify(
         if tuple(uniforms.accept.shape) != (N,) or tuple(uniforms.exponential.shape) != (B, V):
             _fail(f"uniforms must be accept [N={N}] and exponential [B={B}, V={V}]")
         uniforms = VerifyUniforms(uniforms.accept.to(dev), uniforms.exponential.to(dev))
-    if not logits.is_contiguous():
+    if logits.stride(1) != 1:
+        # Rows may be strided (e.g. a slice of a padded vocabulary); ids must be contiguous.
         logits = logits.contiguous()
     problem = _Problem(
         logits=logits,
