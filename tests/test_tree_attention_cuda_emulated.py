@@ -280,3 +280,20 @@ def test_emulated_cuda_commit_matches_reference(emu_lib, paged):
     for got, exp in zip(caches, want):
         got = from_paged(got, table, S) if paged else got
         assert torch.equal(got, exp)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_emulated_cuda_random_sweep(emu_lib, seed):
+    rng = random.Random(1000 + seed)
+    B = rng.randint(1, 3)
+    Hkv = rng.choice([1, 2])
+    G = rng.choice([1, 4, 8])
+    opts = rng.choice([{}, dict(softcap=rng.uniform(5, 50)), dict(window=rng.randint(1, 200)),
+                       dict(softcap=10.0, window=rng.randint(1, 60))])
+    dtype = rng.choice([torch.float16, torch.bfloat16])
+    case = Case([rng.choice([0, rng.randint(1, 400)]) for _ in range(B)],
+                [rng.choice([-1, 0, rng.randint(1, 70)]) for _ in range(B)], Hkv * G, Hkv, rng.choice([64, 128]),
+                kinds=[rng.choice(["chain", "star", "deep", "binary", "random"]) for _ in range(B)], dtype=dtype,
+                seed=seed, **opts)
+    got = run_emulated(emu_lib, case, num_splits=rng.choice([1, 2, 5]), paged_block=rng.choice([0, 1, 8, 16]))
+    check_close(got, case.expected(), TOL[dtype], rtol=TOL[dtype], what=f"seed {seed} {opts}")
