@@ -239,3 +239,29 @@ def test_commit_strided_lengths_and_rows(backend):
     lens = verispec.commit_kv(cache, cache.clone(), pl, rows_t, backend=backend)
     assert lens.tolist() == [p + len(x) for p, x in zip(prefix, paths)]
     assert torch.equal(cache, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_commit_cuda_graph_replay(backend):
+    """Captured once (after a warm-up that caches the layer table), replayed with new paths."""
+    B, H, S, D, layers = 4, 8, 300, 128, 4
+    ks = [torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(layers)]
+    vs = [torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(layers)]
+    pl = torch.tensor([10, 0, 100, 7], dtype=torch.int32, device="cuda")
+    rows = torch.full((B, 6), -1, dtype=torch.int32, device="cuda")
+    verispec.commit_kv(ks, vs, pl, rows, backend=backend)  # warm-up: compiles, caches the layer table
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        lens = verispec.commit_kv(ks, vs, pl, rows, backend=backend)
+    rng = random.Random(9)
+    for _ in range(2):
+        paths, new_rows = make_batch([10, 0, 100, 7], [30, 5, 60, 1], 6, rng)
+        rows.copy_(new_rows.cuda())
+        want = [expected_contiguous(c.cpu(), [10, 0, 100, 7], paths) for c in ks + vs]
+        graph.replay()
+        torch.cuda.synchronize()
+        assert lens.cpu().tolist() == [p + len(x) for p, x in zip([10, 0, 100, 7], paths)]
+        for got, exp in zip(ks + vs, want):
+            assert torch.equal(got.cpu(), exp)
