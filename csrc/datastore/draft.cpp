@@ -227,8 +227,12 @@ class Index {
 // Step 1 of the rule; returns 0 when nothing usable matches.
 uint64_t choose_match(Index& ix, const uint32_t* ctx, uint64_t len, const DraftParams& p, uint64_t& count) {
   const uint64_t top = std::min<uint64_t>(len, uint64_t(std::max<int64_t>(p.max_match, 0)));
-  uint64_t lo = 0, hi = top;  // occurs(lo) holds (length 0 trivially), find the largest
-  lo = std::min<uint64_t>(ix.tail_max(), top);
+  uint64_t lo = std::min<uint64_t>(ix.tail_max(), top), hi = top;  // occurs(lo) holds; find the largest
+  // Full-length matches are the most common single outcome on real text (a third of the queries
+  // on the stdlib replay), so try that first: one search instead of log2(max_match).
+  if (lo < hi) {
+    if (ix.occurs(ctx, len, hi)) lo = hi; else --hi;
+  }
   while (lo < hi) {
     const uint64_t mid = lo + (hi - lo + 1) / 2;
     if (ix.occurs(ctx, len, mid)) lo = mid; else hi = mid - 1;
