@@ -338,3 +338,11 @@ def test_failing_progress_callback_leaves_nothing(tmp_path):
     with pytest.raises(KeyError, match="stop here"):
         Datastore.build(random_docs(3), tmp_path / "x.vsds", progress=boom)
     assert os.listdir(tmp_path) == []
+
+
+def test_prefetch_keeps_answers(built):
+    docs, path, ds = built
+    before = [ds.draft_arrays([t, t + 1], budget=6).tokens.tolist() for t in range(40)]
+    ds.prefetch()
+    Datastore.from_documents(docs).prefetch()  # no file: nothing to do
+    assert [ds.draft_arrays([t, t + 1], budget=6).tokens.tolist() for t in range(40)] == before

@@ -209,6 +209,11 @@ void bind_datastore(py::module_& m) {
             return header_dict(h);
           },
           py::arg("path"), py::arg("progress") = py::none())
+      .def("populate",
+           [](const Datastore& d) {
+             py::gil_scoped_release nogil;
+             if (d.file()) d.file()->populate();
+           })
       .def("verify",
            [](const Datastore& d, int threads) {
              py::gil_scoped_release nogil;

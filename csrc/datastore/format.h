@@ -74,6 +74,9 @@ class MappedFile {
   const std::string& path() const { return path_; }
   // Full check: section checksums, document table, every suffix-array entry. O(corpus).
   void verify(int threads) const;
+  // Map every page now (MADV_POPULATE_READ, or touching each page on older kernels), so first
+  // queries do not pay page faults. O(file); optional.
+  void populate() const;
 
  private:
   MappedFile() = default;

@@ -369,6 +369,12 @@ class Datastore:
         report = _Reporter(progress, "datastore save")
         return self._core.save(path, report if (report.show or report.cb) else None)
 
+    def prefetch(self) -> None:
+        """Map every page of the file now (O(file size), GIL released), so the first queries do
+        not pay page faults. Opening stays O(1); call this in a background thread if you want a
+        warm index without delaying start-up."""
+        self._core.populate()
+
     def set_cache(self, capacity: int = 4096, min_count: int = 256) -> None:
         """Memoise trees grown from suffixes with >= `min_count` occurrences (`capacity` 0: off).
 
