@@ -196,8 +196,9 @@ if triton is not None:
         lo = (off & 0xFFFFFFFF).to(tl.uint32)
         hi = ((off >> 32) & 0xFFFFFFFF).to(tl.uint32)
         z = i.to(tl.uint32) * 0
-        a, _, _, _ = tl.philox(seed, i.to(tl.uint32), z + _SA, z + lo, z + hi)
-        tl.store(U + i, _uniform(a), mask=ok)
+        a0, a1, a2, a3 = tl.philox(seed, (i // 4).to(tl.uint32), z + _SA, z + lo, z + hi)
+        la = i % 4
+        tl.store(U + i, _uniform(tl.where(la == 0, a0, tl.where(la == 1, a1, tl.where(la == 2, a2, a3)))), mask=ok)
         w0, w1, w2, w3 = tl.philox(seed, (i // 4).to(tl.uint32), z + _SR, z + lo, z + hi)
         lane = i % 4
         bits = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))

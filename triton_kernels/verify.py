@@ -175,8 +175,9 @@ def _walk_kernel(
                     u = tl.load(U_HOOK + n0 + node)
                 else:
                     z32 = node.to(tl.uint32) * 0
-                    bits, _, _, _ = tl.philox(seed, node.to(tl.uint32), z32 + STREAM_ACCEPT, off_lo, off_hi)
-                    u = _uniform(bits)
+                    u0, u1, u2, u3 = tl.philox(seed, (node // 4).to(tl.uint32), z32 + STREAM_ACCEPT, off_lo, off_hi)
+                    ln = node % 4
+                    u = _uniform(tl.where(ln == 0, u0, tl.where(ln == 1, u1, tl.where(ln == 2, u2, u3))))
                 ok = (px > 0) & (u * qx <= px)
         if ok:
             tl.store(ACC_OUT + b64 * D + depth, node)

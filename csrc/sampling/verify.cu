@@ -221,10 +221,15 @@ __global__ void __launch_bounds__(kWalkThreads) walk_kernel(VerifyParams p) {
           for (int ch = p.first_child[row]; ch < cand; ch = p.next_sibling[row0 + ch]) dup |= p.tokens[n0 + ch - 1] == x;
           px = dup ? 0.f : p_row / (1.f - mass);
         }
-        const float u = p.accept_uniforms
-                            ? p.accept_uniforms[n0 + node]
-                            : philox::uniform_open0_closed1(
-                                  philox::philox4x32_10(node, philox::kStreamAccept, off_lo, off_hi, seed).x[0]);
+        float u;
+        if (p.accept_uniforms) {
+          u = p.accept_uniforms[n0 + node];
+        } else {
+          // word node % 4 of counter node / 4 (a select keeps the words in registers)
+          const philox::Out4 r = philox::philox4x32_10(node >> 2, philox::kStreamAccept, off_lo, off_hi, seed);
+          const int w = node & 3;
+          u = philox::uniform_open0_closed1(w == 0 ? r.x[0] : w == 1 ? r.x[1] : w == 2 ? r.x[2] : r.x[3]);
+        }
         ok = px > 0.f && u * qx <= px;
       }
     }

@@ -4,9 +4,9 @@ versions in ``triton_kernels/philox.py`` and ``csrc/sampling/philox.cuh``.
 Randomness in verispec is stateless: every number is a pure function of
 ``(seed, offset, index, stream)``. The 64-bit ``seed`` is the Philox key; the counter is
 ``(index, stream, offset_lo, offset_hi)``. ``offset`` must differ between decoding steps of a request
-(e.g. the number of tokens generated so far), ``index`` names the draw inside a step (the node for an
-accept test, ``vocab_id // 4`` for the residual draw) and ``stream`` keeps accept tests and residual
-draws apart: they never share a random number.
+(e.g. the number of tokens generated so far), ``index`` names the draw inside a step (word ``i % 4`` of
+counter ``i // 4``, with ``i`` the node for an accept test and the vocabulary id for the residual draw)
+and ``stream`` keeps accept tests and residual draws apart: they never share a random number.
 """
 
 from __future__ import annotations
@@ -81,10 +81,13 @@ def exponential_from_bits(bits: torch.Tensor) -> torch.Tensor:
 
 
 def accept_uniforms(seed: torch.Tensor, offset: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """float32 uniforms in (0, 1] for accept tests; all arguments broadcast (int64)."""
+    """float32 uniforms in (0, 1] for accept tests: word ``index % 4`` of counter ``index // 4`` of the
+    accept stream; all arguments broadcast (int64)."""
     k0, k1, o0, o1 = _key_and_offset(seed, offset)
-    x0, _, _, _ = philox4x32(index, STREAM_ACCEPT, o0, o1, k0, k1)
-    return uniform_open0_closed1(x0)
+    index = torch.as_tensor(index, dtype=torch.int64)
+    words = torch.stack(philox4x32(index >> 2, STREAM_ACCEPT, o0, o1, k0, k1), dim=-1)
+    lane = (index & 3).expand(words.shape[:-1]).unsqueeze(-1)
+    return uniform_open0_closed1(words.gather(-1, lane).squeeze(-1))
 
 
 def residual_exponentials(seed: torch.Tensor, offset: torch.Tensor, vocab_size: int) -> torch.Tensor:
