@@ -90,6 +90,9 @@ def test_draft_matches_reference(docs, data, budget, max_depth, max_match, min_c
               min_score=min_score, mode=mode)
     if mode == "rest":
         kw["rest_max_matches"] = data.draw(st.integers(1, 8))
+    if mode == "tree" and data.draw(st.booleans()):
+        kw["backoff"] = data.draw(st.integers(1, 4))
+        kw["backoff_prior"] = data.draw(st.sampled_from([0.5, 2.0, 7.0]))
     got = ds.draft_arrays(ctx, **kw)
     want = ref.draft(docs, ctx, **kw)
     assert_same((got.tokens.tolist(), got.parents.tolist(), got.scores.tolist()), want, f"{kw}")
@@ -235,9 +238,12 @@ def test_add_while_querying_from_threads():
     max_match=st.integers(1, 6),
     min_count=st.integers(1, 3),
     mode=st.sampled_from(["tree", "chain"]),
+    backoff=st.sampled_from([0, 0, 2]),
 )
-def test_prompt_index_matches_reference(seq, chunks, min_sorted, budget, max_depth, max_match, min_count, mode):
-    kw = dict(budget=budget, max_depth=max_depth, max_match=max_match, min_count=min_count, mode=mode)
+def test_prompt_index_matches_reference(seq, chunks, min_sorted, budget, max_depth, max_match, min_count, mode,
+                                        backoff):
+    kw = dict(budget=budget, max_depth=max_depth, max_match=max_match, min_count=min_count, mode=mode,
+              backoff=backoff)
     cut = max(1, len(seq) // 2)
     pi = PromptIndex(seq[:cut], window=8, min_sorted=min_sorted)
     n = cut
@@ -310,6 +316,8 @@ def test_pruned_search_on_large_ranges_and_segments(seed, tmp_path):
         ctx = rng.choices(range(v), k=rng.randrange(1, 4))
         kw = dict(budget=rng.choice([1, 5, 40]), max_depth=rng.choice([2, 5]), max_match=rng.choice([1, 2, 3]),
                   min_score=rng.choice([0.0, 0.05]), mode=rng.choice(["tree", "chain"]), min_count=rng.choice([1, 2, 5]))
+        if kw["mode"] == "tree" and rng.random() < 0.5:
+            kw["backoff"] = rng.choice([2, 4])
         assert_same(as_lists(ds.draft(ctx, **kw)), ref.draft(docs, ctx, **kw), f"{kw} ctx={ctx}")
 
 
@@ -320,7 +328,7 @@ def test_tree_cache_is_exact_and_cleared_by_add():
     ds.set_cache(capacity=3, min_count=1)  # tiny: exercises generation swaps too
     ctxs = [[rng.randrange(5) for _ in range(rng.randrange(1, 6))] for _ in range(40)]
     kws = [dict(budget=9, max_depth=5, min_count=2), dict(budget=4, max_depth=3, mode="chain", min_count=2),
-           dict(budget=9, max_depth=5, min_count=1)]
+           dict(budget=9, max_depth=5, min_count=1), dict(budget=9, max_depth=5, min_count=1, backoff=2)]
     for _ in range(3):
         for ctx in ctxs:
             for kw in kws:

@@ -212,3 +212,50 @@ def test_stats_fields():
     assert out.new_tokens[0].tolist() == out.sequences[0].tolist()[8:]
     padded = out.padded(0)
     assert padded.shape == (1, 24)
+
+
+def test_auto_attention_policy():
+    """auto = tree attention only where a compiled kernel runs; the torch reference loses to SDPA."""
+    from verispec.hf.model import TreeModel
+
+    model = tiny_model("llama")
+    assert TreeModel(model).attention == "mask"  # CPU: no compiled tree-attention kernel here
+    assert TreeModel(model, attention="tree").attention == "tree"
+
+    class NoInterface(type(model)):
+        _supports_attention_backend = False
+
+    model.__class__ = NoInterface
+    try:
+        assert TreeModel(model).attention == "mask"
+        with pytest.raises(ValueError, match="does not route attention"):
+            TreeModel(model, attention="tree")
+    finally:
+        model.__class__ = NoInterface.__mro__[1]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_triton_backends_end_to_end(arch, device):
+    """Tree attention, verify and commit_kv through their Triton kernels (the interpreter on CPU)."""
+    model = tiny_model(arch).to(device)
+    prompts = _prompts((5, 2, 8), seed=4)
+    refs = {b: reference_greedy(model, p, 6, None) for b, p in enumerate(prompts)}
+    out = verispec.generate(model, prompts, drafter=OracleTreeDrafter(refs, VOCAB, seed=1), max_new_tokens=6,
+                            eos_token_id=[], backend="triton", attention="tree")
+    assert [s.tolist() for s in out.sequences] == [refs[b] for b in range(3)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_gpu_kernels_match_plain_decoding(backend, dtype):
+    """On a GPU: the compiled kernels give the same tokens as NoDrafter decoding through SDPA."""
+    model = tiny_model("llama", dtype=dtype).cuda()
+    prompts = _prompts((9, 4, 13), seed=6)
+    plain = verispec.generate(model, prompts, max_new_tokens=16, eos_token_id=[], attention="mask")
+    refs = {b: s.tolist() for b, s in enumerate(plain.sequences)}
+    out = verispec.generate(model, prompts, drafter=OracleTreeDrafter(refs, VOCAB, seed=2), max_new_tokens=16,
+                            eos_token_id=[], backend=backend, attention="tree")
+    assert [s.tolist() for s in out.sequences] == [refs[b] for b in range(3)]
+    if dtype == torch.float32:
+        assert [s.tolist() for s in out.sequences] == [reference_greedy(model, p, 16, None) for p in prompts]

@@ -51,8 +51,9 @@ def tiny_model(arch: str, seed: int = 0, vocab: int = VOCAB, dtype=torch.float32
 
 def reference_greedy(model, prompt: list[int], max_new_tokens: int, eos: list[int] | None) -> list[int]:
     """``model.generate(do_sample=False)`` on one request: the oracle."""
+    dev = next(model.parameters()).device
     out = model.generate(
-        torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        torch.tensor([prompt], device=dev), attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=dev),
         max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos or None, pad_token_id=0,
         min_new_tokens=0,
     )

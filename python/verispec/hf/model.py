@@ -65,8 +65,11 @@ class TreeModel:
     Parameters
     ----------
     model : a transformers causal LM (decoder-only, with a key/value cache).
-    attention : ``"auto"`` (tree attention when the model's attention goes through transformers'
-        AttentionInterface, else the mask fallback), ``"tree"`` or ``"mask"``.
+    attention : ``"tree"`` (`verispec.tree_attention` registered with transformers' AttentionInterface),
+        ``"mask"`` (the model's own eager/SDPA attention with an additive 4D tree mask) or ``"auto"``:
+        tree attention when the model's attention goes through the interface *and* a compiled
+        tree-attention kernel runs on the model's device; otherwise the mask path, because SDPA beats
+        the readable torch reference of tree attention. Both paths are exact and tested equal.
     backend : `verispec.tree_attention` / `verispec.commit_kv` backend.
     """
 
@@ -74,15 +77,31 @@ class TreeModel:
         check_model(model)
         if attention not in ("auto", "tree", "mask"):
             raise ValueError(f"attention must be 'auto', 'tree' or 'mask', got {attention!r}")
+        p = next(model.parameters())
         if attention == "auto":
-            attention = "tree" if getattr(model, "_supports_attention_backend", False) else "mask"
+            attention = "mask"
+            if getattr(model, "_supports_attention_backend", False):
+                from verispec._backends import resolve
+
+                kernel, _ = resolve("tree_attention", backend, p.device)
+                attention = "tree" if kernel != "torch" else "mask"
+        elif attention == "tree" and not getattr(model, "_supports_attention_backend", False):
+            raise ValueError(
+                f"{type(model).__name__} does not route attention through transformers' AttentionInterface; "
+                "use attention='mask' (or 'auto')"
+            )
         self.model = model
         self.attention = attention
         self.backend = backend
         self.config = _text_config(model)
         self.vocab_size = model_vocab_size(model)
-        p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
+        # The mask path needs an attention that reads 4D masks: flash-attention kernels do not.
+        current = getattr(model.config, "_attn_implementation", None)
+        if current in ("eager", "sdpa"):
+            self._mask_impl = None
+        else:
+            self._mask_impl = "sdpa" if getattr(model, "_supports_sdpa", False) else "eager"
         self.num_layers = int(getattr(self.config, "num_hidden_layers", 0) or 0)
         self._base = getattr(model, "base_model", None) or model
 
@@ -123,8 +142,9 @@ class TreeModel:
                                  use_cache=True, verispec_tree=meta)
         else:
             kv_len = cache._mask_sizes(T)[0]
-            out = self.model(input_ids=input_ids, position_ids=position_ids, past_key_values=cache,
-                             use_cache=True, attention_mask=self._masks(meta, kv_len))
+            with use_attention(self.model, self._mask_impl):
+                out = self.model(input_ids=input_ids, position_ids=position_ids, past_key_values=cache,
+                                 use_cache=True, attention_mask=self._masks(meta, kv_len))
         return out.logits
 
     def _masks(self, meta: TreeMeta, kv_len: int):
