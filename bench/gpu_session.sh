@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# One GPU session for verispec: build with the CUDA kernels for sm_90, run every GPU test, time every
+# GPU path, and leave the evidence under $OUT in at most 8 files. Written for the lent H100 machine
+# (no internet, python3 with torch/triton/pytest preinstalled); docs/gpu.md gives the exact call.
+#
+#   bash bench/gpu_session.sh               # "all": build, GPU tests, backend test files, then benchmarks while time lasts
+#   bash bench/gpu_session.sh bench         # build, then the benchmarks only (the second call)
+#   bash bench/gpu_session.sh tests         # build, then the tests only
+#   bash bench/gpu_session.sh gpu_tests tree_b1   # build, then the named steps (names: see STEP TABLE below)
+#
+# Environment: OUT (where the evidence goes; default ./gpu_out), VS_BUDGET_S (default 540: the script
+# is done by then, well inside a 600 s device call), VS_COMMIT (recorded when the copy has no .git),
+# PYTHON (default python3), VS_CUDA_ARCHS (default 90), VS_SKIP_BUILD=1 (use the verispec already
+# importable: for dry runs on a CPU machine, where every GPU test skips and the benches run their CPU checks).
+#
+# $OUT afterwards: session.log (everything, live), session.json (versions, GPU, build, steps, source
+# manifest), junit.xml (one suite per test step), bench_results.json (every benchmark's rows),
+# summary.md (the report), raw.tar.gz (per-step logs and the bench scripts' own files).
+# Every step runs under `timeout` inside the overall budget; a failing step never stops the session.
+# Nothing here changes the GPU's settings (clocks, power, persistence, MIG) or resets it.
+set -u -o pipefail
+
+cd "$(dirname "$0")/.." || exit 1
+REPO=$(pwd)
+PY=${PYTHON:-python3}
+OUT=${OUT:-$REPO/gpu_out}
+BUDGET=${VS_BUDGET_S:-540}
+ARCHS=${VS_CUDA_ARCHS:-90}
+RESERVE=20                       # seconds kept for the final packing
+START=$(date +%s)
+DEADLINE=$((START + BUDGET))
+WORK=$(mktemp -d /tmp/verispec-gpu.XXXXXX)
+VS_SITE=$WORK/site               # used only when an editable install is impossible
+LOG=$OUT/session.log
+BUILD_MODE=none
+mkdir -p "$OUT" "$WORK/logs" "$WORK/bench"
+: >"$WORK/steps.tsv"
+: >>"$LOG"
+
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+export VERISPEC_CUDA=ON        # what the build asks for (tests/test_native_module.py checks it held)
+export PY WORK VS_SITE ARCHS
+
+MODE=${1:-all}
+case "$MODE" in
+  all)   STEPS="gpu_tests backend_tests bench_tests verify_quick tree_quick commit_quick tree_b1" ;;
+  tests) STEPS="gpu_tests backend_tests bench_tests" ;;
+  bench) STEPS="verify_quick tree_quick tree_b1 commit_quick verify_full tree_b8_32 commit_full" ;;
+  *)     STEPS="$*"; MODE=custom ;;
+esac
+
+say() { printf '[%s +%ss] %s\n' "$(date -u +%H:%M:%S)" "$(($(date +%s) - START))" "$*" | tee -a "$LOG"; }
+left() { echo $((DEADLINE - $(date +%s) - RESERVE)); }
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >>"$WORK/steps.tsv"; }
+
+write_meta() {
+  printf '{"mode": "%s", "steps": "%s", "budget_s": %s, "build_mode": "%s", "start_epoch": %s, "elapsed_s": %s, "archs": "%s"}\n' \
+    "$MODE" "$STEPS" "$BUDGET" "$BUILD_MODE" "$START" "$(($(date +%s) - START))" "$ARCHS" >"$WORK/meta.json"
+}
+
+pack() {
+  write_meta
+  if ! timeout 60 "$PY" bench/collect_gpu_results.py pack "$WORK" "$OUT" >>"$WORK/logs/pack.log" 2>&1; then
+    # fallback: the raw files themselves, so nothing is lost if the packer breaks
+    say "packing failed (see raw.tar.gz:logs/pack.log); copying raw files"
+    cp "$WORK"/*.xml "$OUT"/ 2>/dev/null
+    tar -czf "$OUT/raw.tar.gz" -C "$WORK" --exclude=site . 2>/dev/null
+  fi
+}
+
+# step NAME MAX_SECONDS MIN_SECONDS COMMAND...: runs COMMAND under timeout within the budget, logs it
+# to $OUT/session.log and $WORK/logs/NAME.log, records the outcome, never fails the script.
+step() {
+  local name=$1 max=$2 min=$3 t rc t0 status
+  shift 3
+  t=$(left)
+  if ((t < min)); then
+    say "=== $name: SKIPPED (budget: ${t}s left, needs ${min}s)"
+    record "$name" skipped "" 0 "budget: ${t}s left, needs ${min}s"
+    return 0
+  fi
+  ((t > max)) && t=$max
+  say "=== $name (timeout ${t}s): $*"
+  t0=$(date +%s)
+  timeout -k 10 "$t" "$@" 2>&1 | tee "$WORK/logs/$name.log" >>"$LOG"
+  rc=${PIPESTATUS[0]}
+  case $rc in
+    0) status=ok ;;
+    124 | 137) status=timeout ;;
+    *) status=failed ;;
+  esac
+  say "=== $name: $status (rc $rc, $(($(date +%s) - t0))s)"
+  record "$name" "$status" "$rc" "$(($(date +%s) - t0))" "timeout ${t}s"
+  pack
+  return 0
+}
+
+# ---- the build, as its own script so it can run under timeout ------------------------------------
+cat >"$WORK/build.sh" <<'EOF'
+set -u -o pipefail
+if ! command -v nvcc >/dev/null 2>&1; then
+  for d in /usr/local/cuda/bin /usr/local/cuda-*/bin; do
+    if [ -x "$d/nvcc" ]; then export PATH="$d:$PATH"; break; fi
+  done
+fi
+echo "nvcc: $(command -v nvcc || echo 'not found')"
+nvcc --version 2>/dev/null | tail -n 2
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+mkdir -p build
+attempt() {  # attempt MODE VERISPEC_CUDA PIP-ARGS...
+  local mode=$1 cuda=$2
+  shift 2
+  echo "--- build attempt: $mode install, VERISPEC_CUDA=$cuda VERISPEC_CUDA_ARCHS=$ARCHS"
+  if VERISPEC_CUDA=$cuda VERISPEC_CUDA_ARCHS=$ARCHS "$PY" -m pip install --no-build-isolation --no-deps \
+      --no-index --no-compile -v "$@"; then
+    echo "$mode-cuda$cuda" >"$WORK/build_mode"
+    return 0
+  fi
+  return 1
+}
+# 1. editable, as `make build` does; 2. a plain install into $VS_SITE (site-packages not writable);
+# 3. without the CUDA kernels, so the Triton paths still get their evidence (exit 3: degraded).
+attempt editable ON -e . -Cbuild-dir=build/gpu-editable -Ceditable.rebuild=false && exit 0
+attempt target ON --target "$VS_SITE" -Cbuild-dir=build/gpu-target . && exit 0
+attempt editable OFF -e . -Cbuild-dir=build/gpu-editable-nocuda -Ceditable.rebuild=false && exit 3
+exit 1
+EOF
+
+# ---- pytest options that depend on the installed plugins -----------------------------------------
+PYTEST=("$PY" -m pytest -v -rfEs --tb=short --durations=15 -p no:cacheprovider)
+if ! "$PY" -c "import pytest_benchmark" >/dev/null 2>&1; then
+  PYTEST+=(-o "addopts=-ra")       # pyproject's addopts name --benchmark-disable
+  HAVE_BENCH_PLUGIN=0
+else
+  HAVE_BENCH_PLUGIN=1
+fi
+if "$PY" -c "import pytest_timeout" >/dev/null 2>&1; then
+  PYTEST+=(--timeout=240 -o timeout_method=signal)
+fi
+
+run_step() {
+  local b=$WORK/bench
+  case $1 in
+    gpu_tests)
+      step gpu_tests 330 60 "${PYTEST[@]}" tests -m gpu --continue-on-collection-errors \
+        --junitxml="$WORK/gpu_tests.xml" ;;
+    backend_tests)
+      # The backend test files without the gpu mark run here on the GPU where they use the device
+      # (verify); those that hand CPU tensors to Triton fail for want of the interpreter (n/a).
+      step backend_tests 240 45 "${PYTEST[@]}" -m "not gpu" tests/test_verify_backends.py \
+        tests/test_tree_attention_triton.py tests/test_commit_kv.py tests/test_backends.py \
+        tests/test_native_module.py bench/bench_tree_attention.py::test_gpu_llama3_shape \
+        --junitxml="$WORK/backend_tests.xml" ;;
+    bench_tests)
+      if ((HAVE_BENCH_PLUGIN == 0)); then
+        say "=== bench_tests: SKIPPED (pytest-benchmark not installed)"
+        record bench_tests skipped "" 0 "pytest-benchmark not installed"
+        return 0
+      fi
+      mkdir -p "$b/bench_tests"
+      # pytest-benchmark at the issue's verify shape (B=64, K=4, V=128256), every backend and case;
+      # each test also checks the GPU backends' tokens against the torch backend.
+      step bench_tests 120 40 "${PYTEST[@]}" bench/bench_verify.py -k "64-4-128256" --benchmark-enable \
+        --benchmark-json="$b/bench_tests/pytest_benchmark.json" --benchmark-columns=min,median,max,rounds \
+        --junitxml="$WORK/bench_tests.xml" ;;
+    verify_quick)
+      mkdir -p "$b/verify_quick"
+      step verify_quick 150 40 "$PY" bench/bench_verify.py --quick --out "$b/verify_quick" ;;
+    verify_full)
+      mkdir -p "$b/verify_full"
+      step verify_full 300 60 "$PY" bench/bench_verify.py --out "$b/verify_full" ;;
+    tree_quick)
+      mkdir -p "$b/tree_quick"
+      step tree_quick 240 60 "$PY" bench/bench_tree_attention.py --quick --out "$b/tree_quick" ;;
+    tree_b1)
+      mkdir -p "$b/tree_b1"
+      step tree_b1 300 60 "$PY" bench/bench_tree_attention.py --B 1 \
+        --peers verispec_triton,verispec_triton_tuned,verispec_cuda,sdpa_dense,sdpa_causal --out "$b/tree_b1" ;;
+    tree_b8_32)
+      mkdir -p "$b/tree_b8_32"
+      step tree_b8_32 400 60 "$PY" bench/bench_tree_attention.py --B 8,32 \
+        --peers verispec_triton,verispec_cuda,sdpa_dense,sdpa_causal --out "$b/tree_b8_32" ;;
+    commit_quick)
+      mkdir -p "$b/commit_quick"
+      step commit_quick 150 60 "$PY" bench/bench_commit_kv.py --quick --out "$b/commit_quick" ;;
+    commit_full)
+      mkdir -p "$b/commit_full"
+      step commit_full 400 60 "$PY" bench/bench_commit_kv.py --out "$b/commit_full" ;;
+    *)
+      say "=== $1: unknown step (known: gpu_tests backend_tests bench_tests verify_quick verify_full tree_quick tree_b1 tree_b8_32 commit_quick commit_full)"
+      record "$1" unknown "" 0 "unknown step name" ;;
+  esac
+}
+
+finish() {
+  trap - EXIT INT TERM
+  say "=== done: mode $MODE, $(($(date +%s) - START))s of ${BUDGET}s"
+  nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>&1 | tee -a "$LOG"
+  pack
+  cat "$OUT/summary.md" 2>/dev/null | head -c 9000
+  echo
+  ls -la "$OUT"
+}
+trap finish EXIT
+trap 'say "interrupted"; exit 130' INT TERM
+
+# ---- the session ----------------------------------------------------------------------------------
+say "verispec GPU session: mode $MODE, steps: $STEPS; budget ${BUDGET}s; OUT=$OUT WORK=$WORK"
+{
+  echo "repo: $REPO ($(git rev-parse HEAD 2>/dev/null || echo "no .git; VS_COMMIT=${VS_COMMIT:-unset}"))"
+  uname -a
+  nvidia-smi 2>&1 || echo "nvidia-smi failed"
+  "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], sys.executable); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available()); print('device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None); print('triton', triton.__version__)" 2>&1
+  df -h /tmp . 2>/dev/null | tail -n +1
+} | tee -a "$LOG"
+
+if [ "${VS_SKIP_BUILD:-0}" = 1 ]; then   # dry runs on a machine where verispec is already importable
+  say "=== build: SKIPPED (VS_SKIP_BUILD=1)"
+  record build skipped "" 0 "VS_SKIP_BUILD=1"
+  echo "preinstalled" >"$WORK/build_mode"
+else
+  step build 330 0 bash "$WORK/build.sh"
+fi
+BUILD_MODE=$(cat "$WORK/build_mode" 2>/dev/null || echo failed)
+case $BUILD_MODE in
+  target-*) export PYTHONPATH="$VS_SITE${PYTHONPATH:+:$PYTHONPATH}" ;;
+esac
+say "build mode: $BUILD_MODE"
+step env 90 0 "$PY" bench/collect_gpu_results.py env "$WORK/env.json"
+
+for s in $STEPS; do
+  run_step "$s"
+done
+# finish runs on EXIT
