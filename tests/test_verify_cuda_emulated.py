@@ -245,15 +245,19 @@ def test_emulated_uniforms_hook_and_empty_residual(emu_C):
 
 @pytest.mark.parametrize("V", [111, 9000])
 def test_emulated_rejected_siblings_with_draft_probs(emu_C, V):
-    """Three root children whose q puts 0.9 on their own token (far above p): u = 1 rejects all three,
-    so two block-wide residual passes run in the walk and the third subtraction happens in the race."""
+    """Three root children with q = (point mass on their token + p) / 2, far above p at the token:
+    u = 1 rejects all three, so two block-wide residual passes run in the walk (their sums decide the
+    next residual's sign pattern) and the third subtraction happens in the race."""
     gen = torch.Generator().manual_seed(V)
     B = 4
     trees = [DraftTree([3 + b, 40 + b, 77 + b], [-1, -1, -1]) for b in range(B)]
     logits = _logits(trees, V, gen, 1.0)
-    q = torch.full((3 * B, V), 0.1 / (V - 1))
+    roots = logits[torch.tensor([4 * b for b in range(B)])]
+    p_root = vmod.target_probs(roots, torch.ones(B), None)
+    q = torch.zeros(3 * B, V)
     for j, t in enumerate(torch.cat([t.tokens for t in trees]).tolist()):
-        q[j, t] = 0.9
+        q[j] = 0.5 * p_root[j // 3]
+        q[j, t] += 0.5
     hook = vmod.VerifyUniforms(torch.ones(3 * B), torch.empty(B, V).exponential_(generator=gen))
     ref = _compare(emu_C, logits, trees, mode="exact", draft_probs=q, uniforms=hook)
     assert (ref.num_accepted == 0).all()

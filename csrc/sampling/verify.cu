@@ -475,6 +475,7 @@ __global__ void finalize_kernel(VerifyParams p) {
   }
 }
 
+#ifndef VERISPEC_CUDA_EMULATION  // the emulation test (tests/test_verify_cuda_emulated.py) launches the kernels itself
 template <typename T>
 cudaError_t launch_all(const VerifyParams& p, cudaStream_t stream) {
   if (p.rows > 0) {
@@ -487,8 +488,11 @@ cudaError_t launch_all(const VerifyParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+#endif  // VERISPEC_CUDA_EMULATION
+
 }  // namespace
 
+#ifndef VERISPEC_CUDA_EMULATION
 cudaError_t verify_launch(const VerifyParams& p, cudaStream_t stream) {
   if (p.batch <= 0) return cudaSuccess;
   if (p.batch > 65535 && p.mode != VerifyMode::kGreedy) return cudaErrorInvalidConfiguration;  // grid.y limit
@@ -499,5 +503,7 @@ cudaError_t verify_launch(const VerifyParams& p, cudaStream_t stream) {
   }
   return cudaErrorInvalidValue;
 }
+
+#endif  // VERISPEC_CUDA_EMULATION
 
 }  // namespace verispec

@@ -425,14 +425,19 @@ def verify_cuda(problem: _Problem) -> VerifyResult:
     the walk (one block per request), the residual / bonus race and the outputs. No host synchronisation."""
     from verispec import _native
 
-    pr = problem
-    logits = pr.logits
-    dev = logits.device
+    dev = problem.logits.device
     if dev.type != "cuda":
         _fail(f"backend='cuda' needs CUDA tensors, got logits on {dev}")
+    return _verify_cuda_launch(problem, _native.native(), _native.cuda_stream_handle(dev))
+
+
+def _verify_cuda_launch(pr: _Problem, C, stream: int) -> VerifyResult:
+    """Workspaces, outputs and the one call into ``C.verify_cuda`` (``C`` is ``verispec._C``, or the
+    CPU emulation of the kernels in tests/test_verify_cuda_emulated.py)."""
+    logits = pr.logits
+    dev = logits.device
     if logits.dtype == torch.float64:
         logits = logits.float()  # the kernels read float32 / float16 / bfloat16
-    C = _native.native()
     buf = pr.buffers
     R, V = logits.shape
     B, D = pr.B, pr.max_depth
@@ -470,7 +475,7 @@ def verify_cuda(problem: _Problem) -> VerifyResult:
         offset.data_ptr(), ptr(hook_u), ptr(hook_e), *(work[k].data_ptr() for k in ("row_max", "row_sum", "row_entropy", "row_argmax")),
         ptr(scratch), work["state"].data_ptr(), work["state_f"].data_ptr(), work["part_key"].data_ptr(),
         work["part_idx"].data_ptr(), splits,
-        acc.data_ptr() if D else 0, num.data_ptr(), tok.data_ptr(), D, _native.cuda_stream_handle(dev),
+        acc.data_ptr() if D else 0, num.data_ptr(), tok.data_ptr(), D, stream,
     )
     return VerifyResult(acc, num, tok)
 
