@@ -41,6 +41,7 @@ OURS = {
     "verispec tree b24": dict(budget=24, max_depth=12),
     "verispec tree b32": dict(budget=32, max_depth=12),
     "verispec tree b24, min_count=1": dict(budget=24, max_depth=12, min_count=1),
+    "verispec tree b24, backoff=4": dict(budget=24, max_depth=12, min_count=1, backoff=4, backoff_prior=4.0),
     "verispec chain d12": dict(budget=12, max_depth=12, mode="chain"),
     "REST rule (our index)": dict(budget=64, max_depth=10, max_match=16, min_match=2, mode="rest",
                                   rest_max_matches=5000),

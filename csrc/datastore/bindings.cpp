@@ -43,7 +43,7 @@ std::vector<uint32_t> context_ids(const I64& a, int64_t offset, const std::strin
 }
 
 DraftParams make_params(int64_t budget, int64_t max_depth, int64_t max_match, int64_t min_count, int64_t min_match,
-                        double min_score, int mode, int64_t rest_max_matches) {
+                        double min_score, int mode, int64_t rest_max_matches, int64_t backoff, double backoff_prior) {
   DraftParams p;
   p.budget = budget;
   p.max_depth = max_depth;
@@ -54,6 +54,9 @@ DraftParams make_params(int64_t budget, int64_t max_depth, int64_t max_match, in
   if (mode < 0 || mode > 2) throw std::invalid_argument("mode must be 0 (tree), 1 (chain) or 2 (rest)");
   p.mode = DraftMode(mode);
   p.rest_max_matches = rest_max_matches;
+  if (backoff < 0 || !(backoff_prior > 0)) throw std::invalid_argument("backoff must be >= 0 and backoff_prior > 0");
+  p.backoff = backoff;
+  p.backoff_prior = backoff_prior;
   return p;
 }
 
@@ -141,8 +144,8 @@ void bind_datastore(py::module_& m) {
       .def(
           "draft",
           [](const Datastore& d, const I64& ctx, int64_t offset, int64_t budget, int64_t max_depth, int64_t max_match,
-             int64_t min_count, int64_t min_match, double min_score, int mode, int64_t rest_max_matches) {
-            const DraftParams p = make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches);
+             int64_t min_count, int64_t min_match, double min_score, int mode, int64_t rest_max_matches, int64_t backoff, double backoff_prior) {
+            const DraftParams p = make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff, backoff_prior);
             const std::vector<uint32_t> ids = context_ids(ctx, offset, "context");
             // A single query takes microseconds: releasing the GIL would cost more than it frees.
             return to_python(d.draft(ids.data(), ids.size(), p));
@@ -151,8 +154,8 @@ void bind_datastore(py::module_& m) {
           "draft_batch",
           [](const Datastore& d, const std::vector<I64>& ctxs, const std::vector<int64_t>& offsets, int64_t budget,
              int64_t max_depth, int64_t max_match, int64_t min_count, int64_t min_match, double min_score, int mode,
-             int64_t rest_max_matches, int64_t threads) {
-            const DraftParams p = make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches);
+             int64_t rest_max_matches, int64_t backoff, double backoff_prior, int64_t threads) {
+            const DraftParams p = make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff, backoff_prior);
             if (offsets.size() != ctxs.size()) throw std::invalid_argument("one offset per context");
             std::vector<std::vector<uint32_t>> in;
             in.reserve(ctxs.size());
@@ -260,15 +263,15 @@ void bind_datastore(py::module_& m) {
       .def("extend", [](PromptIndex& p, const U32& t) { p.extend(t.data(), uint64_t(t.size())); })
       .def("draft",
            [](PromptIndex& pi, int64_t budget, int64_t max_depth, int64_t max_match, int64_t min_count, int64_t min_match,
-              double min_score, int mode, int64_t rest_max_matches) {
-             return to_python(pi.draft(make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)));
+              double min_score, int mode, int64_t rest_max_matches, int64_t backoff, double backoff_prior) {
+             return to_python(pi.draft(make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff, backoff_prior)));
            })
       .def("draft_context",
            [](PromptIndex& pi, const I64& ctx, int64_t offset, int64_t budget, int64_t max_depth, int64_t max_match,
-              int64_t min_count, int64_t min_match, double min_score, int mode, int64_t rest_max_matches) {
+              int64_t min_count, int64_t min_match, double min_score, int mode, int64_t rest_max_matches, int64_t backoff, double backoff_prior) {
              const std::vector<uint32_t> ids = context_ids(ctx, offset, "context");
              return to_python(pi.draft_context(ids.data(), ids.size(),
-                                               make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)));
+                                               make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff, backoff_prior)));
            })
       .def("rebuild", &PromptIndex::rebuild)
       .def("__len__", &PromptIndex::size)

@@ -28,13 +28,17 @@ struct Range {
   uint64_t size() const { return hi - lo; }
 };
 
+// A path below the root. With a backoff root (see DraftParams::backoff) every node is tracked in
+// two suffix-array contexts at once: after the primary match u (count) and after a shorter, more
+// frequent suffix u' of u (count2); without one, count2 stays 0.
 struct Node {
   uint64_t count;
+  uint64_t count2;
   int32_t parent;  // output index of the parent, -1 for children of the root
   uint32_t token;
   int64_t depth;   // root 0
-  uint64_t first_range;  // index into ranges_ (one Range per segment)
-  uint64_t tail_begin, tail_end;  // into tail_pos_
+  uint64_t first_range;  // into ranges_: root r, segment s at first_range + r * S + s
+  uint64_t tail_begin[2], tail_end[2];  // into tail_pos_, per root
 };
 
 class Index {
@@ -95,109 +99,132 @@ class Index {
   }
 
   // --- nodes -----------------------------------------------------------------------------------
-  uint64_t make_root(const uint32_t* ctx, uint64_t len, uint64_t m) {
-    m_ = m;
+  // Root(s): the primary match of length m and, when m2 > 0, the backoff match of length m2 < m.
+  uint64_t make_root(const uint32_t* ctx, uint64_t len, uint64_t m, uint64_t m2 = 0) {
+    R_ = m2 ? 2 : 1;
+    m_[0] = m;
+    m_[1] = m2;
     nodes_.clear();
     ranges_.clear();
     tail_pos_.clear();
-    Node root{0, -1, 0, 0, 0, 0, 0};
-    for (size_t s = 0; s < S_; ++s) {
-      Range r;
-      if (counted_m_ == m) {
-        r = counted_[s];
-      } else {
-        segs_[s].find(pattern(s, ctx) + len - m, m, r.lo, r.hi);
+    Node root{0, 0, -1, 0, 0, 0, {0, 0}, {0, 0}};
+    for (size_t r = 0; r < R_; ++r) {
+      uint64_t total = 0;
+      for (size_t s = 0; s < S_; ++s) {
+        Range q;
+        if (counted_m_ == m_[r]) {
+          q = counted_[s];
+        } else {
+          segs_[s].find(pattern(s, ctx) + len - m_[r], m_[r], q.lo, q.hi);
+        }
+        ranges_.push_back(q);
+        total += q.size();
       }
-      ranges_.push_back(r);
-      root.count += r.size();
-    }
-    if (src_.tail) {
-      for (uint64_t j = 0; j < tail_match_.size(); ++j)
-        if (tail_match_[j] >= m) tail_pos_.push_back(src_.tail->start + 1 + j - m);
-      root.tail_end = tail_pos_.size();
-      root.count += root.tail_end;
+      root.tail_begin[r] = tail_pos_.size();
+      if (src_.tail) {
+        for (uint64_t j = 0; j < tail_match_.size(); ++j)
+          if (tail_match_[j] >= m_[r]) tail_pos_.push_back(src_.tail->start + 1 + j - m_[r]);
+      }
+      root.tail_end[r] = tail_pos_.size();
+      total += root.tail_end[r] - root.tail_begin[r];
+      (r ? root.count2 : root.count) = total;
     }
     nodes_.push_back(root);
     return 0;
   }
 
-  // A run of suffixes sharing the child token: found in segment `seg` (S_ = the tail) at [lo, hi).
+  size_t roots() const { return R_; }
+
+  // A run of suffixes sharing the child token: found in segment `seg` (S_ = the tail) of root
+  // `root` at [lo, hi).
   struct Run {
     uint32_t token;
+    uint32_t root;
     uint32_t seg;
     uint64_t lo, hi;
   };
 
-  // Children of v: every child whose total count is >= D is found (others may be too). Each
-  // segment's range is probed at a stride that cannot miss a run of D / (active segments)
-  // suffixes; a probe's run is delimited by galloping both ways, so found runs cost O(log run).
-  // Output: runs sorted by (token, seg).
-  void discover(uint64_t v, uint64_t D, std::vector<Run>& out) {
+  // Children of v: for each root r, every child with count >= D[r] under that root is found
+  // (others may be too). Each segment's range is probed at a stride that cannot miss a run of
+  // D[r] / (active segments) suffixes; a probe's run is delimited by galloping both ways, so found
+  // runs cost O(log run). Output: runs sorted by (token, root, seg).
+  void discover(uint64_t v, const uint64_t* D, std::vector<Run>& out) {
     out.clear();
     const Node& nd = nodes_[v];
-    const uint64_t k = m_ + uint64_t(nd.depth);
-    if (src_.tail) {
-      const Tail& t = *src_.tail;
-      for (uint64_t j = nd.tail_begin; j < nd.tail_end; ++j) {
-        const uint64_t i = tail_pos_[j] + k;
-        if (i < t.n) out.push_back({t.text[i], uint32_t(S_), 0, 0});
+    for (size_t r = 0; r < R_; ++r) {
+      const uint64_t k = m_[r] + uint64_t(nd.depth);
+      const uint64_t base = nd.first_range + r * S_;
+      if (src_.tail) {
+        const Tail& t = *src_.tail;
+        for (uint64_t j = nd.tail_begin[r]; j < nd.tail_end[r]; ++j) {
+          const uint64_t i = tail_pos_[j] + k;
+          if (i < t.n) out.push_back({t.text[i], uint32_t(r), uint32_t(S_), 0, 0});
+        }
       }
-    }
-    uint64_t active = 0;
-    for (size_t s = 0; s < S_; ++s) active += ranges_[nd.first_range + s].size() > 0;
-    const uint64_t stride = std::max<uint64_t>(1, D / std::max<uint64_t>(1, active));
-    for (size_t s = 0; s < S_; ++s) {
-      const Segment& seg = segs_[s];
-      const Range r = ranges_[nd.first_range + s];
-      uint64_t g = r.lo, done = r.lo;  // [r.lo, done) is delimited already
-      while (g < r.hi) {
-        const uint64_t t = seg.tok_at(g, k);
-        if (t == seg.end_marker) break;  // markers sort last: the rest of the range ended here
-        const uint64_t lo = g == done ? g : seg.lower_from(done, g, k, t);
-        const uint64_t hi = seg.upper_at(g, r.hi, k, t);
-        out.push_back({seg.to_token(t), uint32_t(s), lo, hi});
-        done = hi;
-        g = r.lo + ((hi - r.lo + stride - 1) / stride) * stride;  // next probe at or after the run end
+      uint64_t active = 0;
+      for (size_t s = 0; s < S_; ++s) active += ranges_[base + s].size() > 0;
+      const uint64_t stride = std::max<uint64_t>(1, D[r] / std::max<uint64_t>(1, active));
+      for (size_t s = 0; s < S_; ++s) {
+        const Segment& seg = segs_[s];
+        const Range q = ranges_[base + s];
+        uint64_t g = q.lo, done = q.lo;  // [q.lo, done) is delimited already
+        while (g < q.hi) {
+          const uint64_t t = seg.tok_at(g, k);
+          if (t == seg.end_marker) break;  // markers sort last: the rest of the range ended here
+          const uint64_t lo = g == done ? g : seg.lower_from(done, g, k, t);
+          const uint64_t hi = seg.upper_at(g, q.hi, k, t);
+          out.push_back({seg.to_token(t), uint32_t(r), uint32_t(s), lo, hi});
+          done = hi;
+          g = q.lo + ((hi - q.lo + stride - 1) / stride) * stride;  // next probe at or after the run end
+        }
       }
     }
     std::sort(out.begin(), out.end(), [](const Run& a, const Run& b) {
-      return a.token != b.token ? a.token < b.token : a.seg < b.seg;
+      if (a.token != b.token) return a.token < b.token;
+      return a.root != b.root ? a.root < b.root : a.seg < b.seg;
     });
   }
 
-  // The child of v for the token of runs[b, e) (all with that token); segments without a run get
-  // their sub-range by binary search, the tail by filtering v's positions.
+  // The child of v for the token of runs[0, n) (all with that token, from discover): runs give
+  // sub-ranges directly; other (root, segment) pairs get theirs by binary search, the tail by
+  // filtering v's positions.
   uint64_t make_child(uint64_t v, const Run* runs, size_t n, int32_t parent_out) {
     const uint32_t t = runs[0].token;
-    const uint64_t k = m_ + uint64_t(nodes_[v].depth);
-    Node c{0, parent_out, t, nodes_[v].depth + 1, ranges_.size(), tail_pos_.size(), 0};
+    const Node pv = nodes_[v];
+    Node c{0, 0, parent_out, t, pv.depth + 1, ranges_.size(), {0, 0}, {0, 0}};
     size_t j = 0;
-    for (size_t s = 0; s < S_; ++s) {
-      const Range r = ranges_[nodes_[v].first_range + s];
-      Range q;
-      while (j < n && runs[j].seg < s) ++j;
-      if (j < n && runs[j].seg == s) {
-        q.lo = runs[j].lo;
-        q.hi = runs[j].hi;
-      } else if (r.size()) {
-        const uint64_t v = segs_[s].to_stored(t);
-        if (v != segs_[s].end_marker) {
-          q.lo = segs_[s].lower_at(r.lo, r.hi, k, v);
-          q.hi = segs_[s].upper_at(q.lo, r.hi, k, v);
+    for (size_t r = 0; r < R_; ++r) {
+      const uint64_t k = m_[r] + uint64_t(pv.depth);
+      uint64_t total = 0;
+      for (size_t s = 0; s < S_; ++s) {
+        const Range q = ranges_[pv.first_range + r * S_ + s];
+        Range w;
+        while (j < n && (runs[j].root < r || (runs[j].root == r && runs[j].seg < s))) ++j;
+        if (j < n && runs[j].root == r && runs[j].seg == s) {
+          w.lo = runs[j].lo;
+          w.hi = runs[j].hi;
+        } else if (q.size()) {
+          const uint64_t x = segs_[s].to_stored(t);
+          if (x != segs_[s].end_marker) {
+            w.lo = segs_[s].lower_at(q.lo, q.hi, k, x);
+            w.hi = segs_[s].upper_at(w.lo, q.hi, k, x);
+          }
+        }
+        ranges_.push_back(w);
+        total += w.size();
+      }
+      c.tail_begin[r] = tail_pos_.size();
+      if (src_.tail) {
+        const Tail& tl = *src_.tail;
+        for (uint64_t i = pv.tail_begin[r]; i < pv.tail_end[r]; ++i) {
+          const uint64_t p = tail_pos_[i] + k;
+          if (p < tl.n && tl.text[p] == t) tail_pos_.push_back(tail_pos_[i]);
         }
       }
-      ranges_.push_back(q);
-      c.count += q.size();
+      c.tail_end[r] = tail_pos_.size();
+      total += c.tail_end[r] - c.tail_begin[r];
+      (r ? c.count2 : c.count) = total;
     }
-    if (src_.tail) {
-      const Tail& tl = *src_.tail;
-      for (uint64_t i = nodes_[v].tail_begin; i < nodes_[v].tail_end; ++i) {
-        const uint64_t p = tail_pos_[i] + k;
-        if (p < tl.n && tl.text[p] == t) tail_pos_.push_back(tail_pos_[i]);
-      }
-    }
-    c.tail_end = tail_pos_.size();
-    c.count += c.tail_end - c.tail_begin;
     nodes_.push_back(c);
     return nodes_.size() - 1;
   }
@@ -213,7 +240,8 @@ class Index {
   const Source& src_;
   const std::vector<Segment>& segs_;
   size_t S_;
-  uint64_t m_ = 0;
+  size_t R_ = 1;
+  uint64_t m_[2] = {0, 0};
   std::vector<Node> nodes_;
   std::vector<Range> ranges_;
   std::vector<uint64_t> tail_pos_;
@@ -276,48 +304,107 @@ void for_each_token(const std::vector<Index::Run>& runs, F&& fn) {
 }
 
 // A frontier entry: a real node, or a "pseudo" entry standing for the not-yet-discovered children
-// of an expanded node (all of them have count <= its count field). Ordering key: count desc,
-// parent's output index asc, token asc (pseudo entries use token -1, so they come before any real
-// sibling of equal count: an undiscovered child might win that tie).
+// of an expanded node (each of them has a key <= its key). Ordering: key desc, parent's output
+// index asc, token asc (pseudo entries use token -1, so they come before any real sibling with an
+// equal key: an undiscovered child might win that tie).
+// The backoff suffix: the longest m2 in [min_match, m) occurring >= backoff * count(m) times;
+// 0 when there is none. Counts never grow with the length, so this is a binary search.
+uint64_t choose_backoff(Index& ix, const uint32_t* ctx, uint64_t len, uint64_t m, uint64_t count,
+                        const DraftParams& p) {
+  const uint64_t want = count * uint64_t(p.backoff);
+  uint64_t a = uint64_t(std::max<int64_t>(p.min_match, 1)), b = m, best = 0;  // answer in [a, b)
+  while (a < b) {
+    const uint64_t mid = a + (b - a) / 2;
+    if (ix.count(ctx, len, mid) >= want) {
+      best = mid;
+      a = mid + 1;
+    } else {
+      b = mid;
+    }
+  }
+  return best;
+}
+
 struct HeapEntry {
-  uint64_t count;
+  double key;
   int32_t parent;
   int64_t token;
   uint64_t node;
-  uint64_t D;  // pseudo entries: children with count >= D are already discovered
+  double kd;  // pseudo entries: the children of `node` with key >= kd are already discovered
 };
 struct WorseFirst {  // std::priority_queue pops the "largest": make that the best entry
   bool operator()(const HeapEntry& a, const HeapEntry& b) const {
-    if (a.count != b.count) return a.count < b.count;
+    if (a.key != b.key) return a.key < b.key;
     if (a.parent != b.parent) return a.parent > b.parent;
     return a.token > b.token;
   }
 };
 
-void emit(DraftResult& out, const Node& n, uint64_t root_count) {
+void emit(DraftResult& out, const Node& n, float score) {
   out.tokens.push_back(int32_t(n.token));
   out.parents.push_back(n.parent);
-  out.scores.push_back(float(double(n.count) / double(root_count)));
+  out.scores.push_back(score);
 }
 
-void draft_tree(Index& ix, uint64_t root_count, const DraftParams& p, DraftResult& out) {
+// How nodes are ranked. Without backoff the key is the count itself (integers, exact in a
+// double); with it, the mixed probability w0 p(x|u) + w1 p(x|u').
+struct Ranking {
+  bool mix = false;
+  double c0 = 1, c1 = 1, w0 = 1, w1 = 0;
+  double key(const Node& n) const {
+    return mix ? w0 * (double(n.count) / c0) + w1 * (double(n.count2) / c1) : double(n.count);
+  }
+  double score(const Node& n) const { return mix ? key(n) : double(n.count) / c0; }
+  double key_of_score(double s) const { return mix ? s : s * c0; }
+
+  // Discovery thresholds that find every child whose key is >= kd. `bound` caps the key of any
+  // child left undiscovered (inclusive without backoff, exclusive with it); `complete`: none is.
+  struct Thresholds {
+    uint64_t D[2];
+    double bound;
+    bool complete;
+  };
+  static uint64_t at_least_one(double d) { return d < 1.0 ? 1 : d > 1e18 ? uint64_t(1e18) : uint64_t(d); }
+  Thresholds thresholds(double kd) const {
+    Thresholds t{{1, 1}, 0.0, true};
+    if (!mix) {  // key = count: children with count >= ceil(kd)
+      t.D[0] = at_least_one(std::ceil(kd));
+      t.bound = double(t.D[0] - 1);
+      t.complete = t.D[0] == 1;
+      return t;
+    }
+    // key >= kd needs w0 p0 >= kd/2 or w1 p1 >= kd/2; round down so float error only adds work.
+    t.D[0] = at_least_one(std::floor(kd / 2 * c0 / w0 * (1.0 - 1e-12)));
+    t.D[1] = at_least_one(std::floor(kd / 2 * c1 / w1 * (1.0 - 1e-12)));
+    t.bound = kd;
+    t.complete = t.D[0] == 1 && t.D[1] == 1;
+    return t;
+  }
+  // May an undiscovered child below `bound` still reach `need`?
+  bool may_matter(double bound, double need) const { return mix ? bound > need : bound >= need; }
+};
+
+void draft_tree(Index& ix, const Ranking& rk, const DraftParams& p, DraftResult& out) {
   const uint64_t budget = uint64_t(p.budget);
-  const auto keep = [&](uint64_t c) { return c > 0 && double(c) / double(root_count) >= p.min_score; };
-  const uint64_t floor_abs = std::max<uint64_t>(1, uint64_t(std::floor(p.min_score * double(root_count))));
+  const auto keep = [&](const Node& n) {
+    return (n.count > 0 || n.count2 > 0) && rk.score(n) >= p.min_score;
+  };
+  const double min_key = rk.key_of_score(p.min_score);
   std::priority_queue<HeapEntry, std::vector<HeapEntry>, WorseFirst> heap;
-  // tau: the budget-th largest count among real nodes found so far. A node below it can never be
-  // picked (at least `budget` nodes at or above it exist, and counts never grow along a path).
-  std::priority_queue<uint64_t, std::vector<uint64_t>, std::greater<uint64_t>> best_counts;
-  const auto tau = [&]() -> uint64_t { return best_counts.size() < budget ? 1 : best_counts.top(); };
-  const auto need = [&]() { return std::max(floor_abs, tau()); };
+  // tau: the budget-th largest key among real nodes found so far. A node below it can never be
+  // picked (at least `budget` nodes at or above it exist, and keys never grow along a path).
+  std::priority_queue<double, std::vector<double>, std::greater<double>> best_keys;
+  const auto tau = [&]() -> double { return best_keys.size() < budget ? 0.0 : best_keys.top(); };
+  const auto need = [&]() { return std::max(min_key, tau()); };
   std::unordered_map<uint64_t, std::vector<uint32_t>> known;  // expanded node -> discovered tokens
   std::vector<Index::Run> runs;
   std::vector<uint32_t> fresh, merged;
 
-  // Discover v's children with count >= D; those not seen before become candidates. If smaller
-  // children might still matter, a pseudo entry remembers where to continue.
-  const auto expand = [&](uint64_t v, int32_t v_out, uint64_t D) {
-    ix.discover(v, D, runs);
+  // Discover v's children with key >= kd; those not seen before become candidates. If smaller
+  // children might still matter, a pseudo entry (keyed by their bound) remembers where to go on.
+  const auto expand = [&](uint64_t v, int32_t v_out, double kd) {
+    const Ranking::Thresholds th = rk.thresholds(kd);
+    ix.discover(v, th.D, runs);
     std::vector<uint32_t>& kn = known[v];
     fresh.clear();
     for_each_token(runs, [&](uint32_t t, const Index::Run* r, size_t n) {
@@ -325,35 +412,39 @@ void draft_tree(Index& ix, uint64_t root_count, const DraftParams& p, DraftResul
       fresh.push_back(t);
       const uint64_t c = ix.make_child(v, r, n, v_out);
       const Node& nd = ix.node(c);
-      if (!keep(nd.count) || nd.count < tau()) return;
-      heap.push({nd.count, nd.parent, int64_t(nd.token), c, 0});
-      best_counts.push(nd.count);
-      if (best_counts.size() > budget) best_counts.pop();
+      const double k = rk.key(nd);
+      if (!keep(nd) || k < tau()) return;
+      heap.push({k, nd.parent, int64_t(nd.token), c, kd});
+      best_keys.push(k);
+      if (best_keys.size() > budget) best_keys.pop();
     });
     merged.resize(kn.size() + fresh.size());
     std::merge(kn.begin(), kn.end(), fresh.begin(), fresh.end(), merged.begin());
     kn.swap(merged);
-    if (D > need()) heap.push({D - 1, v_out, -1, v, D});
+    if (!th.complete && rk.may_matter(th.bound, need())) heap.push({th.bound, v_out, -1, v, kd});
   };
-  // First look at a node: only children holding >= 1/(2 budget) of it; finer only if needed.
-  const auto first_D = [&](uint64_t v) {
-    return std::max<uint64_t>(need(), ix.node(v).count / (2 * budget));
+  // First look at a node: only children holding >= 1/(2 budget) of its key; finer only if needed.
+  const auto first_kd = [&](uint64_t v) {
+    // (with backoff the discovery root is large by construction: look coarser first)
+    const double share = rk.mix ? rk.key(ix.node(v)) / double(std::min<uint64_t>(2 * budget, 8))
+                                : double(ix.node(v).count / (2 * budget));
+    return std::max(need(), share);
   };
 
-  expand(0, -1, first_D(0));
+  expand(0, -1, first_kd(0));
   while (out.tokens.size() < budget && !heap.empty()) {
     const HeapEntry e = heap.top();
     heap.pop();
     if (e.token < 0) {  // pseudo: the best remaining candidate may be an undiscovered child
-      if (e.count < need()) continue;
-      uint64_t D = std::max(need(), e.D / 8);
-      if (D >= e.D) D = e.D - 1;
-      expand(e.node, e.parent, D);
+      if (!rk.may_matter(e.key, need())) continue;
+      double kd = std::max(need(), e.kd / 8);
+      if (!rk.mix && rk.thresholds(kd).D[0] >= rk.thresholds(e.kd).D[0]) kd = double(rk.thresholds(e.kd).D[0] - 1);
+      expand(e.node, e.parent, kd);
       continue;
     }
     const int32_t me = int32_t(out.tokens.size());
-    emit(out, ix.node(e.node), root_count);
-    if (ix.node(e.node).depth < p.max_depth) expand(e.node, me, first_D(e.node));
+    emit(out, ix.node(e.node), float(rk.score(ix.node(e.node))));
+    if (ix.node(e.node).depth < p.max_depth) expand(e.node, me, first_kd(e.node));
   }
 }
 
@@ -368,7 +459,8 @@ void draft_chain(Index& ix, uint64_t root_count, const DraftParams& p, DraftResu
     bool have = false;
     const int32_t parent = int32_t(out.tokens.size()) - 1;
     for (;;) {
-      ix.discover(v, D, runs);
+      const uint64_t Ds[2] = {D, D};
+      ix.discover(v, Ds, runs);
       for_each_token(runs, [&](uint32_t, const Index::Run* r, size_t n) {
         const uint64_t c = ix.make_child(v, r, n, parent);
         const Node& nd = ix.node(c);
@@ -385,7 +477,7 @@ void draft_chain(Index& ix, uint64_t root_count, const DraftParams& p, DraftResu
       have = false;
     }
     if (!have) break;
-    emit(out, ix.node(best), root_count);
+    emit(out, ix.node(best), float(double(ix.node(best).count) / double(root_count)));
     v = best;
   }
 }
@@ -534,12 +626,13 @@ size_t DraftCache::size() {
 namespace {
 std::string cache_key(const DraftParams& p, const uint32_t* suffix, uint64_t m) {
   std::string k;
-  k.resize(sizeof(int64_t) * 5 + sizeof(double) + 4 * m);
+  k.resize(sizeof(int64_t) * 5 + 2 * sizeof(double) + 4 * m);
   char* w = &k[0];
-  const int64_t f[5] = {p.budget, p.max_depth, p.min_match, p.min_count, int64_t(p.mode)};
+  const int64_t f[5] = {p.budget, p.max_depth, p.min_match, p.min_count, int64_t(p.mode) | (p.backoff << 8)};
   std::memcpy(w, f, sizeof f);
-  std::memcpy(w + sizeof f, &p.min_score, sizeof(double));
-  std::memcpy(w + sizeof f + sizeof(double), suffix, 4 * m);
+  const double g[2] = {p.min_score, p.backoff_prior};
+  std::memcpy(w + sizeof f, g, sizeof g);
+  std::memcpy(w + sizeof f + sizeof g, suffix, 4 * m);
   return k;
 }
 }  // namespace
@@ -562,14 +655,24 @@ DraftResult draft(const Source& src, const uint32_t* ctx, uint64_t len, const Dr
     key = cache_key(p, ctx + len - m, m);
     if (cache->get(key, out)) return out;
   }
-  ix.make_root(ctx, len, m);
+  uint64_t m2 = 0;
+  if (p.mode == DraftMode::kTree && p.backoff > 0) m2 = choose_backoff(ix, ctx, len, m, count, p);
+  ix.make_root(ctx, len, m, m2);
   out.match_len = int64_t(m);
   out.match_count = ix.node(0).count;
   if (out.match_count == 0) return out;
   if (p.mode == DraftMode::kChain) {
     draft_chain(ix, out.match_count, p, out);
   } else {
-    draft_tree(ix, out.match_count, p, out);
+    Ranking rk;
+    rk.c0 = double(out.match_count);
+    if (m2) {
+      rk.mix = true;
+      rk.c1 = double(ix.node(0).count2);
+      rk.w0 = rk.c0 / (rk.c0 + p.backoff_prior);
+      rk.w1 = 1.0 - rk.w0;
+    }
+    draft_tree(ix, rk, p, out);
   }
   if (!key.empty()) cache->put(key, out);
   return out;
@@ -599,7 +702,8 @@ std::vector<std::pair<uint32_t, uint64_t>> continuations(const Source& src, cons
   ix.scan_tail(pat, m);
   ix.make_root(pat, m, m);
   std::vector<Index::Run> runs;
-  ix.discover(0, 1, runs);
+  const uint64_t all[2] = {1, 1};
+  ix.discover(0, all, runs);
   for_each_token(runs, [&](uint32_t t, const Index::Run* r, size_t n) {
     const uint64_t c = ix.make_child(0, r, n, -1);
     if (ix.node(c).count) out.emplace_back(t, ix.node(c).count);

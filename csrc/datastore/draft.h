@@ -20,6 +20,12 @@ struct DraftParams {
   int64_t min_count = 1;      // fallback: prefer the longest suffix occurring >= min_count times
   int64_t min_match = 1;      // never use a suffix shorter than this
   double min_score = 0.0;     // never propose a node with count/root_count below this
+  // Backoff mixture (tree mode): with backoff = K > 0, also take the longest shorter suffix u' that
+  // occurs >= K times as often as the match u, and rank nodes by
+  //   w p(x | u) + (1 - w) p(x | u'),  w = count(u) / (count(u) + backoff_prior),
+  // so a long match seen a handful of times no longer gets the whole budget.
+  int64_t backoff = 0;
+  double backoff_prior = 2.0;
   DraftMode mode = DraftMode::kTree;
   int64_t rest_max_matches = 5000;  // REST mode: matches read, in suffix-array order
 };

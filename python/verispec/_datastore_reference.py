@@ -69,7 +69,7 @@ def continuation_trie(docs, pattern, max_depth: int, require_continuation=False)
 
 
 def draft(docs, context, budget=32, max_depth=12, max_match=16, min_count=1, min_match=1, min_score=0.0,
-          mode="tree", rest_max_matches=5000, require_continuation=False):
+          mode="tree", rest_max_matches=5000, require_continuation=False, backoff=0, backoff_prior=2.0):
     """(tokens, parents, scores, match_len, match_count) exactly as the C++ core computes them."""
     context = [int(t) for t in context]
     if not context or budget <= 0 or max_depth <= 0:
@@ -104,19 +104,52 @@ def draft(docs, context, budget=32, max_depth=12, max_match=16, min_count=1, min
             path = path + (t,)
         return tokens, parents, scores, m, root
 
-    # Best-first: heap of (-count, parent output index, token, path).
-    heap = [(-c, -1, t, (t,)) for t, c in children(()) if keep(c)]
+    # Backoff: the longest shorter suffix seen >= backoff times as often; nodes are then ranked by
+    # the mixture w p(x | u) + (1 - w) p(x | u'), w = count(u) / (count(u) + backoff_prior).
+    m2 = 0
+    if backoff > 0:
+        for shorter in range(m - 1, max(min_match, 1) - 1, -1):
+            if count(docs, context[len(context) - shorter:], require_continuation) >= backoff * root:
+                m2 = shorter
+                break
+    if m2:
+        root2 = count(docs, context[len(context) - m2:], require_continuation)
+        trie2 = continuation_trie(docs, context[len(context) - m2:], max_depth, require_continuation)
+        w0 = root / (root + backoff_prior)
+        w1 = 1.0 - w0
+
+        def key(path):
+            return w0 * (trie.get(path, 0) / root) + w1 * (trie2.get(path, 0) / root2)
+
+        def kids(path):  # every continuation of u is one of u' (u' is a suffix of u)
+            return sorted(p[-1] for p in trie2 if len(p) == len(path) + 1 and p[:-1] == path)
+
+        def ok(path):
+            return key(path) >= min_score
+    else:
+
+        def key(path):
+            return float(trie[path])
+
+        def kids(path):
+            return [t for t, _ in children(path)]
+
+        def ok(path):
+            return keep(trie[path])
+
+    # Best-first: heap of (-key, parent output index, token, path).
+    heap = [(-key((t,)), -1, t, (t,)) for t in kids(()) if ok((t,))]
     heapq.heapify(heap)
     while heap and len(tokens) < budget:
-        negc, parent, t, path = heapq.heappop(heap)
+        negk, parent, t, path = heapq.heappop(heap)
         me = len(tokens)
         tokens.append(t)
         parents.append(parent)
-        scores.append(-negc / root)
+        scores.append(-negk if m2 else -negk / root)
         if len(path) < max_depth:
-            for u, c in children(path):
-                if keep(c):
-                    heapq.heappush(heap, (-c, me, u, path + (u,)))
+            for u in kids(path):
+                if ok(path + (u,)):
+                    heapq.heappush(heap, (-key(path + (u,)), me, u, path + (u,)))
     return tokens, parents, scores, m, root
 
 

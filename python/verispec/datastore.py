@@ -148,7 +148,7 @@ def _params(*args: Any) -> tuple:
 
 
 def _check_params(budget: int, max_depth: int, max_match: int, min_count: int, min_match: int, min_score: float,
-            mode: str, rest_max_matches: int) -> tuple:
+                  mode: str, rest_max_matches: int, backoff: int = 0, backoff_prior: float = 2.0) -> tuple:
     for name, v in (("budget", budget), ("max_depth", max_depth), ("max_match", max_match),
                     ("min_count", min_count), ("min_match", min_match), ("rest_max_matches", rest_max_matches)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
@@ -162,8 +162,12 @@ def _check_params(budget: int, max_depth: int, max_match: int, min_count: int, m
         raise ValueError(f"min_score must be in [0, 1], got {min_score}")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    if isinstance(backoff, bool) or not isinstance(backoff, (int, np.integer)) or backoff < 0:
+        raise ValueError(f"backoff must be an int >= 0, got {backoff!r}")
+    if not float(backoff_prior) > 0:
+        raise ValueError(f"backoff_prior must be > 0, got {backoff_prior}")
     return (int(budget), int(max_depth), int(max_match), int(min_count), int(min_match), float(min_score),
-            _MODES[mode], int(rest_max_matches))
+            _MODES[mode], int(rest_max_matches), int(backoff), float(backoff_prior))
 
 
 _params_cached = functools.lru_cache(maxsize=256, typed=True)(_check_params)
@@ -397,14 +401,15 @@ class Datastore:
     # -- queries ----------------------------------------------------------------------------------
     def draft_arrays(self, context: TokenIds, *, budget: int = 32, max_depth: int = 12, max_match: int = 16,
                      min_count: int = 2, min_match: int = 1, min_score: float = 0.0, mode: str = "tree",
-                     rest_max_matches: int = 5000) -> DraftArrays:
+                     rest_max_matches: int = 5000, backoff: int = 0, backoff_prior: float = 2.0) -> DraftArrays:
         """`draft` as numpy arrays plus the match length and count (no torch objects)."""
-        p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)
+        p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff,
+                    backoff_prior)
         return _arrays(self._core.draft(*_context(context, p[2]), *p))
 
     def draft(self, context: TokenIds, *, budget: int = 32, max_depth: int = 12, max_match: int = 16,
               min_count: int = 2, min_match: int = 1, min_score: float = 0.0, mode: str = "tree",
-              rest_max_matches: int = 5000) -> DraftTree:
+              rest_max_matches: int = 5000, backoff: int = 0, backoff_prior: float = 2.0) -> DraftTree:
         """Draft tree continuing `context`.
 
         Parameters
@@ -422,23 +427,31 @@ class Datastore:
         mode : "tree" (best-first), "chain" (most frequent path), "rest" (REST's rule: first span
             16..min_match that occurs, first `rest_max_matches` matches in suffix-array order,
             continuations of max_depth tokens, the `budget` most frequent prefixes).
+        backoff, backoff_prior : tree mode only. With ``backoff=K > 0`` the tree also draws on the
+            longest shorter suffix u' that occurs >= K times as often as the match u, ranking nodes
+            by ``w p(x|u) + (1 - w) p(x|u')`` with ``w = count(u) / (count(u) + backoff_prior)``
+            (scores are then that mixture). Off by default: on the stdlib replay it adds about 2%
+            tokens/step at the same budget but costs ~3x the query time (bench/results/datastore_cpu.md).
 
         Returns
         -------
         DraftTree with ``tokens`` int32 ``[n]``, ``parents`` int32 ``[n]`` (-1 = child of the last
         context token), ``scores`` float32 ``[n]`` = count(matched suffix + path) / count(matched suffix).
         """
-        p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)
+        p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff,
+                    backoff_prior)
         return _tree(self._core.draft(*_context(context, p[2]), *p))
 
     def draft_batch(self, contexts: Sequence[TokenIds], *, budget: int = 32, max_depth: int = 12, max_match: int = 16,
                     min_count: int = 2, min_match: int = 1, min_score: float = 0.0, mode: str = "tree",
-                    rest_max_matches: int = 5000, threads: Optional[int] = None) -> list[DraftTree]:
+                    rest_max_matches: int = 5000, backoff: int = 0, backoff_prior: float = 2.0,
+                    threads: Optional[int] = None) -> list[DraftTree]:
         """`draft` for many contexts on the core's thread pool, GIL released; identical results.
 
         `threads=1` runs sequentially on the calling thread.
         """
-        p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)
+        p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff,
+                    backoff_prior)
         conv = [_context(c, p[2]) for c in contexts]
         raws = self._core.draft_batch([c[0] for c in conv], [c[1] for c in conv], *p, 1 if threads == 1 else 0)
         return [_tree(r) for r in raws]
@@ -520,21 +533,24 @@ class PromptIndex:
 
     def draft_arrays(self, *, budget: int = 16, max_depth: int = 8, max_match: int = 16, min_count: int = 1,
                      min_match: int = 1, min_score: float = 0.0, mode: str = "tree",
-                     rest_max_matches: int = 5000) -> DraftArrays:
-        p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)
+                     rest_max_matches: int = 5000, backoff: int = 0, backoff_prior: float = 2.0) -> DraftArrays:
+        p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff,
+                    backoff_prior)
         return _arrays(self._core.draft(*p))
 
     def draft(self, *, budget: int = 16, max_depth: int = 8, max_match: int = 16, min_count: int = 1,
-              min_match: int = 1, min_score: float = 0.0, mode: str = "tree", rest_max_matches: int = 5000) -> DraftTree:
+              min_match: int = 1, min_score: float = 0.0, mode: str = "tree", rest_max_matches: int = 5000, backoff: int = 0, backoff_prior: float = 2.0) -> DraftTree:
         """Draft tree continuing the indexed sequence; same rule and output as `Datastore.draft`."""
-        p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)
+        p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff,
+                    backoff_prior)
         return _tree(self._core.draft(*p))
 
     def draft_context(self, context: TokenIds, *, budget: int = 16, max_depth: int = 8, max_match: int = 16,
                       min_count: int = 1, min_match: int = 1, min_score: float = 0.0, mode: str = "tree",
-                      rest_max_matches: int = 5000) -> DraftTree:
+                      rest_max_matches: int = 5000, backoff: int = 0, backoff_prior: float = 2.0) -> DraftTree:
         """Draft continuing an arbitrary `context` from the occurrences in this sequence."""
-        p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches)
+        p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff,
+                    backoff_prior)
         return _tree(self._core.draft_context(*_context(context, p[2]), *p))
 
     def tokens(self) -> np.ndarray:
