@@ -40,6 +40,9 @@ mkdir -p "$OUT" "$WORK/logs" "$WORK/bench"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 export VERISPEC_CUDA=ON        # what the build asks for (tests/test_native_module.py checks it held)
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
 export PY WORK VS_SITE ARCHS
 
 MODE=${1:-all}
@@ -151,7 +154,7 @@ run_step() {
       step backend_tests 240 45 "${PYTEST[@]}" -m "not gpu" tests/test_verify_backends.py \
         tests/test_tree_attention_triton.py tests/test_commit_kv.py tests/test_backends.py \
         tests/test_native_module.py bench/bench_tree_attention.py::test_gpu_llama3_shape \
-        --junitxml="$WORK/backend_tests.xml" ;;
+        --continue-on-collection-errors --junitxml="$WORK/backend_tests.xml" ;;
     bench_tests)
       if ((HAVE_BENCH_PLUGIN == 0)); then
         say "=== bench_tests: SKIPPED (pytest-benchmark not installed)"
