@@ -759,10 +759,12 @@ def collect(dirs: list[Path], results: Path, repo: Path = ROOT, write: bool = Tr
     envs = [s.get("env", {}) for s in report["sessions"]]
     match = None
     device_files = next((e.get("manifest") for e in envs if e.get("manifest")), None)
+    mixed = False
     if device_files:
         match = match_commit(repo, device_files)
         for e in envs[1:]:
             if e.get("manifest") and manifest_diff(e["manifest"], device_files)["core"]:
+                mixed = True
                 report["problems"].append("the sessions ran different kernel sources: collect them separately")
     commit = (match or {}).get("commit") or next((e.get("git_head") or e.get("vs_commit") for e in envs
                                                   if e.get("git_head") or e.get("vs_commit")), "") or "unknown"
@@ -785,7 +787,7 @@ def collect(dirs: list[Path], results: Path, repo: Path = ROOT, write: bool = Tr
                                                                     for s in report["sessions"]],
                     "verdicts": verdicts(report), "tests": report["cases"], "bench": report["runs"]}
         results_md.with_suffix(".json").write_text(json.dumps(evidence, indent=1))
-    entries = verified_entries(report, rel, commit) if commit not in ("unknown", "uncommitted") else []
+    entries = verified_entries(report, rel, commit) if commit not in ("unknown", "uncommitted") and not mixed else []
     report.update(results_md=str(results_md), text=text, entries=entries, commit=commit, match=match)
     return report
 
@@ -821,6 +823,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     for v in verdicts(report):
         print(f"{v['op']:<15} {v['backend']:<7} {'VERIFIED' if v['ok'] else 'not verified: ' + '; '.join(v['reasons'])}")
     print()
+    for problem in report["problems"]:
+        print(f"Problem: {problem}")
     if report["entries"]:
         print("Entries the evidence justifies (copy into VERIFIED in python/verispec/_verified.py by hand):")
         print("\n".join(report["entries"]))

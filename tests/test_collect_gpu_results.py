@@ -286,3 +286,13 @@ def test_cli_dry_run_writes_nothing(tmp_path, repo, capsys):
 def test_session_script_parses():
     run = subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu_session.sh")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_sessions_on_different_sources_justify_nothing(tmp_path, repo):
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    cg.pack(make_work(first, repo), first / "out")
+    (repo / "csrc" / "k.cu").write_text("__global__ void k2() {}\n")
+    cg.pack(make_work(second, repo), second / "out")
+    report = cg.collect([first / "out", second / "out"], tmp_path / "results", repo=repo, write=False)
+    assert report["entries"] == [] and "different kernel sources" in report["text"]
