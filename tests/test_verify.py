@@ -321,3 +321,15 @@ def test_vectorised_matches_loop_reference_draft_probs_and_filters(V):
             a, b = vmod.verify_torch(p), vmod.verify_reference(p)
             assert torch.equal(a.tokens, b.tokens), (trial, extra.keys(), a.tokens, b.tokens)
             assert torch.equal(a.accepted_nodes, b.accepted_nodes)
+
+
+def test_masked_tokens_and_tiny_temperatures():
+    """finfo.min masks a token exactly; temperatures down to denormals stay finite (argmax)."""
+    logits = torch.tensor([[1.0, 5.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    logits[0, 1] = torch.finfo(torch.float32).min
+    trees = [DraftTree([1], [-1])] * 32
+    res = verispec.verify(logits.repeat(32, 1), trees, mode="exact", seed=torch.arange(32), backend="torch")
+    assert (res.num_accepted == 0).all() and (res.tokens[:, 0] != 1).all()
+    for t in (1e-30, 1e-45):
+        res = verispec.verify(logits[:1], [DraftTree.empty()], mode="exact", temperature=t, seed=0, backend="torch")
+        assert res.tokens.tolist() == [[2]]

@@ -388,3 +388,16 @@ def test_buffers_must_match_trees():
     _, par, cu = pack_trees(trees[:1])
     with pytest.raises(ValueError, match="buffers describe 1 requests / 3 rows, the trees 2 / 5"):
         verispec.verify(torch.zeros(5, 9), trees, buffers=tree_buffers(par, cu), backend="torch")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_masked_tokens(backend):
+    """Tokens masked with finfo.min (probability 0) in every row, tiny and normal temperatures."""
+    rng, gen = random.Random(95), torch.Generator().manual_seed(95)
+    trees = _random_trees(rng, 4, 40, 6)
+    logits = _logits(trees, 40, gen, 1.5)
+    logits[:, ::3] = torch.finfo(torch.float32).min
+    for kw in (dict(mode="greedy"), dict(mode="exact", temperature=torch.tensor([1.0, 1e-30, 0.5, 2.0])),
+               dict(mode="typical", temperature=0.8)):
+        ref = _compare(backend, logits, trees, seed=3, **kw)
+        assert (ref.tokens[ref.tokens >= 0] % 3 != 0).all()

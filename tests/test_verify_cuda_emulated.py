@@ -287,3 +287,13 @@ def test_emulated_harness_can_fail(emu_C, monkeypatch):
     shifted = replace(pr, offset=pr.offset + 1)
     got = vmod._verify_cuda_launch(shifted, emu_C, 0)
     assert not torch.equal(ref.tokens, got.tokens)
+
+
+def test_emulated_masked_tokens(emu_C):
+    rng, gen = random.Random(95), torch.Generator().manual_seed(95)
+    trees = _random_trees(rng, 4, 40, 6)
+    logits = _logits(trees, 40, gen, 1.5)
+    logits[:, ::3] = torch.finfo(torch.float32).min
+    for kw in (dict(mode="greedy"), dict(mode="exact", temperature=torch.tensor([1.0, 1e-30, 0.5, 2.0])),
+               dict(mode="typical", temperature=0.8)):
+        _compare(emu_C, logits, trees, seed=3, **kw)

@@ -176,7 +176,8 @@ def log2_scale(temperature: torch.Tensor) -> torch.Tensor:
     """float32 ``log2(e) / T`` per entry (1.0 where ``T == 0``). Every backend scales logits by this
     one tensor, computed here, so ``z2 = (l - max) * scale`` is the same float32 product everywhere."""
     t = temperature.float()
-    safe = torch.where(t > 0, t, torch.ones_like(t))
+    # Tiny temperatures saturate instead of overflowing: (l - max) * scale stays 0 for the max, -inf below.
+    safe = torch.where(t > 0, t.clamp(min=1e-20), torch.ones_like(t))
     return torch.full_like(t, LOG2E) / safe
 
 
