@@ -340,8 +340,9 @@ def verify_torch(problem: _Problem) -> VerifyResult:
     out_tokens = torch.full((B, D + 2), -1, dtype=torch.int32, device=dev)
     if pr.mode == "exact" and pr.uniforms is None:
         # One uniform per node, drawn up front: u for node j depends only on (seed, offset, j).
-        nodes_local = torch.arange(pr.tokens.numel(), device=dev) - node0[_node_request(pr)]
-        u_nodes = _philox.accept_uniforms(pr.seed[_node_request(pr)], pr.offset[_node_request(pr)], nodes_local)
+        req = _node_request(pr)
+        nodes_local = torch.arange(pr.tokens.numel(), device=dev) - node0[req]
+        u_nodes = _philox.accept_uniforms(pr.seed[req], pr.offset[req], nodes_local)
     elif pr.uniforms is not None:
         u_nodes = pr.uniforms.accept.float()
     else:
