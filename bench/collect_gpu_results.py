@@ -631,9 +631,10 @@ def render(report: dict[str, Any], results_name: str, match: Optional[dict]) -> 
         lines.append(f"**Problem:** {p}")
 
     lines += ["## Tests per op/backend", "",
-              "Counts per step: gpu = `pytest -m gpu tests`, files = the backend test files without the `gpu` "
-              "mark (n/a: CPU tensors handed to Triton, which needs the interpreter a GPU host does not turn "
-              "on), bench = the pytest-benchmark correctness checks.", ""]
+              "Counts per step: gpu = `pytest -m gpu tests`, files = the unmarked tests that use the GPU when "
+              "one is visible (tests/test_verify_backends.py and a few more; n/a: CPU tensors handed to Triton, "
+              "which needs the interpreter a GPU host does not turn on), bench = the pytest-benchmark "
+              "correctness checks.", ""]
     rows = []
     for v in verdicts(report):
         def cnt(suite, v=v):
