@@ -93,6 +93,7 @@ step() {
     124 | 137) status=timeout ;;
     *) status=failed ;;
   esac
+  [ "$name" = build ] && [ "$rc" = 3 ] && status=degraded   # built, but without the CUDA kernels
   say "=== $name: $status (rc $rc, $(($(date +%s) - t0))s)"
   record "$name" "$status" "$rc" "$(($(date +%s) - t0))" "timeout ${t}s"
   pack
@@ -111,22 +112,32 @@ echo "nvcc: $(command -v nvcc || echo 'not found')"
 nvcc --version 2>/dev/null | tail -n 2
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 mkdir -p build
-attempt() {  # attempt MODE VERISPEC_CUDA PIP-ARGS...
-  local mode=$1 cuda=$2
+"$PY" -m pip --version
+attempt() {  # attempt NAME VERISPEC_CUDA PIP-ARGS...; its output also goes to $WORK/logs/build-NAME.log
+  local name=$1 cuda=$2
   shift 2
-  echo "--- build attempt: $mode install, VERISPEC_CUDA=$cuda VERISPEC_CUDA_ARCHS=$ARCHS"
+  echo "--- build attempt $name: VERISPEC_CUDA=$cuda VERISPEC_CUDA_ARCHS=$ARCHS pip install $*"
   if VERISPEC_CUDA=$cuda VERISPEC_CUDA_ARCHS=$ARCHS "$PY" -m pip install --no-build-isolation --no-deps \
-      --no-index --no-compile -v "$@"; then
-    echo "$mode-cuda$cuda" >"$WORK/build_mode"
+      --no-index --no-compile -v "$@" 2>&1 | tee "$WORK/logs/build-$name.log"; then
+    echo "$name" >"$WORK/build_mode"
     return 0
   fi
   return 1
 }
-# 1. editable, as `make build` does; 2. a plain install into $VS_SITE (site-packages not writable);
-# 3. without the CUDA kernels, so the Triton paths still get their evidence (exit 3: degraded).
-attempt editable ON -e . -Cbuild-dir=build/gpu-editable -Ceditable.rebuild=false && exit 0
-attempt target ON --target "$VS_SITE" -Cbuild-dir=build/gpu-target . && exit 0
-attempt editable OFF -e . -Cbuild-dir=build/gpu-editable-nocuda -Ceditable.rebuild=false && exit 3
+compile_failed() {  # the sources did not compile: another install method will not help
+  grep -q -E '^[[:space:]]*FAILED: |ninja: build stopped|CMake Error' "$WORK/logs/build-$1.log"
+}
+# 1. editable, as `make build` does; 2. into $VS_SITE (site-packages not writable); 3. editable with
+# pip's defaults (a pip too old for --config-settings); 4. without the CUDA kernels, so the Triton
+# paths still get their evidence (exit 3: degraded; no CUDA pair can be verified then).
+attempt editable-cudaON ON -e . --config-settings=build-dir=build/gpu-editable \
+  --config-settings=editable.rebuild=false && exit 0
+if ! compile_failed editable-cudaON; then
+  attempt target-cudaON ON --target "$VS_SITE" --config-settings=build-dir=build/gpu-target . && exit 0
+  attempt plain-cudaON ON -e . && exit 0
+fi
+attempt editable-cudaOFF OFF -e . --config-settings=build-dir=build/gpu-editable-nocuda \
+  --config-settings=editable.rebuild=false && exit 3
 exit 1
 EOF
 
