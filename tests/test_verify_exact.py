@@ -311,3 +311,39 @@ def test_accept_uniforms_and_residual_streams_differ():
     a = _philox.philox4x32(0, _philox.STREAM_ACCEPT, o0, o1, k0, k1)[0]
     b = _philox.philox4x32(0, _philox.STREAM_RESIDUAL, o0, o1, k0, k1)[0]
     assert int(a) != int(b)
+
+
+def _without_replacement_drafter(target: ToyTarget, gen, honest: bool):
+    """Two root children sampled without replacement from the draft q, then one child each from q.
+    honest: the second child's row is q without the first child's token, renormalised."""
+    Q = torch.softmax(torch.randn(target.L.shape, generator=gen) * 1.5, dim=1)
+    state = {}
+
+    def draft(plen, pcode, j):
+        q = Q[target.row(plen, pcode)]
+        if j == 1:
+            q2 = q.clone()
+            q2.scatter_(1, state["first"].unsqueeze(1), 0.0)
+            q2 = q2 / q2.sum(1, keepdim=True)
+            t = torch.multinomial(q2, 1, generator=gen).squeeze(1)
+            return t, (q2 if honest else q)
+        t = torch.multinomial(q, 1, generator=gen).squeeze(1)
+        if j == 0:
+            state["first"] = t
+        return t, q
+
+    return draft
+
+
+def test_siblings_without_replacement_with_conditional_rows():
+    gen = torch.Generator().manual_seed(13)
+    tg = ToyTarget(4, 2, gen, scale=1.5)
+    seqs = _run(tg, [-1, -1, 0, 1], _without_replacement_drafter(tg, gen, honest=True))
+    assert fit(seqs, 4, tg.expected()) > P_MIN
+
+
+def test_siblings_without_replacement_with_plain_rows_is_biased():
+    gen = torch.Generator().manual_seed(13)
+    tg = ToyTarget(4, 2, gen, scale=1.5)
+    seqs = _run(tg, [-1, -1, 0, 1], _without_replacement_drafter(tg, gen, honest=False))
+    assert fit(seqs, 4, tg.expected()) < P_MIN

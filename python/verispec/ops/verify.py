@@ -534,8 +534,9 @@ def verify(
     mode : {"greedy", "exact", "typical"}
         see the module docstring. ``typical`` is lossy.
     draft_probs : torch.Tensor, optional
-        float ``[N, V]``: for ``exact``, the distribution each node's token was drawn from. None means
-        deterministic drafts (retrieval, prompt lookup).
+        float ``[N, V]``: for ``exact``, the distribution each node's token was drawn from, given its
+        earlier siblings (for siblings sampled without replacement: the draft distribution with those
+        removed and renormalised). None means deterministic drafts (retrieval, prompt lookup).
     temperature, top_k, top_p : scalar or tensor ``[B]``, optional
         applied to the target logits per request; ``temperature=0`` makes that request greedy.
         Defaults: 1.0, off, off.
