@@ -343,3 +343,10 @@ def test_tree_cache_is_exact_and_cleared_by_add():
     assert ds.cache_info()["entries"] == 0
     with pytest.raises(ValueError, match="capacity must be"):
         ds.set_cache(-1)
+
+
+def test_docstring_example(tmp_path):
+    ds = Datastore.build([[1, 2, 3, 1, 2, 4]], tmp_path / "tiny.vsds", progress=False)
+    tree = ds.draft([7, 1, 2], budget=4)
+    assert tree.tokens.tolist() == [3, 4, 1, 2] and tree.parents.tolist() == [-1, -1, 0, 2]
+    assert tree.scores.tolist() == [0.5] * 4

@@ -296,7 +296,9 @@ class Datastore:
     Example::
 
         ds = Datastore.build([[1, 2, 3, 1, 2, 4]], "tiny.vsds", progress=False)
-        ds.draft([7, 1, 2], budget=4)    # DraftTree(tokens=[3, 1, 4, 2], parents=[-1, 0, -1, 1]) ...
+        ds.draft([7, 1, 2], budget=4)
+        # [1, 2] occurs twice, followed once by 3 (then 1, 2) and once by 4 (then the document ends):
+        # DraftTree(tokens=[3, 4, 1, 2], parents=[-1, -1, 0, 2]), scores all 0.5
     """
 
     def __init__(self, core: Any, path: Optional[str] = None):
