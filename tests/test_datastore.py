@@ -149,7 +149,7 @@ def test_context_ids_outside_vocab_just_do_not_match():
 
 
 @pytest.mark.parametrize("threads", [None, 1])
-def test_batch_equals_sequential(threads):
+def test_batch_equals_sequential(threads):  # and the packed form equals pack_trees of the trees
     rng = random.Random(0)
     docs = [[rng.randrange(6) for _ in range(rng.randrange(1, 200))] for _ in range(30)]
     ds = Datastore.from_documents(docs)
@@ -158,6 +158,12 @@ def test_batch_equals_sequential(threads):
     for _ in range(3):
         bat = [as_lists(t) for t in ds.draft_batch(ctxs, budget=20, max_depth=6, threads=threads)]
         assert bat == seq
+    trees = [ds.draft(c, budget=20, max_depth=6) for c in ctxs]
+    want = verispec.pack_trees(trees)
+    toks, pars, cu, scores = ds.draft_batch_packed(ctxs, budget=20, max_depth=6, threads=threads)
+    for got, exp in zip((toks, pars, cu), want):
+        assert got.dtype == torch.int32 and got.tolist() == exp.tolist()
+    assert scores.tolist() == torch.cat([t.scores for t in trees]).tolist()
 
 
 def test_deterministic_and_context_types():

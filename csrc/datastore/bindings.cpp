@@ -154,7 +154,7 @@ void bind_datastore(py::module_& m) {
           "draft_batch",
           [](const Datastore& d, const std::vector<I64>& ctxs, const std::vector<int64_t>& offsets, int64_t budget,
              int64_t max_depth, int64_t max_match, int64_t min_count, int64_t min_match, double min_score, int mode,
-             int64_t rest_max_matches, int64_t backoff, double backoff_prior, int64_t threads) {
+             int64_t rest_max_matches, int64_t backoff, double backoff_prior, int64_t threads, bool packed) {
             const DraftParams p = make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff, backoff_prior);
             if (offsets.size() != ctxs.size()) throw std::invalid_argument("one offset per context");
             std::vector<std::vector<uint32_t>> in;
@@ -170,9 +170,28 @@ void bind_datastore(py::module_& m) {
                 ThreadPool::instance().parallel_for(in.size(), one);
               }
             }
+            if (packed) {  // one ragged batch: flat tokens / parents / scores + cu_nodes [B+1]
+              std::vector<int32_t> cu(out.size() + 1, 0);
+              for (size_t b = 0; b < out.size(); ++b) cu[b + 1] = cu[b] + int32_t(out[b].tokens.size());
+              const py::ssize_t n = cu.back();
+              py::array_t<uint32_t> tokens(n);
+              py::array_t<int32_t> parents(n), cu_nodes(py::ssize_t(cu.size()));
+              py::array_t<float> scores(n);
+              uint32_t max_token = 0;
+              for (size_t b = 0; b < out.size(); ++b) {
+                const size_t k = out[b].tokens.size();
+                if (!k) continue;
+                std::memcpy(tokens.mutable_data() + cu[b], out[b].tokens.data(), k * 4);
+                std::memcpy(parents.mutable_data() + cu[b], out[b].parents.data(), k * 4);
+                std::memcpy(scores.mutable_data() + cu[b], out[b].scores.data(), k * 4);
+                for (int32_t t : out[b].tokens) max_token = std::max(max_token, uint32_t(t));
+              }
+              std::memcpy(cu_nodes.mutable_data(), cu.data(), cu.size() * 4);
+              return py::object(py::make_tuple(tokens, parents, scores, cu_nodes, max_token));
+            }
             py::list res;
             for (const auto& r : out) res.append(to_python(r));
-            return res;
+            return py::object(res);
           })
       .def("count", [](const Datastore& d, const U32& pat) { return d.count(pat.data(), uint64_t(pat.size())); })
       .def("longest_match",

@@ -455,8 +455,32 @@ class Datastore:
         p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff,
                     backoff_prior)
         conv = [_context(c, p[2]) for c in contexts]
-        raws = self._core.draft_batch([c[0] for c in conv], [c[1] for c in conv], *p, 1 if threads == 1 else 0)
+        raws = self._core.draft_batch([c[0] for c in conv], [c[1] for c in conv], *p, 1 if threads == 1 else 0,
+                                      False)
         return [_tree(r) for r in raws]
+
+    def draft_batch_packed(self, contexts: Sequence[TokenIds], *, budget: int = 32, max_depth: int = 12,
+                           max_match: int = 16, min_count: int = 2, min_match: int = 1, min_score: float = 0.0,
+                           mode: str = "tree", rest_max_matches: int = 5000, backoff: int = 0,
+                           backoff_prior: float = 2.0, threads: Optional[int] = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`draft_batch` in the flat ragged form of `verispec.pack_trees`, without per-tree objects.
+
+        Returns ``(tokens, parents, cu_nodes, scores)``: int32 ``[N]``, int32 ``[N]`` (request-local,
+        -1 = child of that request's root), int32 ``[B+1]``, float32 ``[N]`` (CPU tensors).
+        Identical to ``pack_trees(draft_batch(...))`` plus the concatenated scores.
+        """
+        p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff,
+                    backoff_prior)
+        conv = [_context(c, p[2]) for c in contexts]
+        if not conv:
+            raise ValueError("draft_batch_packed: empty batch (no contexts)")
+        toks, pars, scores, cu, max_token = self._core.draft_batch(
+            [c[0] for c in conv], [c[1] for c in conv], *p, 1 if threads == 1 else 0, True)
+        if max_token > 2**31 - 1:
+            raise ValueError(f"draft holds token id {max_token}, which does not fit int32 tokens")
+        return (torch.from_numpy(toks.view(np.int32)), torch.from_numpy(pars), torch.from_numpy(cu),
+                torch.from_numpy(scores))
 
     def count(self, pattern: TokenIds) -> int:
         """Exact number of occurrences of a token sequence (within documents)."""
