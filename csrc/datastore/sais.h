@@ -9,6 +9,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -17,13 +18,15 @@ namespace verispec::ds {
 template <class I>
 class SuffixSorter {
  public:
-  static void sort(const I* s, I* sa, I n, I k) {
+  // `progress` (optional) is told the approximate fraction done after each top-level step.
+  static void sort(const I* s, I* sa, I n, I k, const std::function<void(double)>* progress = nullptr) {
     if (n == 0) return;
     if (n == 1) {
       sa[0] = 0;
       return;
     }
     SuffixSorter self(s, sa, n, k);
+    self.progress_ = progress;
     self.run();
   }
 
@@ -37,6 +40,11 @@ class SuffixSorter {
   std::vector<I> st_;
   std::vector<I> bucket_end_;   // bucket_end_[c] = number of symbols <= c
   std::vector<I> head_;
+  const std::function<void(double)>* progress_ = nullptr;
+
+  void tell(double f) const {
+    if (progress_) (*progress_)(f);
+  }
 
   SuffixSorter(const I* s, I* sa, I n, I k) : s_(s), sa_(sa), n_(n), k_(k) {}
 
@@ -66,6 +74,7 @@ class SuffixSorter {
 
     // Step 1: induce from the LMS positions in text order; this sorts the LMS *substrings*.
     induce(lms);
+    tell(0.25);
     std::vector<I> sorted;
     sorted.reserve(m);
     for (I i = 0; i < n; ++i) {
@@ -102,6 +111,7 @@ class SuffixSorter {
     std::vector<uint8_t>().swap(differs);
     const I num_names = m ? name + 1 : 0;
 
+    tell(0.4);
     // Step 3: sort the LMS suffixes, recursing when two LMS substrings share a name.
     std::vector<I> order(m);
     {
@@ -118,7 +128,9 @@ class SuffixSorter {
     std::vector<I>().swap(order);
 
     // Step 4: induce the full order from the sorted LMS suffixes.
+    tell(0.75);
     induce(sorted);
+    tell(1.0);
   }
 
   bool same_lms_substring(I a, I b) const {

@@ -167,7 +167,10 @@ void build_into(const Corpus& c, Prepared<I>& p, const Output& o, const Progress
   try {
     report(progress, "sorting suffixes", 0.0);
     sa.resize(p.sym.size());
-    SuffixSorter<I>::sort(p.sym.data(), sa.data(), I(p.sym.size()), p.k);
+    const std::function<void(double)> tell = [&](double f) {
+      if (f < 1.0) report(progress, "sorting suffixes", f);
+    };
+    SuffixSorter<I>::sort(p.sym.data(), sa.data(), I(p.sym.size()), p.k, progress ? &tell : nullptr);
   } catch (...) {
     text_thread.join();
     throw;
