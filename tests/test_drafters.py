@@ -118,3 +118,31 @@ def test_draft_trees_are_valid_for_random_contexts():
         for p in _paths(t):
             s = toks + [-1]
             assert any(toks[j:j + len(p)] == list(p) for j in range(1, len(s)))
+
+
+def test_trim_to_cost_keeps_the_best_prefix():
+    from verispec.drafters import cpu_row_cost, gpu_row_cost, trim_to_cost
+
+    t = DraftTree([1, 2, 3, 4, 5], [-1, 0, 1, 2, 3], [0.9, 0.8, 0.7, 0.1, 0.05])
+    flat = lambda rows: 1.0  # noqa: E731  extra rows free: keep everything
+    assert len(trim_to_cost(t, flat)) == 5
+    steep = lambda rows: float(rows)  # noqa: E731  every row costs a forward: drafting never pays
+    assert len(trim_to_cost(t, steep)) == 0
+    # CPU: 3 rows cost ~1, 4+ rows ~1.45: the first two nodes are kept, the rest do not pay
+    kept = trim_to_cost(t, cpu_row_cost)
+    assert kept.tokens.tolist() == [1, 2]
+    assert len(trim_to_cost(t, gpu_row_cost)) == 5
+    assert len(trim_to_cost(DraftTree([1], [-1]), steep)) == 1  # unscored trees are left alone
+
+
+def test_retrieval_drafter_with_row_cost():
+    from verispec import Datastore
+    from verispec.drafters import cpu_row_cost
+
+    ds = Datastore.from_documents([[10, 11, 12, 13, 14, 15, 16]] * 3, vocab_size=50)
+    full = RetrievalDrafter(ds, budget=6, max_depth=6, prompt_lookup=False).propose([Context(0, [10, 11])])[0]
+    cut = RetrievalDrafter(ds, budget=6, max_depth=6, prompt_lookup=False, row_cost=cpu_row_cost)
+    assert "row_cost=cpu_row_cost" in repr(cut)
+    t = cut.propose([Context(0, [10, 11])])[0]
+    assert len(full) == 5 and 0 < len(t) <= len(full)
+    assert t.tokens.tolist() == full.tokens.tolist()[: len(t)]

@@ -31,11 +31,12 @@ def make_drafter(kind: str, tokenizer, datastore: str | None, budget: int | None
     """The drafter named on the command line, with budgets tuned for the device class."""
     from verispec import NoDrafter, PromptLookupDrafter, RetrievalDrafter
 
-    # A CPU forward over T rows costs noticeably more than over one, a GPU forward barely does:
-    # small trees on CPU, larger ones on GPU.
+    # On this CPU a forward over up to 3 rows costs about one row, 4 rows already ~1.45x (BLAS switches
+    # kernels), so 2 draft nodes per step win there (docs/generate.md has the measurements); a GPU
+    # forward is memory-bound and extra rows are nearly free.
     cpu = device_type == "cpu"
-    budget = budget or (6 if cpu else 32)
-    max_depth = max_depth or (5 if cpu else 10)
+    budget = budget or (2 if cpu else 32)
+    max_depth = max_depth or (2 if cpu else 10)
     if kind == "none":
         return NoDrafter()
     if kind == "prompt-lookup":
@@ -116,8 +117,8 @@ def register(subparsers) -> None:
     p.add_argument("--file", action="append", help="file whose content is a prompt ('-' = stdin; repeatable)")
     p.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     p.add_argument("--drafter", default="retrieval", choices=DRAFTERS, help="where drafts come from (default: retrieval)")
-    p.add_argument("--budget", type=int, default=None, help="draft nodes per step (default: 6 on CPU, 32 on GPU)")
-    p.add_argument("--max-depth", type=int, default=None, help="deepest draft node (default: 5 on CPU, 10 on GPU)")
+    p.add_argument("--budget", type=int, default=None, help="draft nodes per step (default: 2 on CPU, 32 on GPU)")
+    p.add_argument("--max-depth", type=int, default=None, help="deepest draft node (default: 2 on CPU, 10 on GPU)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=None)
