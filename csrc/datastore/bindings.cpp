@@ -143,19 +143,14 @@ void bind_datastore(py::module_& m) {
           py::arg("tokens"), py::arg("offsets"), py::arg("vocab_size"))
       .def(
           "draft",
-          [](const Datastore& d, const I64& ctx, int64_t offset, int64_t budget, int64_t max_depth, int64_t max_match,
-             int64_t min_count, int64_t min_match, double min_score, int mode, int64_t rest_max_matches, int64_t backoff, double backoff_prior) {
-            const DraftParams p = make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff, backoff_prior);
+          [](const Datastore& d, const I64& ctx, int64_t offset, const DraftParams& p) {
             const std::vector<uint32_t> ids = context_ids(ctx, offset, "context");
             // A single query takes microseconds: releasing the GIL would cost more than it frees.
             return to_python(d.draft(ids.data(), ids.size(), p));
           })
       .def(
           "draft_batch",
-          [](const Datastore& d, const std::vector<I64>& ctxs, const std::vector<int64_t>& offsets, int64_t budget,
-             int64_t max_depth, int64_t max_match, int64_t min_count, int64_t min_match, double min_score, int mode,
-             int64_t rest_max_matches, int64_t backoff, double backoff_prior, int64_t threads, bool packed) {
-            const DraftParams p = make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff, backoff_prior);
+          [](const Datastore& d, const std::vector<I64>& ctxs, const std::vector<int64_t>& offsets, const DraftParams& p, int64_t threads, bool packed) {
             if (offsets.size() != ctxs.size()) throw std::invalid_argument("one offset per context");
             std::vector<std::vector<uint32_t>> in;
             in.reserve(ctxs.size());
@@ -281,16 +276,14 @@ void bind_datastore(py::module_& m) {
            py::arg("tokens"), py::arg("vocab_size"), py::arg("window"), py::arg("min_sorted"))
       .def("extend", [](PromptIndex& p, const U32& t) { p.extend(t.data(), uint64_t(t.size())); })
       .def("draft",
-           [](PromptIndex& pi, int64_t budget, int64_t max_depth, int64_t max_match, int64_t min_count, int64_t min_match,
-              double min_score, int mode, int64_t rest_max_matches, int64_t backoff, double backoff_prior) {
-             return to_python(pi.draft(make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff, backoff_prior)));
+           [](PromptIndex& pi, const DraftParams& p) {
+             return to_python(pi.draft(p));
            })
       .def("draft_context",
-           [](PromptIndex& pi, const I64& ctx, int64_t offset, int64_t budget, int64_t max_depth, int64_t max_match,
-              int64_t min_count, int64_t min_match, double min_score, int mode, int64_t rest_max_matches, int64_t backoff, double backoff_prior) {
+           [](PromptIndex& pi, const I64& ctx, int64_t offset, const DraftParams& p) {
              const std::vector<uint32_t> ids = context_ids(ctx, offset, "context");
              return to_python(pi.draft_context(ids.data(), ids.size(),
-                                               make_params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff, backoff_prior)));
+                                               p));
            })
       .def("rebuild", &PromptIndex::rebuild)
       .def("__len__", &PromptIndex::size)
@@ -301,6 +294,13 @@ void bind_datastore(py::module_& m) {
         if (p.size()) std::memcpy(a.mutable_data(), p.data(), p.size() * 4);
         return a;
       });
+
+  py::class_<DraftParams>(m, "DraftParamsCore")
+      .def(py::init(&make_params), py::arg("budget"), py::arg("max_depth"), py::arg("max_match"), py::arg("min_count"),
+           py::arg("min_match"), py::arg("min_score"), py::arg("mode"), py::arg("rest_max_matches"), py::arg("backoff"),
+           py::arg("backoff_prior"))
+      .def_readonly("max_match", &DraftParams::max_match)
+      .def_readonly("budget", &DraftParams::budget);
 
   m.def("_datastore_force_wide_index", [](bool on) { g_force_wide_index = on; });
   m.def("datastore_threads", [] { return ThreadPool::instance().workers() + 1; });

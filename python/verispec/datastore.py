@@ -137,7 +137,7 @@ def _context(ctx: Any, keep: int) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(tail, dtype=np.int64), start
 
 
-def _params(*args: Any) -> tuple:
+def _params(*args: Any) -> Any:
     """Validated core arguments; cached, since drafters call with the same few settings."""
     try:
         return _params_cached(*args)
@@ -148,7 +148,7 @@ def _params(*args: Any) -> tuple:
 
 
 def _check_params(budget: int, max_depth: int, max_match: int, min_count: int, min_match: int, min_score: float,
-                  mode: str, rest_max_matches: int, backoff: int = 0, backoff_prior: float = 2.0) -> tuple:
+                  mode: str, rest_max_matches: int, backoff: int = 0, backoff_prior: float = 2.0) -> Any:
     for name, v in (("budget", budget), ("max_depth", max_depth), ("max_match", max_match),
                     ("min_count", min_count), ("min_match", min_match), ("rest_max_matches", rest_max_matches)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
@@ -166,8 +166,10 @@ def _check_params(budget: int, max_depth: int, max_match: int, min_count: int, m
         raise ValueError(f"backoff must be an int >= 0, got {backoff!r}")
     if not float(backoff_prior) > 0:
         raise ValueError(f"backoff_prior must be > 0, got {backoff_prior}")
-    return (int(budget), int(max_depth), int(max_match), int(min_count), int(min_match), float(min_score),
-            _MODES[mode], int(rest_max_matches), int(backoff), float(backoff_prior))
+    # One native object per setting: crossing into C++ with it costs one argument instead of ten.
+    return native().DraftParamsCore(int(budget), int(max_depth), int(max_match), int(min_count), int(min_match),
+                                    float(min_score), _MODES[mode], int(rest_max_matches), int(backoff),
+                                    float(backoff_prior))
 
 
 _params_cached = functools.lru_cache(maxsize=256, typed=True)(_check_params)
@@ -407,7 +409,7 @@ class Datastore:
         """`draft` as numpy arrays plus the match length and count (no torch objects)."""
         p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff,
                     backoff_prior)
-        return _arrays(self._core.draft(*_context(context, p[2]), *p))
+        return _arrays(self._core.draft(*_context(context, p.max_match), p))
 
     def draft(self, context: TokenIds, *, budget: int = 32, max_depth: int = 12, max_match: int = 16,
               min_count: int = 2, min_match: int = 1, min_score: float = 0.0, mode: str = "tree",
@@ -442,7 +444,7 @@ class Datastore:
         """
         p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff,
                     backoff_prior)
-        return _tree(self._core.draft(*_context(context, p[2]), *p))
+        return _tree(self._core.draft(*_context(context, p.max_match), p))
 
     def draft_batch(self, contexts: Sequence[TokenIds], *, budget: int = 32, max_depth: int = 12, max_match: int = 16,
                     min_count: int = 2, min_match: int = 1, min_score: float = 0.0, mode: str = "tree",
@@ -454,8 +456,8 @@ class Datastore:
         """
         p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff,
                     backoff_prior)
-        conv = [_context(c, p[2]) for c in contexts]
-        raws = self._core.draft_batch([c[0] for c in conv], [c[1] for c in conv], *p, 1 if threads == 1 else 0,
+        conv = [_context(c, p.max_match) for c in contexts]
+        raws = self._core.draft_batch([c[0] for c in conv], [c[1] for c in conv], p, 1 if threads == 1 else 0,
                                       False)
         return [_tree(r) for r in raws]
 
@@ -472,11 +474,11 @@ class Datastore:
         """
         p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff,
                     backoff_prior)
-        conv = [_context(c, p[2]) for c in contexts]
+        conv = [_context(c, p.max_match) for c in contexts]
         if not conv:
             raise ValueError("draft_batch_packed: empty batch (no contexts)")
         toks, pars, scores, cu, max_token = self._core.draft_batch(
-            [c[0] for c in conv], [c[1] for c in conv], *p, 1 if threads == 1 else 0, True)
+            [c[0] for c in conv], [c[1] for c in conv], p, 1 if threads == 1 else 0, True)
         if max_token > 2**31 - 1:
             raise ValueError(f"draft holds token id {max_token}, which does not fit int32 tokens")
         return (torch.from_numpy(toks.view(np.int32)), torch.from_numpy(pars), torch.from_numpy(cu),
@@ -562,14 +564,14 @@ class PromptIndex:
                      rest_max_matches: int = 5000, backoff: int = 0, backoff_prior: float = 2.0) -> DraftArrays:
         p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff,
                     backoff_prior)
-        return _arrays(self._core.draft(*p))
+        return _arrays(self._core.draft(p))
 
     def draft(self, *, budget: int = 16, max_depth: int = 8, max_match: int = 16, min_count: int = 1,
               min_match: int = 1, min_score: float = 0.0, mode: str = "tree", rest_max_matches: int = 5000, backoff: int = 0, backoff_prior: float = 2.0) -> DraftTree:
         """Draft tree continuing the indexed sequence; same rule and output as `Datastore.draft`."""
         p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff,
                     backoff_prior)
-        return _tree(self._core.draft(*p))
+        return _tree(self._core.draft(p))
 
     def draft_context(self, context: TokenIds, *, budget: int = 16, max_depth: int = 8, max_match: int = 16,
                       min_count: int = 1, min_match: int = 1, min_score: float = 0.0, mode: str = "tree",
@@ -577,7 +579,7 @@ class PromptIndex:
         """Draft continuing an arbitrary `context` from the occurrences in this sequence."""
         p = _params(budget, max_depth, max_match, min_count, min_match, min_score, mode, rest_max_matches, backoff,
                     backoff_prior)
-        return _tree(self._core.draft_context(*_context(context, p[2]), *p))
+        return _tree(self._core.draft_context(*_context(context, p.max_match), p))
 
     def tokens(self) -> np.ndarray:
         """The indexed sequence, uint32 ``[len]`` (a copy)."""
