@@ -10,7 +10,10 @@
 //      is the `budget` most probable nodes; the key makes it deterministic.
 // Exactness at low cost: a node with count below tau (the budget-th largest count seen so far) can
 // never be picked, so children are enumerated by probing the parent's range at a stride that
-// finds every run of length >= tau, and only those runs get binary searches.
+// finds every run of length >= max(tau, count / (2 budget)); a "pseudo" frontier entry stands for
+// the children not looked for yet and refines the probe only if it reaches the top of the heap.
+// With backoff (DraftParams::backoff) the key is a mixture of two roots' probabilities instead of
+// the count; the same search runs on it (see Ranking).
 #include "datastore/draft.h"
 
 #include <algorithm>

@@ -19,7 +19,8 @@ struct DraftParams {
   int64_t max_match = 16;     // longest context suffix looked up
   int64_t min_count = 1;      // fallback: prefer the longest suffix occurring >= min_count times
   int64_t min_match = 1;      // never use a suffix shorter than this
-  double min_score = 0.0;     // never propose a node with count/root_count below this
+  double min_score = 0.0;     // never propose a node whose score (count / root count, or the
+                              // backoff mixture) is below this
   // Backoff mixture (tree mode): with backoff = K > 0, also take the longest shorter suffix u' that
   // occurs >= K times as often as the match u, and rank nodes by
   //   w p(x | u) + (1 - w) p(x | u'),  w = count(u) / (count(u) + backoff_prior),
@@ -31,7 +32,7 @@ struct DraftParams {
 };
 
 struct DraftResult {
-  std::vector<int32_t> tokens;
+  std::vector<int32_t> tokens;  // token ids (bit patterns: ids up to 2^32 - 2 travel as uint32)
   std::vector<int32_t> parents;
   std::vector<float> scores;
   int64_t match_len = 0;     // length of the context suffix the tree continues
