@@ -15,19 +15,14 @@ fragment-layout mistakes before a GPU is at hand.
 from __future__ import annotations
 
 import ctypes
-import os
 import random
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
+from _cuda_emulation import build_emulated
 from test_tree_attention import TOL, Case, check_close
 
 from verispec.ops.tree_attention import _check
-
-ROOT = Path(__file__).resolve().parent.parent
 
 DRIVER_ATTENTION = r"""
 #include <cuda_runtime.h>
@@ -131,34 +126,11 @@ extern "C" int emu_commit_kv(uint64_t caches, int num_caches, uint64_t prefix_le
 """
 
 
-def _cuda_include() -> Path | None:
-    for base in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if base and (Path(base) / "include" / "cuda_fp16.h").exists():
-            return Path(base) / "include"
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        inc = Path(nvcc).resolve().parent.parent / "include"
-        if (inc / "cuda_fp16.h").exists():
-            return inc
-    return None
-
-
 @pytest.fixture(scope="module")
 def emu_lib(tmp_path_factory):
-    inc = _cuda_include()
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if inc is None or cxx is None:
-        pytest.skip("needs a C++ compiler and the CUDA headers (cuda_fp16.h) to emulate the kernels")
-    d = tmp_path_factory.mktemp("cuda_emu")
-    srcs = []
-    for name, text in (("attention.cpp", DRIVER_ATTENTION), ("commit.cpp", DRIVER_COMMIT)):
-        (d / name).write_text(text)
-        srcs.append(str(d / name))
-    lib = d / "libverispec_cuda_emu.so"
-    cmd = [cxx, "-std=c++17", "-O1", "-shared", "-fPIC", "-w", f"-I{ROOT / 'csrc'}", f"-I{inc}", *srcs, "-o", str(lib)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, f"emulation build failed:\n{res.stderr[-4000:]}"
-    return ctypes.CDLL(str(lib))
+    return build_emulated(tmp_path_factory, "cuda_emu",
+                          {"attention.cpp": DRIVER_ATTENTION, "commit.cpp": DRIVER_COMMIT},
+                          "libverispec_cuda_emu.so")
 
 
 def _arr(values):

@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import ctypes
 import random
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
+from _cuda_emulation import build_emulated
 from test_verify_backends import _capture, _random_trees
 
 from verispec import DraftTree
 from verispec.ops import verify as vmod
-
-ROOT = Path(__file__).resolve().parent.parent
 
 DRIVER = r"""
 #include <cuda_runtime.h>
@@ -123,33 +119,10 @@ extern "C" int emu_verify(
 KINDS = "uiliiii" + "u" * 9 + "ff" + "ul" + "u" * 13 + "i" + "uuu" + "i" + "u"
 
 
-def _cuda_include() -> Path | None:
-    for base in ("/usr/local/cuda",):
-        if (Path(base) / "include" / "cuda_fp16.h").exists():
-            return Path(base) / "include"
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        inc = Path(nvcc).resolve().parent.parent / "include"
-        if (inc / "cuda_fp16.h").exists():
-            return inc
-    return None
-
-
 @pytest.fixture(scope="module")
 def emu_C(tmp_path_factory):
     """A stand-in for `verispec._C` whose `verify_cuda` runs the emulated kernels."""
-    inc = _cuda_include()
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if inc is None or cxx is None or not (ROOT / "csrc" / "attention" / "cuda_emulation.h").exists():
-        pytest.skip("needs a C++ compiler, the CUDA headers and csrc/attention/cuda_emulation.h")
-    d = tmp_path_factory.mktemp("verify_emu")
-    (d / "verify_emu.cpp").write_text(DRIVER)
-    lib_path = d / "libverify_emu.so"
-    cmd = [cxx, "-std=c++17", "-O1", "-shared", "-fPIC", "-w", f"-I{ROOT / 'csrc'}", f"-I{inc}",
-           str(d / "verify_emu.cpp"), "-o", str(lib_path)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, f"emulation build failed:\n{res.stderr[-4000:]}"
-    lib = ctypes.CDLL(str(lib_path))
+    lib = build_emulated(tmp_path_factory, "verify_emu", {"verify_emu.cpp": DRIVER}, "libverify_emu.so")
     ctype = {"u": ctypes.c_uint64, "i": ctypes.c_int, "l": ctypes.c_int64, "f": ctypes.c_float}
     assert len(KINDS) == 39
     lib.emu_verify.argtypes = [ctype[k] for k in KINDS]
