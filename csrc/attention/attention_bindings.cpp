@@ -11,6 +11,7 @@
 #include <string>
 
 #include "attention/tree_attention.h"
+#include "common/binding_utils.h"
 #include "common/cuda_check.h"
 #include "registry.h"
 
@@ -18,15 +19,6 @@ namespace py = pybind11;
 
 namespace verispec {
 namespace {
-
-template <typename T>
-T* ptr(std::uintptr_t p) {
-  return reinterpret_cast<T*>(p);
-}
-
-void require(bool ok, const std::string& msg) {
-  if (!ok) throw py::value_error(msg);
-}
 
 void tree_attention_cuda_binding(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t out,
                                  std::uintptr_t prefix_lens, std::uintptr_t tree_lens, std::uintptr_t ancestors,
@@ -37,17 +29,16 @@ void tree_attention_cuda_binding(std::uintptr_t q, std::uintptr_t k, std::uintpt
                                  std::array<int64_t, 2> anc_stride, std::array<int64_t, 2> pos_stride,
                                  int64_t bt_stride, int page_size, int64_t capacity, int num_splits, int m_tiles,
                                  float scale, float softcap, int window, bool bf16, std::uintptr_t stream) {
-  const char* where = "verispec.tree_attention(backend='cuda')";
+  constexpr Require require("verispec.tree_attention(backend='cuda')");
   require(head_dim == 64 || head_dim == 128 || head_dim == 256,
-          std::string(where) + ": head_dim must be 64, 128 or 256, got " + std::to_string(head_dim));
-  require(kv_heads >= 1 && q_heads % kv_heads == 0,
-          std::string(where) + ": q heads must be a multiple of the K/V heads");
-  require(num_splits >= 1 && num_splits <= 64, std::string(where) + ": num_splits must be in 1..64");
-  require(m_tiles * 64LL >= static_cast<int64_t>(q_heads / kv_heads) * rows, std::string(where) + ": m_tiles too small");
-  require(batch * static_cast<int64_t>(kv_heads) <= 65535, std::string(where) + ": B * Hkv must be <= 65535");
-  require(page_size >= 0 && (page_size == 0 || block_table != 0), std::string(where) + ": paged layout needs a block table");
-  require(window == 0 || positions != 0, std::string(where) + ": a sliding window needs positions");
-  require(num_splits == 1 || (o_part != 0 && lse_part != 0), std::string(where) + ": split-KV needs workspaces");
+          "head_dim must be 64, 128 or 256, got " + std::to_string(head_dim));
+  require(kv_heads >= 1 && q_heads % kv_heads == 0, "q heads must be a multiple of the K/V heads");
+  require(num_splits >= 1 && num_splits <= 64, "num_splits must be in 1..64");
+  require(m_tiles * 64LL >= static_cast<int64_t>(q_heads / kv_heads) * rows, "m_tiles too small");
+  require(batch * static_cast<int64_t>(kv_heads) <= 65535, "B * Hkv must be <= 65535");
+  require(page_size >= 0 && (page_size == 0 || block_table != 0), "paged layout needs a block table");
+  require(window == 0 || positions != 0, "a sliding window needs positions");
+  require(num_splits == 1 || (o_part != 0 && lse_part != 0), "split-KV needs workspaces");
   TreeAttentionParams p{};
   p.q = ptr<const void>(q);
   p.k = ptr<const void>(k);
@@ -92,13 +83,12 @@ void commit_kv_cuda_binding(std::uintptr_t caches, int num_caches, std::uintptr_
                             int kv_heads, int head_dim, int elem_size, std::array<int64_t, 4> stride,
                             std::array<int64_t, 2> rows_stride, int64_t bt_stride, int page_size, int64_t capacity,
                             std::uintptr_t stream) {
-  const char* where = "verispec.commit_kv(backend='cuda')";
-  require(num_caches >= 1 && kv_heads >= 1 && batch >= 0 && path_len >= 0, std::string(where) + ": bad sizes");
-  require(static_cast<int64_t>(num_caches) * kv_heads <= 65535,
-          std::string(where) + ": layers * 2 * Hkv must be <= 65535");
-  require(head_dim * elem_size <= 1024, std::string(where) + ": a K/V row (head_dim * element size) must be <= 1024 bytes");
-  require(elem_size == 2 || elem_size == 4 || elem_size == 8, std::string(where) + ": element size must be 2, 4 or 8");
-  require(page_size == 0 || block_table != 0, std::string(where) + ": paged layout needs a block table");
+  constexpr Require require("verispec.commit_kv(backend='cuda')");
+  require(num_caches >= 1 && kv_heads >= 1 && batch >= 0 && path_len >= 0, "bad sizes");
+  require(static_cast<int64_t>(num_caches) * kv_heads <= 65535, "layers * 2 * Hkv must be <= 65535");
+  require(head_dim * elem_size <= 1024, "a K/V row (head_dim * element size) must be <= 1024 bytes");
+  require(elem_size == 2 || elem_size == 4 || elem_size == 8, "element size must be 2, 4 or 8");
+  require(page_size == 0 || block_table != 0, "paged layout needs a block table");
   CommitKvParams p{};
   p.caches = ptr<const uint64_t>(caches);
   p.num_caches = num_caches;

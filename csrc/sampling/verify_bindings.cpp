@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/binding_utils.h"
 #include "common/cuda_check.h"
 #include "registry.h"
 #include "sampling/verify.h"
@@ -16,14 +17,7 @@ namespace py = pybind11;
 namespace verispec {
 namespace {
 
-template <typename T>
-T* ptr(std::uintptr_t p) {
-  return reinterpret_cast<T*>(p);
-}
-
-void require(bool ok, const std::string& msg) {
-  if (!ok) throw py::value_error("verispec.verify(backend='cuda'): " + msg);
-}
+constexpr Require require("verispec.verify(backend='cuda')");
 
 LogitsDtype to_dtype(int code) {
   require(code >= 0 && code <= 2, "logits dtype code must be 0 (float32), 1 (float16) or 2 (bfloat16)");
