@@ -16,11 +16,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import random
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -30,10 +27,19 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from _gpu_common import (  # noqa: E402
+    RESULTS,
+    announce_device,
+    copy_bandwidth,
+    device_info,
+    result_header,
+    result_stem,
+    wall_timer,
+    write_json,
+)
+
 import verispec  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 LAYERS, HKV, D, TREE = 32, 8, 128, 64
 
 
@@ -77,14 +83,6 @@ def torch_loop(ks, vs, pl, rows, table):
     return run
 
 
-def commit_hash() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def check_backends(device, backends=("triton", "cuda")) -> dict[str, str]:
     """Each backend against the torch reference on small caches (both layouts), exact equality."""
     report = {}
@@ -117,14 +115,9 @@ def run_gpu(out_dir: Path, quick: bool, *, device=None, timer=None, bandwidth=No
         def timer(fn):
             return float(do_bench(fn, warmup=5, rep=50, return_mode="median"))
 
-    name = torch.cuda.get_device_properties(device).name if device.type == "cuda" else "cpu"
-    if bandwidth is None:
-        src = torch.empty(1 << 29, dtype=torch.int16, device=device)
-        dst = torch.empty_like(src)
-        bandwidth = 2 * src.numel() * 2 / (timer(lambda: dst.copy_(src)) * 1e-3) / 1e9
-        del src, dst
-    bw = bandwidth
-    print(f"device: {name}, measured copy bandwidth {bw:.0f} GB/s")
+    name, _ = device_info(device)
+    bw = copy_bandwidth(device, timer=timer) if bandwidth is None else bandwidth
+    announce_device(name, bw)
     backends = ("triton", "cuda") if device.type == "cuda" else ("triton",)
     checks = check_backends(device, backends)
     print(f"correctness against the torch reference: {checks}")
@@ -154,14 +147,11 @@ def run_gpu(out_dir: Path, quick: bool, *, device=None, timer=None, bandwidth=No
         rows_out.append(row)
         print(row, flush=True)
         del ks, vs
-    result = {"bench": "commit_kv", "device": name, "copy_bandwidth_GBps": bw, "commit": commit_hash(),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "torch": torch.__version__, "shape": f"{LAYERS} layers, Hkv={HKV}, D={D}, bf16, L=4096",
+    result = {**result_header("commit_kv", name, bw), "shape": f"{LAYERS} layers, Hkv={HKV}, D={D}, bf16, L=4096",
               "correctness": checks, "rows": rows_out}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"commit_kv-{name.replace(' ', '_')}-{result['date'][:16].replace(':', '')}-{result['commit']}"
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    print(f"wrote {out_dir / stem}.json")
+    stem = result_stem(out_dir, result)
+    write_json(stem, result)
+    print(f"wrote {stem}.json")
     return result
 
 
@@ -207,14 +197,7 @@ def test_cpu_check():
 
 
 def test_report_pipeline_on_cpu(tmp_path):
-    import time
-
-    def timer(fn):
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
-
-    res = run_gpu(tmp_path, False, device="cpu", timer=timer, bandwidth=1.0, shapes=[(2, 4, False), (2, 3, True)],
+    res = run_gpu(tmp_path, False, device="cpu", timer=wall_timer, bandwidth=1.0, shapes=[(2, 4, False), (2, 3, True)],
                   dims=dict(L=20, layers=2, hkv=2, d=8, dtype=torch.float32))
     assert res["correctness"] == {"triton": "ok"}
     assert set(res["rows"][0]["impls"]) == {"verispec_triton", "torch_loop"}

@@ -28,13 +28,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
 import os
 import platform
 import random
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +42,19 @@ import torch
 if not torch.cuda.is_available():  # the Triton kernels run in the interpreter on CPU
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from _gpu_common import (  # noqa: E402
+    RESULTS,
+    announce_device,
+    copy_bandwidth,
+    device_info,
+    result_header,
+    result_stem,
+    wall_timer,
+    write_json,
+)
+
 import verispec  # noqa: E402
 from verispec.ops.tree_attention import _check, tree_attention_torch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 
 # ---------------------------------------------------------------------------------------------------
 # Inputs
@@ -272,16 +277,6 @@ DEFAULT_PEERS = [name for name in PEERS if name != "verispec_triton_tuned"]
 # ---------------------------------------------------------------------------------------------------
 
 
-def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
-    """Measured device-to-device copy bandwidth in GB/s (bytes read + bytes written per second)."""
-    from triton.testing import do_bench
-
-    src = torch.empty(nbytes // 2, dtype=torch.int16, device=device)
-    dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), warmup=10, rep=200, return_mode="median")
-    return 2 * nbytes / (ms * 1e-3) / 1e9
-
-
 def time_ms(fn: Callable[[], torch.Tensor]) -> float:
     from triton.testing import do_bench
 
@@ -294,14 +289,6 @@ def reference(pr: Problem) -> torch.Tensor:
     return tree_attention_torch(*a)
 
 
-def commit_hash() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run_gpu(shapes: list[tuple[int, int, int]], peers: list[str], out_dir: Path, *, device=None, dims=None,
             timer=None, bandwidth=None) -> dict:
     """Time every peer on every shape; the result files are rewritten after each shape, so a run cut
@@ -310,28 +297,18 @@ def run_gpu(shapes: list[tuple[int, int, int]], peers: list[str], out_dir: Path,
     device = torch.device("cuda") if device is None else torch.device(device)
     dims = dims or {}
     timer = timer or time_ms
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        name, sms = props.name, props.multi_processor_count
-    else:
-        name, sms = platform.processor() or "cpu", os.cpu_count()
+    name, sms = device_info(device)
     bw = bandwidth or copy_bandwidth(device)
-    print(f"device: {name} ({sms} SMs), measured copy bandwidth {bw:.0f} GB/s")
+    announce_device(name, bw, sms)
     result = {
-        "bench": "tree_attention",
-        "device": name,
+        **result_header("tree_attention", name, bw),
         "sms": sms,
-        "copy_bandwidth_GBps": bw,
-        "commit": commit_hash(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
         "python": platform.python_version(),
         "shape": "Llama-3-8B attention: Hq=32, Hkv=8, D=128, bf16",
         "rows": [],
         "targets": [],
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"tree_attention-{name.replace(' ', '_')}-{result['date'][:16].replace(':', '')}-{result['commit']}"
+    stem = result_stem(out_dir, result)
     for B, L, T in shapes:
         pr = build(Problem(B, L, T, **dims), device)
         want = reference(pr)
@@ -357,8 +334,8 @@ def run_gpu(shapes: list[tuple[int, int, int]], peers: list[str], out_dir: Path,
         result["rows"].append(row)
         result["targets"] = check_targets(result)
         print(format_row(row), flush=True)
-        stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
-        stem.with_suffix(".md").write_text(markdown(result))
+        write_json(stem, result)
+        Path(f"{stem}.md").write_text(markdown(result))
         del pr, want
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -485,15 +462,8 @@ def test_cpu_check():
 
 def test_report_pipeline_on_cpu(tmp_path):
     """The GPU sweep's bookkeeping (checks, bandwidth, targets, files) on CPU with a fake timer."""
-    import time
-
-    def timer(fn):
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
-
     res = run_gpu([(1, 40, 5), (1, 8200, 3)], ["verispec_triton", "sdpa_dense", "sdpa_causal", "flashinfer"],
-                  tmp_path, device="cpu", dims=dict(Hq=4, Hkv=2, D=16, dtype=torch.float32), timer=timer,
+                  tmp_path, device="cpu", dims=dict(Hq=4, Hkv=2, D=16, dtype=torch.float32), timer=wall_timer,
                   bandwidth=10.0)
     assert [r["L"] for r in res["rows"]] == [40, 8200]
     for r in res["rows"]:

@@ -23,10 +23,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -37,12 +35,12 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from _gpu_common import RESULTS, announce_device, device_info, result_header, result_stem, write_json  # noqa: E402
+from _gpu_common import copy_bandwidth as _copy_bandwidth  # noqa: E402
 
 import verispec  # noqa: E402
 from verispec.ops.tree_buffers import tree_buffers  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 GPU = torch.cuda.is_available()
 BS, KS, VS = (1, 8, 64, 256), (4, 8, 16, 64), (32000, 128256, 151936)
 CASES = ("greedy", "exact_chain", "exact_tree")
@@ -106,26 +104,16 @@ def run_flashinfer(c: dict, include_softmax: bool) -> Optional[Callable]:
 def copy_bandwidth() -> float:
     from triton.testing import do_bench
 
-    src = torch.empty(1 << 29, dtype=torch.int16, device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * src.numel() * 2 / (do_bench(lambda: dst.copy_(src), return_mode="median") * 1e-3) / 1e9
-
-
-def commit_hash() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return _copy_bandwidth("cuda", timer=lambda fn: do_bench(fn, return_mode="median"))
 
 
 def sweep(out_dir: Path, quick: bool) -> dict:
     """GPU sweep with triton.testing.do_bench (median of CUDA-event timings); writes JSON."""
     from triton.testing import do_bench
 
-    props = torch.cuda.get_device_properties(0)
+    name, _ = device_info("cuda")
     bw = copy_bandwidth()
-    print(f"device: {props.name}, measured copy bandwidth {bw:.0f} GB/s")
+    announce_device(name, bw)
     shapes = [(c, 64, 4, 128256) for c in CASES] + [("greedy", 1, 4, 32000), ("exact_chain", 256, 16, 151936)] \
         if quick else [(c, B, K, V) for c in CASES for B in BS for K in KS for V in VS]
     rows = []
@@ -154,13 +142,10 @@ def sweep(out_dir: Path, quick: bool) -> dict:
         print(json.dumps(row), flush=True)
         del c
         torch.cuda.empty_cache()
-    result = {"bench": "verify", "device": props.name, "copy_bandwidth_GBps": bw, "commit": commit_hash(),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "torch": torch.__version__, "logits": "bf16", "rows": rows}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"verify-{props.name.replace(' ', '_')}-{result['date'][:10]}-{result['commit']}"
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    print(f"wrote {out_dir / stem}.json")
+    result = {**result_header("verify", name, bw), "logits": "bf16", "rows": rows}
+    stem = result_stem(out_dir, result, minutes=False)
+    write_json(stem, result)
+    print(f"wrote {stem}.json")
     return result
 
 
