@@ -307,6 +307,19 @@ def test_bad_contexts_and_params(built):
     # only the last max_match tokens are read, but positions refer to the whole context
     with pytest.raises(ValueError, match="position 99 has negative"):
         ds.draft(list(range(99)) + [-1])
+    with pytest.raises(ValueError, match="position 40 has negative"):
+        ds.draft(torch.tensor(list(range(40)) + [-1]))
+    # lists and tuples are read by the core directly
+    with pytest.raises(TypeError, match="context must hold integer token ids, got float at position 1"):
+        ds.draft([1, 2.0])
+    with pytest.raises(TypeError, match="got bool at position 0"):
+        ds.draft((True, 2))
+    with pytest.raises(ValueError, match="position 1 has token id .* > 4294967294"):
+        ds.draft([1, 2**70])
+    with pytest.raises(ValueError, match="position 0 has negative token id"):
+        ds.draft([-(2**70)])
+    same = ds.draft_arrays([np.int64(3), np.uint16(4)]).tokens.tolist()
+    assert same == ds.draft_arrays(np.array([3, 4])).tokens.tolist() == ds.draft_arrays(range(3, 5)).tokens.tolist()
 
 
 def test_unwritable_output_leaves_nothing(tmp_path):

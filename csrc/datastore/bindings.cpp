@@ -22,22 +22,55 @@ using U32 = py::array_t<uint32_t, py::array::c_style>;
 using U64 = py::array_t<uint64_t, py::array::c_style>;
 using I64 = py::array_t<int64_t, py::array::c_style>;
 
-// Context ids arrive as int64 (any integer input converts to that without loss); range checks
-// happen here, where they cost nanoseconds. `offset` = index of ctx[0] in the caller's context.
-std::vector<uint32_t> context_ids(const I64& a, int64_t offset, const std::string& what) {
+// Contexts arrive either as int64 numpy arrays (Python converted and sliced them; `offset` = index of
+// element 0 in the caller's context) or as Python lists / tuples, read here directly (cheaper than
+// a numpy round trip for the few tokens a query needs): only the last `keep` elements, and
+// `offset` is then added to their positions. Range checks happen here, where they cost nanoseconds.
+void check_id(int64_t v, int64_t pos, const std::string& what) {
+  if (v < 0)
+    throw std::invalid_argument(what + ": position " + std::to_string(pos) + " has negative token id " + std::to_string(v));
+  if (v > int64_t(0xFFFFFFFE))
+    throw std::invalid_argument(what + ": position " + std::to_string(pos) + " has token id " + std::to_string(v) +
+                                " > 4294967294 (the largest storable id)");
+}
+
+std::vector<uint32_t> context_ids(py::handle obj, int64_t offset, int64_t keep, const std::string& what) {
+  std::vector<uint32_t> out;
+  if (PyList_Check(obj.ptr()) || PyTuple_Check(obj.ptr())) {
+    const bool is_list = PyList_Check(obj.ptr());
+    const Py_ssize_t n = is_list ? PyList_GET_SIZE(obj.ptr()) : PyTuple_GET_SIZE(obj.ptr());
+    if (n == 0) throw std::invalid_argument(what + " is empty: drafting needs at least one token");
+    const Py_ssize_t start = std::max<Py_ssize_t>(0, n - Py_ssize_t(std::max<int64_t>(keep, 1)));
+    out.resize(size_t(n - start));
+    for (Py_ssize_t i = start; i < n; ++i) {
+      PyObject* item = is_list ? PyList_GET_ITEM(obj.ptr(), i) : PyTuple_GET_ITEM(obj.ptr(), i);
+      const int64_t pos = int64_t(i) + offset;
+      if (PyBool_Check(item) || !(PyLong_Check(item) || PyIndex_Check(item)))
+        throw py::type_error(what + " must hold integer token ids, got " + std::string(Py_TYPE(item)->tp_name) +
+                             " at position " + std::to_string(pos));
+      int overflow = 0;
+      int64_t v;
+      if (PyLong_Check(item)) {
+        v = PyLong_AsLongLongAndOverflow(item, &overflow);
+      } else {  // numpy integer scalars and other __index__ types
+        py::object idx = py::reinterpret_steal<py::object>(PyNumber_Index(item));
+        if (!idx) throw py::error_already_set();
+        v = PyLong_AsLongLongAndOverflow(idx.ptr(), &overflow);
+      }
+      if (overflow) v = overflow < 0 ? -1 : int64_t(1) << 62;
+      check_id(v, pos, what);
+      out[size_t(i - start)] = uint32_t(v);
+    }
+    return out;
+  }
+  const I64 a = py::cast<I64>(obj);
   if (a.ndim() != 1) throw std::invalid_argument(what + " must be 1-D");
   if (a.size() == 0) throw std::invalid_argument(what + " is empty: drafting needs at least one token");
-  std::vector<uint32_t> out(size_t(a.size()));
+  out.resize(size_t(a.size()));
   const int64_t* p = a.data();
   for (size_t i = 0; i < out.size(); ++i) {
-    const int64_t v = p[i];
-    if (v < 0)
-      throw std::invalid_argument(what + ": position " + std::to_string(int64_t(i) + offset) +
-                                  " has negative token id " + std::to_string(v));
-    if (v > int64_t(0xFFFFFFFE))
-      throw std::invalid_argument(what + ": position " + std::to_string(int64_t(i) + offset) + " has token id " +
-                                  std::to_string(v) + " > 4294967294 (the largest storable id)");
-    out[i] = uint32_t(v);
+    check_id(p[i], int64_t(i) + offset, what);
+    out[i] = uint32_t(p[i]);
   }
   return out;
 }
@@ -143,18 +176,20 @@ void bind_datastore(py::module_& m) {
           py::arg("tokens"), py::arg("offsets"), py::arg("vocab_size"))
       .def(
           "draft",
-          [](const Datastore& d, const I64& ctx, int64_t offset, const DraftParams& p) {
-            const std::vector<uint32_t> ids = context_ids(ctx, offset, "context");
+          [](const Datastore& d, py::object ctx, int64_t offset, const DraftParams& p) {
+            const std::vector<uint32_t> ids = context_ids(ctx, offset, p.max_match, "context");
             // A single query takes microseconds: releasing the GIL would cost more than it frees.
             return to_python(d.draft(ids.data(), ids.size(), p));
           })
       .def(
           "draft_batch",
-          [](const Datastore& d, const std::vector<I64>& ctxs, const std::vector<int64_t>& offsets, const DraftParams& p, int64_t threads, bool packed) {
+          [](const Datastore& d, py::list ctxs, const std::vector<int64_t>& offsets, const DraftParams& p,
+             int64_t threads, bool packed) {
             if (offsets.size() != ctxs.size()) throw std::invalid_argument("one offset per context");
             std::vector<std::vector<uint32_t>> in;
             in.reserve(ctxs.size());
-            for (size_t b = 0; b < ctxs.size(); ++b) in.push_back(context_ids(ctxs[b], offsets[b], "context " + std::to_string(b)));
+            for (size_t b = 0; b < ctxs.size(); ++b)
+              in.push_back(context_ids(ctxs[b], offsets[b], p.max_match, "context " + std::to_string(b)));
             std::vector<DraftResult> out(in.size());
             {
               py::gil_scoped_release nogil;
@@ -190,10 +225,10 @@ void bind_datastore(py::module_& m) {
           })
       .def("count", [](const Datastore& d, const U32& pat) { return d.count(pat.data(), uint64_t(pat.size())); })
       .def("longest_match",
-           [](const Datastore& d, const I64& ctx, int64_t offset) {
+           [](const Datastore& d, py::object ctx, int64_t offset, int64_t keep) {
              int64_t m;
              uint64_t c;
-             const std::vector<uint32_t> ids = context_ids(ctx, offset, "context");
+             const std::vector<uint32_t> ids = context_ids(ctx, offset, keep, "context");
              d.longest_match(ids.data(), ids.size(), m, c);
              return py::make_tuple(m, c);
            })
@@ -280,8 +315,8 @@ void bind_datastore(py::module_& m) {
              return to_python(pi.draft(p));
            })
       .def("draft_context",
-           [](PromptIndex& pi, const I64& ctx, int64_t offset, const DraftParams& p) {
-             const std::vector<uint32_t> ids = context_ids(ctx, offset, "context");
+           [](PromptIndex& pi, py::object ctx, int64_t offset, const DraftParams& p) {
+             const std::vector<uint32_t> ids = context_ids(ctx, offset, p.max_match, "context");
              return to_python(pi.draft_context(ids.data(), ids.size(),
                                                p));
            })

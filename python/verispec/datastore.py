@@ -96,44 +96,41 @@ def _ids(x: Any, what: str, vocab_size: Optional[int] = None, *, offset: int = 0
     return np.ascontiguousarray(arr, dtype=np.uint32)
 
 
-def _context(ctx: Any, keep: int) -> tuple[np.ndarray, int]:
-    """(int64 array of the last `keep` tokens, index of its first token in `ctx`).
+def _context(ctx: Any, keep: int) -> tuple[Any, int]:
+    """(the context or its last `keep` tokens, index of that part's first token in `ctx`).
 
-    Only the tail is read by the drafter, so only the tail is converted; the core range-checks it.
-    Ids >= the datastore's vocab_size are allowed (a model's vocabulary may be larger than the
-    ids its corpus used); they occur nowhere, so they simply end matches.
+    Lists and tuples go to the core as they are (it reads only their last `keep` items); tensors
+    are cut to that tail first, other inputs become int64 numpy arrays. The core range-checks the
+    ids. Ids >= the datastore's vocab_size are allowed (a model's vocabulary may be larger than
+    the ids its corpus used); they occur nowhere, so they simply end matches.
     """
-    if isinstance(ctx, np.ndarray):
-        if ctx.dtype.kind not in "iu":
-            raise TypeError(f"context must hold integer token ids, got dtype {ctx.dtype}")
-        if ctx.ndim != 1:
-            raise ValueError(f"context must be 1-D, got shape {ctx.shape}")
-        start = max(0, ctx.shape[0] - keep)
-        tail = ctx[start:]
-        if tail.dtype == np.uint64 and tail.size and int(tail.max()) > MAX_TOKEN_ID:
-            i = int(np.argmax(tail > MAX_TOKEN_ID))
-            raise ValueError(f"context: position {i + start} has token id {int(tail[i])} > {MAX_TOKEN_ID} "
-                             "(the largest storable id)")
-        return np.ascontiguousarray(tail, dtype=np.int64), start
+    if type(ctx) is list or type(ctx) is tuple:
+        return ctx, 0
     if isinstance(ctx, torch.Tensor):
         if ctx.dtype.is_floating_point or ctx.dtype.is_complex or ctx.dtype == torch.bool:
             raise TypeError(f"context must hold integer token ids, got a tensor of dtype {ctx.dtype}")
         if ctx.dim() != 1:
             raise ValueError(f"context must be 1-D, got shape {tuple(ctx.shape)}")
         start = max(0, ctx.shape[0] - keep)
-        return ctx[start:].to(device="cpu", dtype=torch.int64).numpy(), start
-    try:
-        n = len(ctx)
-    except TypeError:
-        raise TypeError(f"context must be a 1-D sequence of token ids, got {type(ctx).__name__}") from None
-    start = max(0, n - keep)
-    tail = np.asarray(ctx[start:] if start else ctx)
-    if tail.dtype.kind not in "iu":
-        if tail.size == 0:
-            return np.zeros(0, np.int64), 0
-        raise TypeError(f"context must hold integer token ids, got dtype {tail.dtype}")
-    if tail.ndim != 1:
-        raise ValueError(f"context must be 1-D, got shape {tail.shape}")
+        return ctx[start:].tolist(), start
+    if not isinstance(ctx, np.ndarray):
+        try:
+            len(ctx)
+        except TypeError:
+            raise TypeError(f"context must be a 1-D sequence of token ids, got {type(ctx).__name__}") from None
+        ctx = np.asarray(ctx)
+        if ctx.size == 0:
+            return [], 0
+    if ctx.dtype.kind not in "iu":
+        raise TypeError(f"context must hold integer token ids, got dtype {ctx.dtype}")
+    if ctx.ndim != 1:
+        raise ValueError(f"context must be 1-D, got shape {ctx.shape}")
+    start = max(0, ctx.shape[0] - keep)
+    tail = ctx[start:]
+    if tail.dtype == np.uint64 and tail.size and int(tail.max()) > MAX_TOKEN_ID:
+        i = int(np.argmax(tail > MAX_TOKEN_ID))
+        raise ValueError(f"context: position {i + start} has token id {int(tail[i])} > {MAX_TOKEN_ID} "
+                         "(the largest storable id)")
     return np.ascontiguousarray(tail, dtype=np.int64), start
 
 
@@ -491,7 +488,7 @@ class Datastore:
 
     def longest_match(self, context: TokenIds, max_match: int = 16) -> tuple[int, int]:
         """(length, occurrences) of the longest context suffix (<= max_match) found in the corpus."""
-        return tuple(self._core.longest_match(*_context(context, max_match)))  # type: ignore[return-value]
+        return tuple(self._core.longest_match(*_context(context, max_match), max_match))  # type: ignore[return-value]
 
     def continuations(self, pattern: TokenIds) -> dict[int, int]:
         """Next-token counts after `pattern`: {token: count} (document ends are not counted)."""
