@@ -189,11 +189,18 @@ def commit_kv_triton(
         _check_values(prefix_lens, path_rows, capacity)
     from verispec.triton_kernels.commit_kv import commit_kv_fwd
 
-    # The kernels read lengths and block-table rows with unit stride.
+    return _commit_groups(caches, prefix_lens, path_rows, block_table,
+                          lambda group, lens, table: commit_kv_fwd(group, lens, path_rows, table))
+
+
+def _commit_groups(caches: list[torch.Tensor], prefix_lens, path_rows, block_table, launch_group) -> torch.Tensor:
+    """The kernel backends' glue: ``launch_group(group, prefix_lens, block_table)`` once per group of
+    same-shaped caches, with the lengths and block-table rows at unit stride (the kernels read them so);
+    returns the new lengths."""
     prefix_lens = prefix_lens.contiguous()
     block_table = block_table if block_table is None or block_table.stride(-1) == 1 else block_table.contiguous()
     for group in _grouped(caches):
-        commit_kv_fwd(group, prefix_lens, path_rows, block_table)
+        launch_group(group, prefix_lens, block_table)
     return _new_lengths(prefix_lens, path_rows)
 
 
@@ -241,12 +248,12 @@ def commit_kv_cuda(
     caches, capacity = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
     if prefix_lens.device.type != "cuda":
         _fail(f"backend='cuda' needs CUDA tensors, got {prefix_lens.device}")
-    prefix_lens = prefix_lens.contiguous()
-    block_table = block_table if block_table is None or block_table.stride(-1) == 1 else block_table.contiguous()
     stream = _native.cuda_stream_handle(prefix_lens.device)
-    for group in _grouped(caches):
-        _cuda_launch(group, prefix_lens, path_rows, block_table, capacity, stream, _native.native().commit_kv_cuda)
-    return _new_lengths(prefix_lens, path_rows)
+
+    def launch_group(group, lens, table):
+        _cuda_launch(group, lens, path_rows, table, capacity, stream, _native.native().commit_kv_cuda)
+
+    return _commit_groups(caches, prefix_lens, path_rows, block_table, launch_group)
 
 
 def _new_lengths(prefix_lens: torch.Tensor, path_rows: torch.Tensor) -> torch.Tensor:

@@ -181,6 +181,18 @@ def _check_lengths(p: _Problem, prefix_lens: torch.Tensor, tree_lens: torch.Tens
               f"{int(tree_lens[b])}) but {what} only {p.capacity}")
 
 
+def _prepare(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window, block_table, out,
+             *, check_lengths: bool) -> tuple[_Problem, Optional[torch.Tensor]]:
+    """The preamble every backend runs: `_check`, optionally `_check_lengths` (it reads lengths on the
+    host), and the default ``positions`` when a sliding window needs them."""
+    p = _check(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window, block_table, out)
+    if check_lengths:
+        _check_lengths(p, prefix_lens, tree_lens)
+    if p.window and positions is None:
+        positions = positions_from_ancestors(prefix_lens, ancestors)
+    return p, positions
+
+
 def positions_from_ancestors(prefix_lens: torch.Tensor, ancestors: torch.Tensor) -> torch.Tensor:
     """int32 ``[B, T]``: ``prefix_lens[b] + depth(t)``, with depth = (number of set ancestor bits) - 1.
 
@@ -240,10 +252,8 @@ def tree_attention_torch(
     operation order as Hugging Face's eager attention (scale, soft-cap, mask, fp32 softmax, @ v), so a
     model run through it in fp32 matches its own eager/sdpa output to rounding.
     """
-    p = _check(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window, block_table, out)
-    _check_lengths(p, prefix_lens, tree_lens)
-    if p.window and positions is None:
-        positions = positions_from_ancestors(prefix_lens, ancestors)
+    p, positions = _prepare(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window,
+                            block_table, out, check_lengths=True)
     compute = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
     G = p.Hq // p.Hkv
     result = torch.zeros(q.shape, dtype=q.dtype, device=q.device) if out is None else out
@@ -294,11 +304,9 @@ def tree_attention_triton(
 ) -> torch.Tensor:
     """Triton tree attention (split-KV, GQA-packed), the main GPU path. Same contract as `tree_attention`
     (``num_splits`` overrides the split-KV heuristic, for benchmarks and tests). Unverified on GPU."""
-    p = _check(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window, block_table, out)
-    if q.device.type == "cpu":
-        _check_lengths(p, prefix_lens, tree_lens)  # free on the host; on a GPU it would sync
-    if p.window and positions is None:
-        positions = positions_from_ancestors(prefix_lens, ancestors)
+    # The length checks are free on the host; on a GPU they would sync.
+    p, positions = _prepare(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window,
+                            block_table, out, check_lengths=q.device.type == "cpu")
     prefix_lens, tree_lens, block_table = _unit_stride(prefix_lens, tree_lens, block_table)
     from verispec.triton_kernels.tree_attention import tree_attention_fwd
 
@@ -402,7 +410,8 @@ def tree_attention_cuda(
     Unverified on GPU."""
     from verispec import _native
 
-    p = _check(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window, block_table, out)
+    p, positions = _prepare(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window,
+                            block_table, out, check_lengths=False)
     if q.device.type != "cuda":
         _fail(f"backend='cuda' needs CUDA tensors, got {q.device}")
     if q.dtype not in (torch.float16, torch.bfloat16):
@@ -412,8 +421,6 @@ def tree_attention_cuda(
         _fail(f"backend='cuda' supports head dims 64, 128 and 256, got {p.D} (use backend='triton')")
     for name, t in (("q", q), ("k", k), ("v", v)):
         _cuda_ready(name, t, 8)
-    if p.window and positions is None:
-        positions = positions_from_ancestors(prefix_lens, ancestors)
     prefix_lens, tree_lens, block_table = _unit_stride(prefix_lens, tree_lens, block_table)
     result = out
     if out is None or out.stride(-1) != 1 or any(s % 2 for s in out.stride()[:-1]) or out.data_ptr() % 4:
