@@ -16,13 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _slot_offsets(BT_row, b64, idx, ok, h64, sb, sh, ss, PAGED: tl.constexpr, PAGE):
-    if PAGED:
-        blk = tl.load(BT_row + idx // PAGE, mask=ok, other=0).to(tl.int64)
-        return blk * sb + (idx % PAGE).to(tl.int64) * ss + h64 * sh
-    return b64 * sb + idx.to(tl.int64) * ss + h64 * sh
+from verispec.triton_kernels._cache_layout import cache_offsets
 
 
 @triton.jit(do_not_specialize=["P", "capacity"])
@@ -49,8 +43,8 @@ def _commit_kv_kernel(
         dst = L + i
         # Rows that stay put are skipped; out-of-range sources are ignored rather than read.
         move = (row >= 0) & (row != i) & (src < capacity) & (dst >= 0)
-        src_off = _slot_offsets(BT_row, b64, src, move, h64, sb, sh, ss, PAGED, PAGE)
-        dst_off = _slot_offsets(BT_row, b64, dst, move, h64, sb, sh, ss, PAGED, PAGE)
+        src_off = cache_offsets(BT_row, b64, src, move, h64, sb, sh, ss, PAGED, PAGE)
+        dst_off = cache_offsets(BT_row, b64, dst, move, h64, sb, sh, ss, PAGED, PAGE)
         m2 = move[:, None] & d_ok[None, :]
         vals = tl.load(base + src_off[:, None] + offs_d[None, :] * sd, mask=m2)
         tl.debug_barrier()

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from verispec.ops.tree_attention import split_count
+from verispec.triton_kernels._cache_layout import cache_offsets
 
 LOG2E = 1.4426950408889634
 
@@ -60,15 +61,6 @@ def _online_softmax(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc
-
-
-@triton.jit
-def _kv_rows(BT_row, b64, j, jmask, h64, sb, sh, ss, PAGED: tl.constexpr, PAGE):
-    """Element offsets of cache entries j (per key) of request b, head h, in either layout."""
-    if PAGED:
-        blk = tl.load(BT_row + j // PAGE, mask=jmask, other=0).to(tl.int64)
-        return blk * sb + (j % PAGE).to(tl.int64) * ss + h64 * sh
-    return b64 * sb + j.to(tl.int64) * ss + h64 * sh
 
 
 # Sizes that change every decoding step are not specialised on (no recompiles as trees grow and shrink).
@@ -130,8 +122,8 @@ def _tree_attention_kernel(
     for start in range(c_lo, c_hi, BLOCK_N):
         j = start + offs_n
         j_ok = j < c_hi
-        k_off = _kv_rows(BT_row, b64, j, j_ok, h64, skb, skh, sks, PAGED, PAGE)
-        v_off = _kv_rows(BT_row, b64, j, j_ok, h64, svb, svh, svs, PAGED, PAGE)
+        k_off = cache_offsets(BT_row, b64, j, j_ok, h64, skb, skh, sks, PAGED, PAGE)
+        v_off = cache_offsets(BT_row, b64, j, j_ok, h64, svb, svh, svs, PAGED, PAGE)
         kv_mask = j_ok[:, None] & d_ok[None, :]
         k = tl.load(K + k_off[:, None] + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
         v = tl.load(V + v_off[:, None] + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
@@ -150,8 +142,8 @@ def _tree_attention_kernel(
             u = u0 + offs_n
             u_ok = u < u_end
             j = L + u
-            k_off = _kv_rows(BT_row, b64, j, u_ok, h64, skb, skh, sks, PAGED, PAGE)
-            v_off = _kv_rows(BT_row, b64, j, u_ok, h64, svb, svh, svs, PAGED, PAGE)
+            k_off = cache_offsets(BT_row, b64, j, u_ok, h64, skb, skh, sks, PAGED, PAGE)
+            v_off = cache_offsets(BT_row, b64, j, u_ok, h64, svb, svh, svs, PAGED, PAGE)
             kv_mask = u_ok[:, None] & d_ok[None, :]
             k = tl.load(K + k_off[:, None] + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
             v = tl.load(V + v_off[:, None] + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
