@@ -27,16 +27,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from _gpu_common import (  # noqa: E402
-    RESULTS,
-    announce_device,
-    copy_bandwidth,
-    device_info,
-    result_header,
-    result_stem,
-    wall_timer,
-    write_json,
-)
+import _gpu_common as common  # noqa: E402
 
 import verispec  # noqa: E402
 
@@ -115,9 +106,9 @@ def run_gpu(out_dir: Path, quick: bool, *, device=None, timer=None, bandwidth=No
         def timer(fn):
             return float(do_bench(fn, warmup=5, rep=50, return_mode="median"))
 
-    name, _ = device_info(device)
-    bw = copy_bandwidth(device, timer=timer) if bandwidth is None else bandwidth
-    announce_device(name, bw)
+    name, _ = common.device_info(device)
+    bw = common.copy_bandwidth(device, timer=timer) if bandwidth is None else bandwidth
+    common.announce_device(name, bw)
     backends = ("triton", "cuda") if device.type == "cuda" else ("triton",)
     checks = check_backends(device, backends)
     print(f"correctness against the torch reference: {checks}")
@@ -147,10 +138,11 @@ def run_gpu(out_dir: Path, quick: bool, *, device=None, timer=None, bandwidth=No
         rows_out.append(row)
         print(row, flush=True)
         del ks, vs
-    result = {**result_header("commit_kv", name, bw), "shape": f"{LAYERS} layers, Hkv={HKV}, D={D}, bf16, L=4096",
+    result = {**common.result_header("commit_kv", name, bw),
+              "shape": f"{LAYERS} layers, Hkv={HKV}, D={D}, bf16, L=4096",
               "correctness": checks, "rows": rows_out}
-    stem = result_stem(out_dir, result)
-    write_json(stem, result)
+    stem = common.result_stem(out_dir, result)
+    common.write_json(stem, result)
     print(f"wrote {stem}.json")
     return result
 
@@ -182,7 +174,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cpu-check", action="store_true")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=common.RESULTS)
     args = ap.parse_args(argv)
     if args.cpu_check or not torch.cuda.is_available():
         print("\n".join(cpu_check()))
@@ -197,7 +189,8 @@ def test_cpu_check():
 
 
 def test_report_pipeline_on_cpu(tmp_path):
-    res = run_gpu(tmp_path, False, device="cpu", timer=wall_timer, bandwidth=1.0, shapes=[(2, 4, False), (2, 3, True)],
+    res = run_gpu(tmp_path, False, device="cpu", timer=common.wall_timer, bandwidth=1.0,
+                  shapes=[(2, 4, False), (2, 3, True)],
                   dims=dict(L=20, layers=2, hkv=2, d=8, dtype=torch.float32))
     assert res["correctness"] == {"triton": "ok"}
     assert set(res["rows"][0]["impls"]) == {"verispec_triton", "torch_loop"}

@@ -42,16 +42,7 @@ import torch
 if not torch.cuda.is_available():  # the Triton kernels run in the interpreter on CPU
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from _gpu_common import (  # noqa: E402
-    RESULTS,
-    announce_device,
-    copy_bandwidth,
-    device_info,
-    result_header,
-    result_stem,
-    wall_timer,
-    write_json,
-)
+import _gpu_common as common  # noqa: E402
 
 import verispec  # noqa: E402
 from verispec.ops.tree_attention import _check, tree_attention_torch  # noqa: E402
@@ -297,18 +288,18 @@ def run_gpu(shapes: list[tuple[int, int, int]], peers: list[str], out_dir: Path,
     device = torch.device("cuda") if device is None else torch.device(device)
     dims = dims or {}
     timer = timer or time_ms
-    name, sms = device_info(device)
-    bw = bandwidth or copy_bandwidth(device)
-    announce_device(name, bw, sms)
+    name, sms = common.device_info(device)
+    bw = bandwidth or common.copy_bandwidth(device)
+    common.announce_device(name, bw, sms)
     result = {
-        **result_header("tree_attention", name, bw),
+        **common.result_header("tree_attention", name, bw),
         "sms": sms,
         "python": platform.python_version(),
         "shape": "Llama-3-8B attention: Hq=32, Hkv=8, D=128, bf16",
         "rows": [],
         "targets": [],
     }
-    stem = result_stem(out_dir, result)
+    stem = common.result_stem(out_dir, result)
     for B, L, T in shapes:
         pr = build(Problem(B, L, T, **dims), device)
         want = reference(pr)
@@ -334,7 +325,7 @@ def run_gpu(shapes: list[tuple[int, int, int]], peers: list[str], out_dir: Path,
         result["rows"].append(row)
         result["targets"] = check_targets(result)
         print(format_row(row), flush=True)
-        write_json(stem, result)
+        common.write_json(stem, result)
         Path(f"{stem}.md").write_text(markdown(result))
         del pr, want
         if device.type == "cuda":
@@ -436,7 +427,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--B", default="1,8,32", help="batch sizes (comma-separated)")
     ap.add_argument("--L", default="1024,4096,16384,32768", help="prefix lengths")
     ap.add_argument("--T", default="1,16,64,128", help="tree rows")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=common.RESULTS)
     args = ap.parse_args(argv)
     if args.cpu_check or not torch.cuda.is_available():
         for line in cpu_check():
@@ -463,7 +454,7 @@ def test_cpu_check():
 def test_report_pipeline_on_cpu(tmp_path):
     """The GPU sweep's bookkeeping (checks, bandwidth, targets, files) on CPU with a fake timer."""
     res = run_gpu([(1, 40, 5), (1, 8200, 3)], ["verispec_triton", "sdpa_dense", "sdpa_causal", "flashinfer"],
-                  tmp_path, device="cpu", dims=dict(Hq=4, Hkv=2, D=16, dtype=torch.float32), timer=wall_timer,
+                  tmp_path, device="cpu", dims=dict(Hq=4, Hkv=2, D=16, dtype=torch.float32), timer=common.wall_timer,
                   bandwidth=10.0)
     assert [r["L"] for r in res["rows"]] == [40, 8200]
     for r in res["rows"]:

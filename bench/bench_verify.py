@@ -34,9 +34,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import _gpu_common as common  # noqa: E402
 import pytest  # noqa: E402
-from _gpu_common import RESULTS, announce_device, device_info, result_header, result_stem, write_json  # noqa: E402
-from _gpu_common import copy_bandwidth as _copy_bandwidth  # noqa: E402
 
 import verispec  # noqa: E402
 from verispec.ops.tree_buffers import tree_buffers  # noqa: E402
@@ -104,16 +103,16 @@ def run_flashinfer(c: dict, include_softmax: bool) -> Optional[Callable]:
 def copy_bandwidth() -> float:
     from triton.testing import do_bench
 
-    return _copy_bandwidth("cuda", timer=lambda fn: do_bench(fn, return_mode="median"))
+    return common.copy_bandwidth("cuda", timer=lambda fn: do_bench(fn, return_mode="median"))
 
 
 def sweep(out_dir: Path, quick: bool) -> dict:
     """GPU sweep with triton.testing.do_bench (median of CUDA-event timings); writes JSON."""
     from triton.testing import do_bench
 
-    name, _ = device_info("cuda")
+    name, _ = common.device_info("cuda")
     bw = copy_bandwidth()
-    announce_device(name, bw)
+    common.announce_device(name, bw)
     shapes = [(c, 64, 4, 128256) for c in CASES] + [("greedy", 1, 4, 32000), ("exact_chain", 256, 16, 151936)] \
         if quick else [(c, B, K, V) for c in CASES for B in BS for K in KS for V in VS]
     rows = []
@@ -142,9 +141,9 @@ def sweep(out_dir: Path, quick: bool) -> dict:
         print(json.dumps(row), flush=True)
         del c
         torch.cuda.empty_cache()
-    result = {**result_header("verify", name, bw), "logits": "bf16", "rows": rows}
-    stem = result_stem(out_dir, result, minutes=False)
-    write_json(stem, result)
+    result = {**common.result_header("verify", name, bw), "logits": "bf16", "rows": rows}
+    stem = common.result_stem(out_dir, result, minutes=False)
+    common.write_json(stem, result)
     print(f"wrote {stem}.json")
     return result
 
@@ -195,7 +194,7 @@ def copy_bandwidth_cached() -> float:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a handful of shapes, including the target B=64 K=4 V=128k")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=common.RESULTS)
     args = ap.parse_args(argv)
     if not GPU:
         return pytest.main([__file__, "-q", "--benchmark-disable"])
