@@ -35,24 +35,12 @@ DRIVER = r"""
 namespace emu {
 template <typename V>
 V shfl_down(V v, int delta) {
-  static_assert(sizeof(V) == 4, "32-bit shuffles only");
-  std::memcpy(&lane(lane_id()).f, &v, 4);
-  syncwarp();
-  V out;
   const int src = lane_id() + delta;
-  std::memcpy(&out, &lane(src < 32 ? src : lane_id()).f, 4);
-  syncwarp();
-  return out;
+  return shfl_from(v, src < 32 ? src : lane_id());
 }
 template <typename V>
 V shfl_idx(V v, int src) {
-  static_assert(sizeof(V) == 4, "32-bit shuffles only");
-  std::memcpy(&lane(lane_id()).f, &v, 4);
-  syncwarp();
-  V out;
-  std::memcpy(&out, &lane(src).f, 4);
-  syncwarp();
-  return out;
+  return shfl_from(v, src);
 }
 }  // namespace emu
 #define __shfl_down_sync(mask, v, d) ::emu::shfl_down((v), (d))

@@ -123,15 +123,21 @@ inline void syncwarp() {
 inline int lane_id() { return st().cur % 32; }
 inline Lane& lane(int l) { return st().lanes[(st().cur / 32) * 32 + l]; }
 
+// Every lane publishes v, then reads lane src's value (32-bit types); the shuffle variants pick src.
 template <typename V>
-V shfl_xor(V v, int mask) {
+V shfl_from(V v, int src) {
   static_assert(sizeof(V) == 4, "32-bit shuffles only");
   std::memcpy(&lane(lane_id()).f, &v, 4);
   syncwarp();
   V out;
-  std::memcpy(&out, &lane(lane_id() ^ mask).f, 4);
+  std::memcpy(&out, &lane(src).f, 4);
   syncwarp();
   return out;
+}
+
+template <typename V>
+V shfl_xor(V v, int mask) {
+  return shfl_from(v, lane_id() ^ mask);
 }
 
 inline float bits_to_float(uint16_t bits, bool bf16) {
