@@ -669,21 +669,28 @@ def render_benches(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _time_cell(e: dict, detail) -> str:
+    """One implementation's cell in a sweep table: ``time (detail(e))`` when it was timed, ``err`` when it
+    failed, ``–`` when it did not run."""
+    return f"{_fmt_ms(e['ms'])} ({detail(e)})" if "ms" in e else ("err" if "error" in e else "–")
+
+
+def _pct_copy_bw(e: dict) -> str:
+    return f"{e['pct_copy_bw']:.0f}%"
+
+
 def _render_run(run: dict) -> list[str]:
     lines: list[str] = []
     d, kind = run["data"], run["kind"]
+    names = sorted({n for r in d.get("rows", []) for n in r.get("impls", {})})  # columns of the sweep tables
     head = (f"### {kind} — step `{run['step']}` ({run['source']}{', partial' if d.get('partial') else ''}); "
             f"{d.get('device')}, copy bandwidth {d.get('copy_bandwidth_GBps') or 0:.0f} GB/s")
     if kind == "verify":
-        names = sorted({n for r in d["rows"] for n in r["impls"]})
         rows = []
         for r in d["rows"]:
             best = _best(r["impls"], ("verispec_cuda", "verispec_triton"))
-            cells = []
-            for n in names:
-                e = r["impls"].get(n, {})
-                cells.append(f"{_fmt_ms(e['ms'])} ({e['ms'] / r['floor_ms']:.2f}x)" if "ms" in e else
-                             ("err" if "error" in e else "–"))
+            cells = [_time_cell(r["impls"].get(n, {}), lambda e, r=r: f"{e['ms'] / r['floor_ms']:.2f}x")
+                     for n in names]
             fi = r["impls"].get("flashinfer_chain", {})
             vs_fi = f"{fi['ms'] / best[1]['ms']:.2f}x" if best and "ms" in fi else "–"
             vs_torch = (f"{r['impls']['verispec_torch']['ms'] / best[1]['ms']:.1f}x"
@@ -694,14 +701,13 @@ def _render_run(run: dict) -> list[str]:
                   "Speed-ups of the best verispec GPU backend.", ""]
         lines += _table(["case", "B", "K", "V", "floor"] + names + ["vs torch", "vs FlashInfer"], rows) + [""]
     elif kind == "tree_attention":
-        names = sorted({n for r in d["rows"] for n in r["impls"]})
         rows = []
         for r in d["rows"]:
             best = _best(r["impls"], ("verispec_cuda", "verispec_triton"))
             cells = []
             for n in names:
                 e = r["impls"].get(n, {})
-                cell = f"{_fmt_ms(e['ms'])} ({e['pct_copy_bw']:.0f}%)" if "ms" in e else ("err" if "error" in e else "–")
+                cell = _time_cell(e, _pct_copy_bw)
                 if "config" in e:
                     cell += f" cfg {tuple(e['config'])}"
                 cells.append(cell)
@@ -717,12 +723,10 @@ def _render_run(run: dict) -> list[str]:
         lines += _table(["B", "L", "T"] + names + ["vs sdpa_dense", "vs flex", "vs flex+mask", "vs flashinfer",
                                                      "/ causal"], rows) + [""]
     elif kind == "commit_kv":
-        names = sorted({n for r in d["rows"] for n in r["impls"]})
         rows = []
         for r in d["rows"]:
             best = _best(r["impls"], ("verispec_cuda", "verispec_triton"))
-            cells = [f"{_fmt_ms(e['ms'])} ({e['pct_copy_bw']:.0f}%)" if "ms" in e else ("err" if "error" in e else "–")
-                     for e in (r["impls"].get(n, {}) for n in names)]
+            cells = [_time_cell(r["impls"].get(n, {}), _pct_copy_bw) for n in names]
             loop = r["impls"].get("torch_loop", {})
             rows.append([str(r["B"]), str(r["P"]), r["layout"]] + cells
                         + [f"{loop['ms'] / best[1]['ms']:.1f}x" if best and "ms" in loop else "–"])
