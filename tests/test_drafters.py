@@ -146,3 +146,25 @@ def test_retrieval_drafter_with_row_cost():
     t = cut.propose([Context(0, [10, 11])])[0]
     assert len(full) == 5 and 0 < len(t) <= len(full)
     assert t.tokens.tolist() == full.tokens.tolist()[: len(t)]
+
+
+def test_retrieval_drafter_backs_off_when_drafts_keep_failing():
+    from verispec import Datastore
+
+    ds = Datastore.from_documents([[10, 11, 12, 13]], vocab_size=50)
+    d = RetrievalDrafter(ds, budget=2, max_depth=2, prompt_lookup=False, backoff=2)
+    d.begin([[10, 11]])
+    ctx = Context(0, [10, 11])
+    sizes = []
+    for _ in range(9):
+        sizes.append(len(d.propose([ctx])[0]))
+        d.update([Accepted(0, [40], 0, False)])  # every draft rejected
+    # two misses, then 1 step off, a probe, 2 off, a probe, 4 off
+    assert sizes == [2, 2, 0, 2, 0, 0, 2, 0, 0]
+    d.propose([ctx])
+    d.update([Accepted(0, [12, 13], 1, False)])  # ... until something is accepted again
+    assert d._misses[0] == 0
+    never = RetrievalDrafter(ds, budget=2, max_depth=2, prompt_lookup=False, backoff=0)
+    for _ in range(5):
+        assert len(never.propose([ctx])[0]) == 2
+        never.update([Accepted(0, [40], 0, False)])
