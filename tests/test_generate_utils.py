@@ -39,7 +39,7 @@ def tiny_model(arch: str, seed: int = 0, vocab: int = VOCAB, dtype=torch.float32
         raise ValueError(arch)
     # Random init is tiny by default; larger weights give peaked, well-separated logits.
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.3)
     # No EOS unless a test asks for one: the oracle and verispec must stop for the same reason.

@@ -67,7 +67,11 @@ def _run(args: argparse.Namespace) -> int:
 
     texts = list(args.prompt or [])
     for f in args.file or []:
-        texts.append(sys.stdin.read() if f == "-" else open(f, encoding="utf-8").read())
+        if f == "-":
+            texts.append(sys.stdin.read())
+        else:
+            with open(f, encoding="utf-8") as fh:
+                texts.append(fh.read())
     if not texts:
         raise ValueError("give at least one --prompt TEXT or --file PATH ('-' reads stdin)")
     for i, t in enumerate(texts):

@@ -7,6 +7,7 @@ overrides), with a progress bar while the sources are tokenized.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import importlib.util
@@ -93,10 +94,8 @@ def stdlib_datastore(tokenizer: Any, path: Optional[str] = None, include_tests: 
     def docs():
         batch: list[str] = []
         for i, f in enumerate(files, 1):
-            try:
+            with contextlib.suppress(UnicodeDecodeError, OSError):
                 batch.append(f.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, OSError):
-                pass
             if len(batch) == 64 or i == len(files):
                 yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
                 batch = []

@@ -10,7 +10,6 @@ through the model's own attention with an additive 4D mask (``attention="mask"``
 from __future__ import annotations
 
 import inspect
-from typing import Optional
 
 import torch
 
