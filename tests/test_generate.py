@@ -183,20 +183,26 @@ def test_text_streamer_prints(capsys):
     assert printed.strip() == "".join(f"<{i}>" for i in out.sequences[0].tolist()[3:])
 
 
-def test_bf16_and_fp16_run_and_match_plain_decoding_on_the_same_path():
-    """Low precision: speculative output equals NoDrafter output through the same code path (the
-    strict HF-identity claim is made in fp32, where rounding cannot flip a near tie)."""
-    for dtype in (torch.bfloat16, torch.float16):
-        model = tiny_model("llama", dtype=dtype)
-        prompts = _prompts((7, 3))
-        plain = verispec.generate(model, prompts, max_new_tokens=10, eos_token_id=[])
-        assert all(len(s) == len(p) + 10 for s, p in zip(plain.sequences, prompts))
-        refs = {b: s.tolist() for b, s in enumerate(plain.sequences)}
-        spec = verispec.generate(model, prompts, drafter=OracleTreeDrafter(refs, VOCAB, seed=4), max_new_tokens=10,
-                                 eos_token_id=[], attention="mask")
-        # Tree rows see the same keys as one-token steps, but in a wider matmul: identical in exact
-        # arithmetic, and in practice for this model; a rare near-tie flip would show up here.
-        assert [s.tolist() for s in spec.sequences] == [refs[0], refs[1]], dtype
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_tokens_are_greedy_choices(dtype):
+    """bf16/fp16: bit-identity with one-token decoding is not promised (a tree forward multiplies wider
+    matrices, so rounding differs), but every emitted token must be the model's greedy choice up to
+    rounding, with drafts accepted and rejected along the way."""
+    model = tiny_model("llama", dtype=dtype)
+    prompts = _prompts((7, 3))
+    plain = verispec.generate(model, prompts, max_new_tokens=12, eos_token_id=[])
+    refs = {b: s.tolist() for b, s in enumerate(plain.sequences)}
+    spec = verispec.generate(model, prompts, drafter=OracleTreeDrafter(refs, VOCAB, seed=4), max_new_tokens=12,
+                             eos_token_id=[], attention="mask")
+    assert spec.stats.tokens_per_step > 1.2
+    tol = 0.05 if dtype == torch.bfloat16 else 0.01
+    for s, p in zip(spec.sequences, prompts):
+        assert len(s) == len(p) + 12
+        with torch.no_grad():
+            logits = model(s.view(1, -1)).logits[0].float()
+        for pos in range(len(p), len(s)):
+            row = logits[pos - 1]
+            assert row[s[pos]] >= row.max() - tol * row.abs().max(), (dtype, pos)
 
 
 def test_stats_fields():
