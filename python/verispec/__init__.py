@@ -28,6 +28,7 @@ _LAZY = {
     # generation
     "generate": "verispec.generate",
     "GenerateOutput": "verispec.generate",
+    "GenerateStats": "verispec.generate",
     "Drafter": "verispec.drafters",
     "NoDrafter": "verispec.drafters",
     "RetrievalDrafter": "verispec.drafters",
