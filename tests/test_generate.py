@@ -267,12 +267,11 @@ def test_gpu_kernels_match_plain_decoding(backend, dtype):
         assert [s.tolist() for s in out.sequences] == [reference_greedy(model, p, 16, None) for p in prompts]
 
 
-def test_generate_callable_after_submodule_import():
-    """`verispec.generate` stays callable even when the module of the same name was imported."""
+def test_generate_is_the_function_after_submodule_import():
+    """The loop lives in verispec.generation, so importing it never shadows the function."""
     import importlib
 
-    mod = importlib.import_module("verispec.generate")
+    mod = importlib.import_module("verispec.generation")
+    assert verispec.generate is mod.generate
     out = verispec.generate(tiny_model("llama"), [[1, 2]], max_new_tokens=2, eos_token_id=[])
     assert isinstance(out, mod.GenerateOutput)
-    assert mod(tiny_model("llama"), [[1, 2]], max_new_tokens=2, eos_token_id=[]).sequences[0].tolist() == \
-        out.sequences[0].tolist()

@@ -26,9 +26,9 @@ _LAZY = {
     "Datastore": "verispec.datastore",
     "PromptIndex": "verispec.datastore",
     # generation
-    "generate": "verispec.generate",
-    "GenerateOutput": "verispec.generate",
-    "GenerateStats": "verispec.generate",
+    "generate": "verispec.generation",
+    "GenerateOutput": "verispec.generation",
+    "GenerateStats": "verispec.generation",
     "Drafter": "verispec.drafters",
     "NoDrafter": "verispec.drafters",
     "RetrievalDrafter": "verispec.drafters",

@@ -16,7 +16,6 @@ is empty and a step is plain one-token decoding through the same code path: that
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -360,15 +359,3 @@ def generate(
     out_dev = input_ids.device if isinstance(input_ids, torch.Tensor) else torch.device("cpu")
     sequences = [torch.tensor(s, dtype=torch.long, device=out_dev) for s in seqs]
     return GenerateOutput(sequences, stats, [len(p) for p in prompts])
-
-
-class _CallableModule(sys.modules[__name__].__class__):
-    """`verispec.generate` names both this module and the function. Once anything imports the
-    module (``from verispec.generate import GenerateOutput``), the package attribute is the module, so
-    the module itself must be callable for ``verispec.generate(model, ...)`` to keep working."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> GenerateOutput:
-        return generate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
