@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 import torch
-from test_generate_utils import tiny_model
+from test_generate_utils import reference_greedy, tiny_model
 
 from verispec.cli import main
 
@@ -45,14 +45,28 @@ def test_generate_cli_tiny(tiny_dir, drafter, capsys):
     assert "tokens/step" in err and "identical to model.generate(do_sample=False): 2/2" in err
 
 
-def test_generate_cli_streams_one_prompt(tiny_dir, tmp_path, capsys):
+def test_generate_cli_streams_one_prompt(tiny_dir, tmp_path, capsys, monkeypatch):
+    import verispec
+
+    real_generate, streamers = verispec.generate, []
+
+    def spy(*a, **kw):
+        streamers.append(kw.get("streamer"))
+        return real_generate(*a, **kw)
+
+    monkeypatch.setattr(verispec, "generate", spy)
     f = tmp_path / "p.txt"
     f.write_text("w7 w8 w9 w7 w8")
     rc = main(["generate", "--model", str(tiny_dir), "--file", str(f), "--drafter", "prompt-lookup",
-               "--max-new-tokens", "5", "--device", "cpu"])
+               "--max-new-tokens", "5", "--device", "cpu", "--check"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert out.startswith("w7 w8 w9 w7 w8")
+    # one prompt goes through a streamer, and what it printed is the greedy continuation
+    assert len(streamers) == 1 and streamers[0] is not None
+    assert "identical to model.generate(do_sample=False): 1/1" in err
+    want = reference_greedy(tiny_model("llama"), [7, 8, 9, 7, 8], 5, [96])
+    assert out.split() == [f"w{i}" for i in want]
 
 
 def test_generate_cli_errors(tiny_dir, tmp_path, capsys):
