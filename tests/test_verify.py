@@ -108,9 +108,15 @@ def _random_batch(rng, B, V, max_nodes, dup=False):
 
 
 def _peaked_logits(trees, V, gen, scale=3.0):
-    # Logits that favour the drafted tokens so that walks go deep.
+    # Logits that favour the drafted tokens so that walks go deep: each node's token is boosted in
+    # its parent's row (row 0 of a request is the root, row j + 1 is node j).
     R = sum(len(t) + 1 for t in trees)
     l = torch.randn(R, V, generator=gen) * scale
+    row0 = 0
+    for t in trees:
+        for tok, par in zip(t.tokens.tolist(), t.parents.tolist()):
+            l[row0 + par + 1, tok] += 2.0 * scale + 2.0
+        row0 += len(t) + 1
     return l
 
 
@@ -119,6 +125,7 @@ def _peaked_logits(trees, V, gen, scale=3.0):
 def test_vectorised_matches_loop_reference(mode, V):
     rng = random.Random(V)
     gen = torch.Generator().manual_seed(V)
+    accepted = []
     for trial in range(4):
         trees = _random_batch(rng, B=5, V=V, max_nodes=9, dup=True)
         logits = _peaked_logits(trees, V, gen, scale=1.0 if mode != "greedy" else 3.0)
@@ -131,6 +138,9 @@ def test_vectorised_matches_loop_reference(mode, V):
         assert torch.equal(a.tokens, b.tokens), (trial, a.tokens, b.tokens)
         assert torch.equal(a.accepted_nodes, b.accepted_nodes)
         assert torch.equal(a.num_accepted, b.num_accepted)
+        accepted += a.num_accepted.tolist()
+    # the comparison is not vacuous: drafts were accepted, some walks went at least two deep
+    assert sum(accepted) > 0 and max(accepted) >= 2, accepted
 
 
 def test_invariants_random_trees():
@@ -139,6 +149,8 @@ def test_invariants_random_trees():
     trees = _random_batch(rng, B=20, V=50, max_nodes=12, dup=True)
     logits = _peaked_logits(trees, 50, gen, scale=0.5)
     res = verispec.verify(logits, trees, mode="exact", seed=1, offset=0, backend="torch")
+    # the path checks below only bite where something was accepted
+    assert int(res.num_accepted.sum()) > 0 and int(res.num_accepted.max()) >= 2, res.num_accepted.tolist()
     _, parents, cu = pack_trees(trees)
     for b, t in enumerate(trees):
         k = int(res.num_accepted[b])
@@ -310,6 +322,7 @@ def test_draft_probs_must_be_distributions_covering_the_drafts():
 def test_vectorised_matches_loop_reference_draft_probs_and_filters(V):
     rng = random.Random(100 + V)
     gen = torch.Generator().manual_seed(100 + V)
+    accepted = []
     for trial in range(4):
         trees = _random_batch(rng, B=6, V=V, max_nodes=9, dup=True)
         N = sum(len(t) for t in trees)
@@ -321,6 +334,8 @@ def test_vectorised_matches_loop_reference_draft_probs_and_filters(V):
             a, b = vmod.verify_torch(p), vmod.verify_reference(p)
             assert torch.equal(a.tokens, b.tokens), (trial, extra.keys(), a.tokens, b.tokens)
             assert torch.equal(a.accepted_nodes, b.accepted_nodes)
+            accepted += a.num_accepted.tolist()
+    assert sum(accepted) > 0 and max(accepted) >= 2, accepted
 
 
 def test_masked_tokens_and_tiny_temperatures():
