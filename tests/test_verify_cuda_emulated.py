@@ -13,6 +13,7 @@ beyond the emulator's and the device libm's last bits.
 from __future__ import annotations
 
 import ctypes
+import math
 import random
 
 import pytest
@@ -139,14 +140,24 @@ def _compare(C, logits, trees, **kw):
 
 def _logits(trees, V, gen, scale, dtype=torch.float32):
     R = sum(len(t) + 1 for t in trees)
-    return (torch.randn(R, V, generator=gen) * scale).to(dtype)
+    l = torch.randn(R, V, generator=gen) * scale
+    # favour each drafted token in its parent's row (row 0 of a request is the root, row j + 1 node j),
+    # so drafts are accepted and walks go deep instead of every request rejecting at the root; the boost
+    # is about the largest of V normal draws, so it competes with the row's maximum
+    boost, row0 = scale * math.sqrt(2 * math.log(V)) + 1.0, 0
+    for t in trees:
+        for tok, par in zip(t.tokens.tolist(), t.parents.tolist()):
+            l[row0 + par + 1, tok] += boost
+        row0 += len(t) + 1
+    return l.to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_emulated_greedy(emu_C, dtype):
     rng, gen = random.Random(1), torch.Generator().manual_seed(1)
     trees = _random_trees(rng, 5, 111, 8) + [DraftTree.empty()]
-    _compare(emu_C, _logits(trees, 111, gen, 4.0, dtype), trees, mode="greedy")
+    ref = _compare(emu_C, _logits(trees, 111, gen, 4.0, dtype), trees, mode="greedy")
+    assert int(ref.num_accepted.max()) >= 2, ref.num_accepted.tolist()  # accept walks were compared too
 
 
 def test_emulated_greedy_golden(emu_C):
