@@ -210,24 +210,30 @@ def test_add_while_querying_from_threads():
 
     rng = random.Random(3)
     ds = Datastore.from_documents([[rng.randrange(5) for _ in range(500)]], vocab_size=50)
-    errors = []
-    stop = threading.Event()
+    errors, queries = [], []
+    stop, started = threading.Event(), threading.Event()
 
     def reader():
         try:
             while not stop.is_set():
-                ds.draft_batch([[1, 2], [3, 4, 0]], budget=8)
+                queries.append(ds.draft_batch([[1, 2], [3, 4, 0]], budget=8))
+                started.set()
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
+            started.set()
 
     t = threading.Thread(target=reader)
     t.start()
+    assert started.wait(30), "the reader thread never queried"
+    n_before = len(queries)
     for _ in range(30):
         ds.add([[rng.randrange(50) for _ in range(50)]])
     stop.set()
     t.join()
     assert not errors
     assert len(ds) == 500 + 30 * 50
+    assert len(queries) >= n_before >= 1  # the reader was already querying when the adds began
+    assert all(len(batch) == 2 for batch in queries)
 
 
 # ---------------------------------------------------------------------------------------------
