@@ -100,7 +100,8 @@ def test_first_two_tokens_match_plain_sampling(temperature, top_k, top_p, drafte
         obs_k, exp_k = obs_k[:-1], exp_k[:-1]
     res = chisquare(obs_k.numpy(), exp_k.numpy())
     assert res.pvalue > 1e-3, f"chi-square p={res.pvalue:.2e}"
-    assert out.stats.acceptance_rate > 0 or drafter == "random"
+    # both accept and reject paths were exercised (random trees over V = 7 still hit ~7% of the time)
+    assert 0 < out.stats.acceptance_rate < 1, out.stats.acceptance_rate
 
 
 def test_wrong_temperature_is_detected():
