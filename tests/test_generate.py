@@ -75,6 +75,10 @@ def test_greedy_identical_to_hf(arch_model, drafter, lengths, attention):
         assert s.tokens_per_step == 1.0 and s.steps == NEW
     if drafter == "oracle":
         assert s.tokens_per_step > 1.3  # the drafts were used, not just verified away
+    if drafter != "none":
+        assert s.draft_nodes > 0 and s.acceptance_rate < 1  # drafts were verified, and some rejected
+    if drafter == "retrieval":
+        assert s.acceptance_rate > 0  # the corrupted corpus's drafts are accepted for a few tokens
 
 
 def test_padded_tensor_input_left_and_right(arch_model):
