@@ -4,6 +4,7 @@ import random
 
 import pytest
 import torch
+from _verify_inputs import peaked_logits, random_trees
 
 import verispec
 from verispec import DraftTree, pack_trees
@@ -98,26 +99,11 @@ def test_max_depth_pads_outputs():
 
 
 def _random_batch(rng, B, V, max_nodes, dup=False):
-    trees = []
-    for _ in range(B):
-        n = rng.randrange(0, max_nodes + 1)
-        parents = [rng.randrange(-1, i) for i in range(n)]
-        toks = [rng.randrange(min(V, 6) if dup else V) for _ in range(n)]
-        trees.append(DraftTree(toks, parents))
-    return trees
+    return random_trees(rng, B, V, max_nodes, token_range=min(V, 6) if dup else None)
 
 
 def _peaked_logits(trees, V, gen, scale=3.0):
-    # Logits that favour the drafted tokens so that walks go deep: each node's token is boosted in
-    # its parent's row (row 0 of a request is the root, row j + 1 is node j).
-    R = sum(len(t) + 1 for t in trees)
-    l = torch.randn(R, V, generator=gen) * scale
-    row0 = 0
-    for t in trees:
-        for tok, par in zip(t.tokens.tolist(), t.parents.tolist()):
-            l[row0 + par + 1, tok] += 2.0 * scale + 2.0
-        row0 += len(t) + 1
-    return l
+    return peaked_logits(trees, V, gen, scale, boost=2.0 * scale + 2.0)
 
 
 @pytest.mark.parametrize("mode", ["greedy", "exact", "typical"])

@@ -7,11 +7,11 @@ Philox numbers as the reference, so exact modes are compared draw for draw.
 
 from __future__ import annotations
 
-import math
 import random
 
 import pytest
 import torch
+from _verify_inputs import max_draw_boost, peaked_logits, random_trees
 
 import verispec
 from verispec import DraftTree
@@ -30,13 +30,7 @@ def _dev():
 
 
 def _random_trees(rng, B, V, max_nodes, dup=True):
-    trees = []
-    for _ in range(B):
-        n = rng.randrange(0, max_nodes + 1)
-        parents = [rng.randrange(-1, i) for i in range(n)]
-        toks = [rng.randrange(min(V, 5) if dup else V) for _ in range(n)]
-        trees.append(DraftTree(toks, parents))
-    return trees
+    return random_trees(rng, B, V, max_nodes, token_range=min(V, 5) if dup else None)
 
 
 def _capture(logits, trees, **kw):
@@ -67,17 +61,7 @@ def _compare(backend, logits, trees, **kw):
 
 
 def _logits(trees, V, gen, scale, dtype=torch.float32):
-    R = sum(len(t) + 1 for t in trees)
-    l = torch.randn(R, V, generator=gen) * scale
-    # favour each drafted token in its parent's row (row 0 of a request is the root, row j + 1 node j),
-    # so drafts are accepted and walks go deep instead of every request rejecting at the root; the boost
-    # is about the largest of V normal draws, so it competes with the row's maximum
-    boost, row0 = scale * math.sqrt(2 * math.log(V)) + 1.0, 0
-    for t in trees:
-        for tok, par in zip(t.tokens.tolist(), t.parents.tolist()):
-            l[row0 + par + 1, tok] += boost
-        row0 += len(t) + 1
-    return l.to(dtype).to(_dev())
+    return peaked_logits(trees, V, gen, scale, max_draw_boost(V, scale)).to(dtype).to(_dev())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

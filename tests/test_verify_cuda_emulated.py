@@ -13,12 +13,12 @@ beyond the emulator's and the device libm's last bits.
 from __future__ import annotations
 
 import ctypes
-import math
 import random
 
 import pytest
 import torch
 from _cuda_emulation import build_emulated
+from _verify_inputs import max_draw_boost, peaked_logits
 from test_verify_backends import _capture, _random_trees
 
 from verispec import DraftTree
@@ -139,17 +139,7 @@ def _compare(C, logits, trees, **kw):
 
 
 def _logits(trees, V, gen, scale, dtype=torch.float32):
-    R = sum(len(t) + 1 for t in trees)
-    l = torch.randn(R, V, generator=gen) * scale
-    # favour each drafted token in its parent's row (row 0 of a request is the root, row j + 1 node j),
-    # so drafts are accepted and walks go deep instead of every request rejecting at the root; the boost
-    # is about the largest of V normal draws, so it competes with the row's maximum
-    boost, row0 = scale * math.sqrt(2 * math.log(V)) + 1.0, 0
-    for t in trees:
-        for tok, par in zip(t.tokens.tolist(), t.parents.tolist()):
-            l[row0 + par + 1, tok] += boost
-        row0 += len(t) + 1
-    return l.to(dtype)
+    return peaked_logits(trees, V, gen, scale, max_draw_boost(V, scale)).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
