@@ -345,7 +345,7 @@ def test_unwritable_output_leaves_nothing(tmp_path):
 
 def test_failing_progress_callback_leaves_nothing(tmp_path):
     def boom(phase, fraction):
-        if phase == "packing suffix array":
+        if phase == "packing":
             raise KeyError("stop here")
 
     with pytest.raises(KeyError, match="stop here"):

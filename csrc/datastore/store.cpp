@@ -43,7 +43,8 @@ void check_corpus(const Corpus& c) {
 // all-ones value), the distinct ids, and the stored widths.
 template <class I>
 struct Prepared {
-  std::vector<I> sym;
+  std::unique_ptr<I[]> sym;  // text_len symbols, written before read (no zero fill of ~n words)
+  uint64_t text_len = 0;
   std::vector<uint32_t> distinct;  // sorted distinct token ids
   I k = 0;                         // alphabet size: distinct + 1 (the marker)
   bool compact = false;            // store ranks into `distinct` rather than ids
@@ -89,10 +90,11 @@ void prepare(const Corpus& c, Prepared<I>& p) {
   p.offset_bits = bits_for(text_len - 1);
   const I marker = I(p.distinct.size());
   p.k = marker + 1;
-  p.sym.resize(text_len);
+  p.text_len = text_len;
+  p.sym.reset(new I[text_len]);
   auto fill = [&](uint64_t d0, uint64_t d1) {
     for (uint64_t d = d0; d < d1; ++d) {
-      I* out = p.sym.data() + c.offsets[d] + d;  // d markers precede this document
+      I* out = p.sym.get() + c.offsets[d] + d;  // d markers precede this document
       for (uint64_t i = c.offsets[d]; i < c.offsets[d + 1]; ++i) {
         const uint32_t t = c.tokens[i];
         *out++ = rank.empty() ? I(std::lower_bound(p.distinct.begin(), p.distinct.end(), t) - p.distinct.begin())
@@ -109,28 +111,34 @@ void prepare(const Corpus& c, Prepared<I>& p) {
   t1.join();
 }
 
-// Stored text: ranks (compact) or ids, all-ones after each document.
+// Stored text: ranks (compact) or ids, all-ones after each document. Two threads, split at a
+// multiple of 8 entries so the halves never share a byte.
 template <class I>
-void pack_text(const Corpus& c, const Prepared<I>& p, uint8_t* dst) {
+void pack_text(const Prepared<I>& p, uint8_t* dst) {
   const uint64_t marker = (uint64_t(1) << p.token_bits) - 1;
   const I sym_marker = p.k - 1;
-  PackedWriter w(dst, 0, p.token_bits);
-  if (p.compact) {
-    for (uint64_t i = 0; i < p.sym.size(); ++i) w.put(p.sym[i] == sym_marker ? marker : uint64_t(p.sym[i]));
-  } else {
-    for (uint64_t d = 0; d < c.num_docs; ++d) {
-      for (uint64_t i = c.offsets[d]; i < c.offsets[d + 1]; ++i) w.put(c.tokens[i]);
-      w.put(marker);
+  const I* sym = p.sym.get();
+  const uint32_t* ids = p.distinct.data();
+  auto work = [&](uint64_t a, uint64_t b) {
+    PackedWriter w(dst, a, p.token_bits);
+    if (p.compact) {
+      for (uint64_t i = a; i < b; ++i) w.put(sym[i] == sym_marker ? marker : uint64_t(sym[i]));
+    } else {
+      for (uint64_t i = a; i < b; ++i) w.put(sym[i] == sym_marker ? marker : uint64_t(ids[sym[i]]));
     }
-  }
-  w.finish();
+    w.finish();
+  };
+  const uint64_t mid = (p.text_len / 2) & ~uint64_t(7);
+  std::thread t(work, mid, p.text_len);
+  work(0, mid);
+  t.join();
 }
 
 template <class I>
-void pack_sa(const std::vector<I>& sa, const Prepared<I>& p, uint64_t n, uint8_t* dst) {
+void pack_sa(const I* sa, const Prepared<I>& p, uint64_t n, uint8_t* dst) {
   // Document ends are the largest symbol, so their suffixes are exactly the last entries; checking
   // those few (not every entry, a random read each) proves no marker suffix is among the first n.
-  for (uint64_t k = n; k < sa.size(); ++k)
+  for (uint64_t k = n; k < p.text_len; ++k)
     if (p.sym[sa[k]] != p.k - 1) throw std::logic_error("internal error: a document end sorted before a token suffix");
   // Split at a multiple of 8 entries: the halves then start on byte boundaries and never share a byte.
   const uint64_t mid = (n / 2) & ~uint64_t(7);
@@ -151,34 +159,20 @@ struct Output {
   uint8_t* sa;
 };
 
-// Text and token map on a second core while the suffix sort runs on this one, then the suffix array.
+// The suffix sort (which uses every core), then the text and the suffix array, packed by two
+// threads each.
 template <class I>
 void build_into(const Corpus& c, Prepared<I>& p, const Output& o, const Progress& progress) {
   if (p.compact && o.map) std::memcpy(o.map, p.distinct.data(), p.distinct.size() * 4);
-  std::exception_ptr text_error;
-  std::thread text_thread([&] {
-    try {
-      pack_text(c, p, o.text);
-    } catch (...) {
-      text_error = std::current_exception();
-    }
-  });
-  std::vector<I> sa;
-  try {
-    report(progress, "sorting suffixes", 0.0);
-    sa.resize(p.sym.size());
-    const std::function<void(double)> tell = [&](double f) {
-      if (f < 1.0) report(progress, "sorting suffixes", f);
-    };
-    SuffixSorter<I>::sort(p.sym.data(), sa.data(), I(p.sym.size()), p.k, progress ? &tell : nullptr);
-  } catch (...) {
-    text_thread.join();
-    throw;
-  }
-  text_thread.join();
-  if (text_error) std::rethrow_exception(text_error);
-  report(progress, "packing suffix array", 0.0);
-  pack_sa<I>(sa, p, c.num_tokens, o.sa);
+  report(progress, "sorting suffixes", 0.0);
+  std::unique_ptr<I[]> sa(new I[p.text_len]);
+  const std::function<void(double)> tell = [&](double f) {
+    if (f < 1.0) report(progress, "sorting suffixes", f);
+  };
+  SuffixSorter<I>::sort(p.sym.get(), sa.get(), I(p.text_len), p.k, progress ? &tell : nullptr);
+  report(progress, "packing", 0.0);
+  pack_text<I>(p, o.text);
+  pack_sa<I>(sa.get(), p, c.num_tokens, o.sa);
 }
 
 // 32-bit sorter indices halve the build memory. The sorter packs (symbol << 1 | type) into an
@@ -501,21 +495,19 @@ void PromptIndex::rebuild(uint64_t window) {
   // otherwise dense ranks (same order).
   uint32_t mx = 0;
   for (uint64_t i = 0; i < n_; ++i) mx = std::max(mx, text_[i]);
-  std::vector<uint32_t> sym;
-  const uint32_t* s = text_.data();
+  // (The sorter works in place, so it gets a copy.)
+  std::vector<uint32_t> sym(text_.begin(), text_.begin() + n_);
   uint64_t k = uint64_t(mx) + 1;
   if (k > std::max<uint64_t>(uint64_t(1) << 18, 4 * n_)) {
-    std::vector<uint32_t> ranks(text_.begin(), text_.begin() + n_);
+    std::vector<uint32_t> ranks(sym);
     std::sort(ranks.begin(), ranks.end());
     ranks.erase(std::unique(ranks.begin(), ranks.end()), ranks.end());
-    sym.resize(n_);
     for (uint64_t i = 0; i < n_; ++i) sym[i] = uint32_t(std::lower_bound(ranks.begin(), ranks.end(), text_[i]) - ranks.begin());
-    s = sym.data();
     k = ranks.size();
   }
   if (n_ >= (uint64_t(1) << 31)) throw std::invalid_argument("PromptIndex holds at most 2^31 - 1 tokens");
   std::vector<uint32_t> sa(n_);
-  SuffixSorter<uint32_t>::sort(s, sa.data(), uint32_t(n_), uint32_t(k));
+  SuffixSorter<uint32_t>::sort(sym.data(), sa.data(), uint32_t(n_), uint32_t(k));
   sa_.clear();
   sa_.reserve(sa_limit_ + 2);
   for (uint32_t p : sa)
