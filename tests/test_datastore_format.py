@@ -8,31 +8,14 @@ from __future__ import annotations
 
 import os
 import random
-import struct
 
 import numpy as np
 import pytest
 import torch
+from _datastore_header import fnv1a64, header, rewrite_header
 
 from verispec._native import native
 from verispec.datastore import Datastore
-
-HEADER = struct.Struct("<8sIIII14Q6QQ")  # csrc/datastore/format.h FileHeader, 192 bytes
-NAMES = ["magic", "version", "header_bytes", "token_bits", "offset_bits", "vocab_size", "num_tokens", "num_docs",
-         "text_len", "map_entries", "map_offset", "text_offset", "sa_offset", "docs_offset", "file_bytes",
-         "map_checksum", "text_checksum", "sa_checksum", "docs_checksum"] + [f"reserved{i}" for i in range(6)] + [
-         "header_checksum"]
-
-
-def header(raw: bytes) -> dict:
-    return dict(zip(NAMES, HEADER.unpack_from(raw, 0)))
-
-
-def fnv1a64(data: bytes) -> int:
-    h = 0xCBF29CE484222325
-    for b in data:
-        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
 
 
 def random_docs(seed=0, n_docs=20, vocab=50):
@@ -48,23 +31,15 @@ def built(tmp_path):
     return docs, path, ds
 
 
-def rewrite_header(path, **fields):
-    raw = bytearray(path.read_bytes())
-    vals = header(raw)
-    vals.update(fields)
-    packed = HEADER.pack(*[vals[n] for n in NAMES])
-    packed = packed[:184] + struct.pack("<Q", fnv1a64(packed[:184]))
-    raw[:192] = packed
-    path.write_bytes(bytes(raw))
-
-
 def test_header_and_layout(built):
     docs, path, ds = built
     raw = path.read_bytes()
     h = header(raw)
-    assert h["magic"] == b"VSPDSTOR" and h["version"] == 1 and h["header_bytes"] == 192
+    assert h["magic"] == b"VSPDSTOR" and h["version"] == 2 and h["header_bytes"] == 192
     n_tokens = sum(map(len, docs))
     assert h["token_bits"] == 6  # ids 0..49 plus the all-ones end marker 63
+    # uniform ids: no narrower code pays for its exceptions, so the text holds the ids themselves
+    assert h["code_bits"] == 6 and h["code_entries"] == h["exc_entries"] == h["extras_offset"] == 0
     assert h["map_entries"] == 0  # all 50 ids occur: ranks would need as many bits
     assert h["offset_bits"] == (n_tokens + len(docs) - 1).bit_length()
     assert (h["vocab_size"], h["num_tokens"], h["num_docs"]) == (50, n_tokens, len(docs))
@@ -196,8 +171,8 @@ def test_trailing_data_rejected(built):
 
 def test_wrong_version_rejected(built):
     _, path, _ = built
-    rewrite_header(path, version=2)
-    with pytest.raises(ValueError, match="format version 2, this verispec reads version 1"):
+    rewrite_header(path, version=3)
+    with pytest.raises(ValueError, match="format version 3, this verispec reads versions 1 to 2"):
         Datastore.open(path)
 
 
@@ -345,7 +320,7 @@ def test_unwritable_output_leaves_nothing(tmp_path):
 
 def test_failing_progress_callback_leaves_nothing(tmp_path):
     def boom(phase, fraction):
-        if phase == "packing":
+        if phase == "packing suffix array":
             raise KeyError("stop here")
 
     with pytest.raises(KeyError, match="stop here"):

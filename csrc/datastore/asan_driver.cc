@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -15,6 +16,7 @@
 
 #include "datastore/sais.h"
 #include "datastore/store.h"
+#include "datastore/textcode.h"
 
 using namespace verispec::ds;
 
@@ -121,6 +123,56 @@ int main(int argc, char** argv) {
     const uint64_t m = rng() % ctx.size() + 1;
     std::vector<uint32_t> pat(ctx.end() - m, ctx.end());
     CHECK(ds->count(pat.data(), m) == brute_count(docs, pat));
+  }
+  // 2b. text codes forced narrow (many exceptions, 8-position blocks): same counts; a code section
+  // damaged behind a valid checksum fails verify() and never reads out of bounds
+  {
+    g_force_code_bits = 2;
+    g_force_block_shift = 3;
+    const std::string cpath = dir + "/asan-coded.vsds";
+    build_file(c, cpath, nullptr);
+    g_force_code_bits = g_force_block_shift = 0;
+    auto coded = Datastore::open(cpath);
+    const FileHeader ch = coded->file()->header();
+    CHECK(ch.code_bits == 2 && ch.code_entries == 2 && ch.exc_entries > 0);
+    coded->file()->verify(2);
+    for (int q = 0; q < 200; ++q) {
+      std::vector<uint32_t> pat(rng() % 5 + 1);
+      for (auto& t : pat) t = rng() % 4;
+      CHECK(coded->count(pat.data(), pat.size()) == brute_count(docs, pat));
+    }
+    std::string body;
+    {
+      std::ifstream f(cpath, std::ios::binary);
+      body.assign(std::istreambuf_iterator<char>(f), {});
+    }
+    const ExtrasLayout x = extras_layout(coding_of(ch), ch.text_len, ch.token_bits);
+    for (uint64_t at : {x.dir_offset + 1, x.exc_offset, x.exc_offset + x.exc_bytes / 2, uint64_t(0)}) {
+      std::string broken = body;
+      broken[ch.extras_offset + at] = char(broken[ch.extras_offset + at] ^ 0x5a);
+      FileHeader bh = ch;  // checksums made valid again, so the structural checks are what fails
+      bh.extras_checksum = section_checksum(reinterpret_cast<const uint8_t*>(broken.data()) + ch.extras_offset, x.total);
+      bh.header_checksum = fnv1a64(&bh, offsetof(FileHeader, header_checksum));
+      std::memcpy(&broken[0], &bh, sizeof bh);
+      std::ofstream(dir + "/bad-coded.vsds", std::ios::binary).write(broken.data(), std::streamsize(broken.size()));
+      auto bad = Datastore::open(dir + "/bad-coded.vsds");
+      bool threw = false;
+      try {
+        bad->file()->verify(1);
+      } catch (const std::invalid_argument&) {
+        threw = true;
+      }
+      CHECK(threw);
+      for (uint32_t t = 0; t < 4; ++t) {
+        try {
+          DraftParams p;
+          bad->draft(&t, 1, p);
+        } catch (const CorruptError&) {
+        }
+      }
+    }
+    unlink(cpath.c_str());
+    unlink((dir + "/bad-coded.vsds").c_str());
   }
   // 3. online segments
   for (int a = 0; a < 10; ++a) {

@@ -133,6 +133,10 @@ py::dict header_dict(const FileHeader& h) {
   py::dict d;
   d["version"] = h.version;
   d["token_bits"] = h.token_bits;
+  const TextCoding tc = coding_of(h);
+  d["code_bits"] = tc.code_bits;
+  d["code_entries"] = tc.code_entries;
+  d["exceptions"] = tc.exc_entries;
   d["offset_bits"] = h.offset_bits;
   d["vocab_size"] = h.vocab_size;
   d["num_tokens"] = h.num_tokens;
@@ -338,6 +342,11 @@ void bind_datastore(py::module_& m) {
       .def_readonly("budget", &DraftParams::budget);
 
   m.def("_datastore_force_wide_index", [](bool on) { g_force_wide_index = on; });
+  m.def("_datastore_force_text_codes", [](unsigned code_bits, unsigned block_shift) {
+    if (block_shift > 16) throw std::invalid_argument("block_shift must be <= 16");
+    g_force_code_bits = code_bits;
+    g_force_block_shift = block_shift;
+  });
   m.def("datastore_threads", [] { return ThreadPool::instance().workers() + 1; });
 }
 

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
@@ -72,18 +73,30 @@ uint64_t section_checksum(const uint8_t* data, uint64_t bytes, int threads) {
 
 static uint64_t align64(uint64_t x) { return (x + 63) & ~uint64_t(63); }
 
-Layout layout_for(uint64_t map_entries, uint64_t text_len, unsigned token_bits, uint64_t num_tokens,
-                  unsigned offset_bits, uint64_t num_docs) {
+TextCoding coding_of(const FileHeader& h) {
+  TextCoding tc;
+  tc.code_bits = h.version == 1 ? h.token_bits : h.code_bits;
+  if (h.version == 1) return tc;
+  tc.block_shift = h.block_shift;
+  tc.code_entries = h.code_entries;
+  tc.exc_entries = h.exc_entries;
+  return tc;
+}
+
+Layout layout_for(uint64_t map_entries, uint64_t text_len, unsigned token_bits, const TextCoding& codes,
+                  uint64_t num_tokens, unsigned offset_bits, uint64_t num_docs) {
   Layout l{};
   l.map_offset = kHeaderBytes;
   l.map_bytes = map_entries * 4;
   l.text_offset = align64(l.map_offset + l.map_bytes);
-  l.text_bytes = packed_bytes(text_len, token_bits);
+  l.text_bytes = packed_bytes(text_len, codes.code_bits);
   l.sa_offset = align64(l.text_offset + l.text_bytes);
   l.sa_bytes = packed_bytes(num_tokens, offset_bits);
   l.docs_offset = align64(l.sa_offset + l.sa_bytes);
   l.docs_bytes = (num_docs + 1) * 8;
-  l.file_bytes = l.docs_offset + l.docs_bytes;
+  l.extras_bytes = extras_layout(codes, text_len, token_bits).total;
+  l.extras_offset = l.extras_bytes ? align64(l.docs_offset + l.docs_bytes) : 0;
+  l.file_bytes = l.extras_bytes ? l.extras_offset + l.extras_bytes : l.docs_offset + l.docs_bytes;
   return l;
 }
 
@@ -110,8 +123,8 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0)
     throw std::invalid_argument(where + "not a verispec datastore (bad magic bytes)");
   if (size < kHeaderBytes) throw std::invalid_argument(where + "truncated inside the header (" + std::to_string(size) + " bytes)");
-  if (h.version != kFormatVersion)
-    throw std::invalid_argument(where + "format version " + std::to_string(h.version) + ", this verispec reads version " +
+  if (h.version != 1 && h.version != kFormatVersion)
+    throw std::invalid_argument(where + "format version " + std::to_string(h.version) + ", this verispec reads versions 1 to " +
                                 std::to_string(kFormatVersion) + " (rebuild the datastore or upgrade verispec)");
   if (fnv1a64(&h, offsetof(FileHeader, header_checksum)) != h.header_checksum)
     throw std::invalid_argument(where + "header checksum mismatch (corrupt header)");
@@ -122,9 +135,19 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
       h.map_entries > h.vocab_size || h.map_entries > h.num_tokens || max_stored >= (uint64_t(1) << h.token_bits) ||
       (h.text_len - 1) >> h.offset_bits)
     throw std::invalid_argument(where + "inconsistent header fields (corrupt file)");
-  const Layout l = layout_for(h.map_entries, h.text_len, h.token_bits, h.num_tokens, h.offset_bits, h.num_docs);
+  const TextCoding tc = coding_of(h);
+  // With a table: codes narrower than stored values, two codes reserved, at most one exception
+  // per token. Without: codes are stored values and nothing else is set.
+  const bool coded_ok = tc.code_entries ? tc.code_bits >= 2 && tc.code_bits < h.token_bits &&
+                                              tc.code_entries <= (uint64_t(1) << tc.code_bits) - 2 &&
+                                              tc.block_shift >= 1 && tc.block_shift <= 16 && tc.exc_entries <= h.num_tokens
+                                        : tc.code_bits == h.token_bits && tc.exc_entries == 0 && tc.block_shift == 0;
+  if (!coded_ok || (h.version == 1 && (h.code_bits || h.block_shift || h.code_entries || h.exc_entries ||
+                                       h.extras_offset || h.extras_checksum)))
+    throw std::invalid_argument(where + "inconsistent text coding fields in the header (corrupt file)");
+  const Layout l = layout_for(h.map_entries, h.text_len, h.token_bits, tc, h.num_tokens, h.offset_bits, h.num_docs);
   if (l.map_offset != h.map_offset || l.text_offset != h.text_offset || l.sa_offset != h.sa_offset ||
-      l.docs_offset != h.docs_offset || l.file_bytes != h.file_bytes)
+      l.docs_offset != h.docs_offset || l.extras_offset != h.extras_offset || l.file_bytes != h.file_bytes)
     throw std::invalid_argument(where + "section offsets do not match the header (corrupt file)");
   if (size != h.file_bytes)
     throw std::invalid_argument(where + "file is " + std::to_string(size) + " bytes but the header says " +
@@ -156,13 +179,13 @@ Segment MappedFile::segment() const {
   Segment s;
   s.text = base_ + header_.text_offset;
   s.sa = base_ + header_.sa_offset;
-  s.token_bits = header_.token_bits;
   s.offset_bits = header_.offset_bits;
   s.text_len = header_.text_len;
   s.num_suffixes = header_.num_tokens;
   s.end_marker = (uint64_t(1) << header_.token_bits) - 1;
   s.token_map = token_map();
   s.map_entries = header_.map_entries;
+  attach_codes(s, coding_of(header_), base_ + header_.extras_offset, header_.token_bits);
   return s;
 }
 
@@ -179,7 +202,8 @@ void MappedFile::populate() const {
 void MappedFile::verify(int threads) const {
   const FileHeader& h = header_;
   const std::string where = "datastore " + path_ + ": ";
-  const Layout l = layout_for(h.map_entries, h.text_len, h.token_bits, h.num_tokens, h.offset_bits, h.num_docs);
+  const TextCoding tc = coding_of(h);
+  const Layout l = layout_for(h.map_entries, h.text_len, h.token_bits, tc, h.num_tokens, h.offset_bits, h.num_docs);
   if (section_checksum(base_ + l.map_offset, l.map_bytes, threads) != h.map_checksum)
     throw std::invalid_argument(where + "token map checksum mismatch (corrupt file)");
   const uint32_t* map = token_map();
@@ -192,14 +216,49 @@ void MappedFile::verify(int threads) const {
     throw std::invalid_argument(where + "suffix array checksum mismatch (corrupt file)");
   if (section_checksum(base_ + l.docs_offset, l.docs_bytes, threads) != h.docs_checksum)
     throw std::invalid_argument(where + "document table checksum mismatch (corrupt file)");
+  if (l.extras_bytes && section_checksum(base_ + l.extras_offset, l.extras_bytes, threads) != h.extras_checksum)
+    throw std::invalid_argument(where + "text code section checksum mismatch (corrupt file)");
   const Segment s = segment();
+  // Stored values must be ranks into the map (or ids below vocab_size), and never the marker.
+  const uint64_t max_stored = h.map_entries ? h.map_entries : h.vocab_size;
+  if (tc.code_entries) {
+    for (uint64_t c = 0; c < tc.code_entries; ++c)
+      if (s.code_table[c] >= max_stored || (c && s.code_table[c] <= s.code_table[c - 1]))
+        throw std::invalid_argument(where + "code table is not sorted stored values (corrupt file)");
+    // Exceptions: one entry per exception code, in text order, each in its block's directory range.
+    const uint64_t mask = (uint64_t(1) << tc.block_shift) - 1;
+    const ExtrasLayout x = extras_layout(tc, h.text_len, h.token_bits);
+    if (packed_get(s.exc_dir, 0, x.dir_bits) != 0 || packed_get(s.exc_dir, x.num_blocks, x.dir_bits) != tc.exc_entries)
+      throw std::invalid_argument(where + "exception directory does not span the exceptions (corrupt file)");
+    uint64_t j = 0;
+    for (uint64_t b = 0; b < x.num_blocks; ++b) {
+      const uint64_t a = packed_get(s.exc_dir, b, x.dir_bits), e = packed_get(s.exc_dir, b + 1, x.dir_bits);
+      if (a != j || e < a || e > tc.exc_entries)
+        throw std::invalid_argument(where + "exception directory is damaged at block " + std::to_string(b) + " (corrupt file)");
+      const uint64_t end = std::min(h.text_len, (b + 1) << tc.block_shift);
+      for (uint64_t i = b << tc.block_shift; i < end; ++i) {
+        if (packed_get(s.text, i, tc.code_bits) != s.exception_code) continue;
+        const uint64_t v = j < e ? packed_get(s.exc, j, x.exc_bits) : 0;
+        if (j >= e || (v & mask) != (i & mask) || (v >> tc.block_shift) >= max_stored)
+          throw std::invalid_argument(where + "exception table does not match the text at position " + std::to_string(i) +
+                                      " (corrupt file)");
+        ++j;
+      }
+      if (j != e)
+        throw std::invalid_argument(where + "exception table lists positions that are no exceptions in block " +
+                                    std::to_string(b) + " (corrupt file)");
+    }
+  }
   const uint64_t* d = doc_starts();
   for (uint64_t i = 0; i < h.num_docs; ++i)
     if (d[i + 1] <= d[i] || s.tok(d[i + 1] - 1) != s.end_marker)
       throw std::invalid_argument(where + "document " + std::to_string(i) + " is malformed (corrupt file)");
-  for (uint64_t i = 0; i < h.text_len; ++i)
-    if (s.tok(i) != s.end_marker && h.map_entries && s.tok(i) >= h.map_entries)
-      throw std::invalid_argument(where + "text position " + std::to_string(i) + " holds a rank outside the token map (corrupt file)");
+  for (uint64_t i = 0; i < h.text_len; ++i) {
+    const uint64_t t = s.tok(i);
+    if (t != s.end_marker && t >= max_stored)
+      throw std::invalid_argument(where + "text position " + std::to_string(i) + " holds a value outside the " +
+                                  (h.map_entries ? "token map" : "vocabulary") + " (corrupt file)");
+  }
   for (uint64_t k = 0; k < h.num_tokens; ++k)
     if (s.tok(s.pos(k)) == s.end_marker)
       throw std::invalid_argument(where + "suffix array entry " + std::to_string(k) + " points at a marker (corrupt file)");

@@ -3,11 +3,14 @@
 //   [map_offset, ..)   token map: map_entries sorted uint32 token ids (the distinct ids of the
 //                      corpus), present only when storing ranks into it takes fewer bits than
 //                      storing ids (map_entries == 0: tokens are stored as themselves)
-//   [text_offset, ..)  text: text_len packed token_bits-wide values; each document is followed by
-//                      an end marker (all token_bits set)
+//   [text_offset, ..)  text: text_len packed code_bits-wide codes; each document is followed by
+//                      an end marker (textcode.h: without a code table the codes are the stored
+//                      values and the marker has all token_bits set)
 //   [sa_offset, ..)    suffix array: num_tokens packed offset_bits-wide text positions, the
 //                      suffixes starting at tokens (never at markers) in lexicographic order
 //   [docs_offset, ..)  num_docs + 1 uint64 text positions where documents start (last = text_len)
+//   [extras_offset, ..) (version 2, only with a code table) code table, exception directory,
+//                      exceptions (textcode.h)
 // Sections start at 64-byte boundaries; packed sections carry 8 bytes of padding.
 #pragma once
 #include <cstdint>
@@ -15,11 +18,12 @@
 #include <string>
 
 #include "datastore/segment.h"
+#include "datastore/textcode.h"
 
 namespace verispec::ds {
 
 constexpr char kMagic[8] = {'V', 'S', 'P', 'D', 'S', 'T', 'O', 'R'};
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;  // written; version 1 (no text codes) is still read
 constexpr uint32_t kHeaderBytes = 192;
 
 struct FileHeader {
@@ -42,7 +46,14 @@ struct FileHeader {
   uint64_t text_checksum;
   uint64_t sa_checksum;
   uint64_t docs_checksum;
-  uint64_t reserved[6];
+  // Version 2 (zero in version 1 files, where they were reserved).
+  uint32_t code_bits;
+  uint32_t block_shift;
+  uint64_t code_entries;
+  uint64_t exc_entries;
+  uint64_t extras_offset;
+  uint64_t extras_checksum;
+  uint64_t reserved;
   uint64_t header_checksum;
 };
 static_assert(sizeof(FileHeader) == kHeaderBytes, "header layout");
@@ -53,10 +64,13 @@ uint64_t fnv1a64(const void* data, uint64_t bytes);
 uint64_t section_checksum(const uint8_t* data, uint64_t bytes, int threads = 1);
 
 struct Layout {
-  uint64_t map_offset, map_bytes, text_offset, text_bytes, sa_offset, sa_bytes, docs_offset, docs_bytes, file_bytes;
+  uint64_t map_offset, map_bytes, text_offset, text_bytes, sa_offset, sa_bytes, docs_offset, docs_bytes,
+      extras_offset, extras_bytes, file_bytes;
 };
-Layout layout_for(uint64_t map_entries, uint64_t text_len, unsigned token_bits, uint64_t num_tokens,
-                  unsigned offset_bits, uint64_t num_docs);
+Layout layout_for(uint64_t map_entries, uint64_t text_len, unsigned token_bits, const TextCoding& codes,
+                  uint64_t num_tokens, unsigned offset_bits, uint64_t num_docs);
+// The text coding a header describes (version 1: direct).
+TextCoding coding_of(const FileHeader& h);
 
 // A datastore file mapped read-only. Opening reads and checks the header only, so it costs the
 // same for any corpus size; pages come in on demand and are shared by every process mapping it.

@@ -15,9 +15,9 @@ struct CorruptError : std::runtime_error {
 };
 
 struct Segment {
-  const uint8_t* text = nullptr;  // packed, text_len entries (+ padding)
+  const uint8_t* text = nullptr;  // packed, text_len codes of code_bits (+ padding)
   const uint8_t* sa = nullptr;    // packed, num_suffixes entries (+ padding)
-  unsigned token_bits = 32;
+  unsigned code_bits = 32;
   unsigned offset_bits = 32;
   uint64_t text_len = 0;
   uint64_t num_suffixes = 0;
@@ -26,6 +26,17 @@ struct Segment {
   // The map is monotone, so suffix order is the same in both spaces.
   const uint32_t* token_map = nullptr;
   uint64_t map_entries = 0;
+  // Text codes (docs/datastore.md, "Text codes"). Without a code table each code is the stored
+  // value itself. With one, the most frequent stored values get the codes 0..code_entries-1,
+  // all-ones is the end marker, and all-ones - 1 an exception: the value is listed, with its
+  // position, among the exceptions of its block of 2^block_shift positions.
+  const uint32_t* code_table = nullptr;
+  uint64_t code_entries = 0;
+  uint64_t marker_code = 0, exception_code = 0;
+  const uint8_t* exc_dir = nullptr;  // packed dir_bits: index of each block's first exception, then the total
+  const uint8_t* exc = nullptr;      // packed exc_bits: (value << block_shift) | position in block
+  unsigned dir_bits = 1, exc_bits = 1, block_shift = 0;
+  uint64_t exc_entries = 0;
 
   // Stored value of token id t; end_marker (matches nothing) when t does not occur here.
   uint64_t to_stored(uint32_t t) const {
@@ -37,9 +48,40 @@ struct Segment {
     }
     return a < map_entries && token_map[a] == t ? a : end_marker;
   }
-  uint32_t to_token(uint64_t v) const { return token_map ? token_map[v] : uint32_t(v); }
+  uint32_t to_token(uint64_t v) const {
+    if (!token_map) return uint32_t(v);
+    if (v >= map_entries) throw CorruptError("datastore text holds rank " + std::to_string(v) +
+                                             " outside the token map (corrupt file?)");
+    return token_map[v];
+  }
 
-  uint64_t tok(uint64_t i) const { return packed_get(text, i, token_bits); }
+  uint64_t tok(uint64_t i) const {
+    const uint64_t c = packed_get(text, i, code_bits);
+    if (!code_table) return c;
+    if (c < code_entries) return code_table[c];
+    if (c == marker_code) return end_marker;
+    return exception_value(i);
+  }
+
+  // The value of the exception at text position i: a binary search among its block's entries,
+  // which are sorted by position. Damage yields an exception, never a read out of bounds.
+  uint64_t exception_value(uint64_t i) const {
+    const uint64_t b = i >> block_shift, mask = (uint64_t(1) << block_shift) - 1, want = i & mask;
+    uint64_t a = packed_get(exc_dir, b, dir_bits);
+    const uint64_t end = packed_get(exc_dir, b + 1, dir_bits);
+    if (a > end || end > exc_entries)
+      throw CorruptError("datastore exception directory is damaged at block " + std::to_string(b) + " (corrupt file?)");
+    uint64_t e = end;
+    while (a < e) {
+      const uint64_t mid = a + (e - a) / 2;
+      if ((packed_get(exc, mid, exc_bits) & mask) < want) a = mid + 1; else e = mid;
+    }
+    const uint64_t x = a < end ? packed_get(exc, a, exc_bits) : 0;
+    if (a == end || (x & mask) != want)
+      throw CorruptError("datastore text position " + std::to_string(i) +
+                         " is marked as an exception but has no entry (corrupt file?)");
+    return x >> block_shift;
+  }
 
   // Text position of the k-th smallest suffix. A damaged file must not turn into an
   // out-of-bounds read, so every offset is checked (one compare on a value already loaded).

@@ -49,6 +49,8 @@ struct Prepared {
   I k = 0;                         // alphabet size: distinct + 1 (the marker)
   bool compact = false;            // store ranks into `distinct` rather than ids
   unsigned token_bits = 0, offset_bits = 0;
+  CodePlan codes;                  // how the text is stored (textcode.h)
+  uint64_t stored(I r) const { return compact ? uint64_t(r) : uint64_t(distinct[r]); }
 };
 
 [[noreturn]] void bad_token(const Corpus& c, uint64_t i) {
@@ -92,13 +94,18 @@ void prepare(const Corpus& c, Prepared<I>& p) {
   p.k = marker + 1;
   p.text_len = text_len;
   p.sym.reset(new I[text_len]);
+  // Occurrences of each rank, one table per thread, for choosing the text codes.
+  std::vector<uint64_t> counts[2] = {std::vector<uint64_t>(p.distinct.size(), 0), std::vector<uint64_t>(p.distinct.size(), 0)};
   auto fill = [&](uint64_t d0, uint64_t d1) {
+    uint64_t* count = counts[d0 == 0 ? 0 : 1].data();
     for (uint64_t d = d0; d < d1; ++d) {
       I* out = p.sym.get() + c.offsets[d] + d;  // d markers precede this document
       for (uint64_t i = c.offsets[d]; i < c.offsets[d + 1]; ++i) {
         const uint32_t t = c.tokens[i];
-        *out++ = rank.empty() ? I(std::lower_bound(p.distinct.begin(), p.distinct.end(), t) - p.distinct.begin())
-                              : I(rank[t]);
+        const I r = rank.empty() ? I(std::lower_bound(p.distinct.begin(), p.distinct.end(), t) - p.distinct.begin())
+                                 : I(rank[t]);
+        ++count[r];
+        *out++ = r;
       }
       *out = marker;
     }
@@ -109,29 +116,49 @@ void prepare(const Corpus& c, Prepared<I>& p) {
   std::thread t1(fill, mid, c.num_docs);
   fill(0, mid);
   t1.join();
+  for (size_t r = 0; r < counts[0].size(); ++r) counts[0][r] += counts[1][r];
+  std::vector<uint32_t> stored_of_rank(p.distinct.size());
+  for (size_t r = 0; r < stored_of_rank.size(); ++r) stored_of_rank[r] = uint32_t(p.stored(I(r)));
+  p.codes = plan_codes(counts[0], stored_of_rank, text_len, c.num_tokens, p.token_bits);
 }
 
-// Stored text: ranks (compact) or ids, all-ones after each document. Two threads, split at a
-// multiple of 8 entries so the halves never share a byte.
+// The text as codes (textcode.h), the code table and the exceptions. Two threads, split at a
+// multiple of 8 entries so the halves never share a byte; each lists its own exceptions, in order.
 template <class I>
-void pack_text(const Prepared<I>& p, uint8_t* dst) {
-  const uint64_t marker = (uint64_t(1) << p.token_bits) - 1;
+void pack_text(const Prepared<I>& p, uint8_t* dst, uint8_t* extras) {
+  const CodePlan& plan = p.codes;
+  const bool coded = plan.coding.code_entries != 0;
+  const unsigned bits = plan.coding.code_bits;
+  const uint64_t marker = coded ? plan.marker_code : (uint64_t(1) << p.token_bits) - 1;
   const I sym_marker = p.k - 1;
   const I* sym = p.sym.get();
-  const uint32_t* ids = p.distinct.data();
-  auto work = [&](uint64_t a, uint64_t b) {
-    PackedWriter w(dst, a, p.token_bits);
-    if (p.compact) {
-      for (uint64_t i = a; i < b; ++i) w.put(sym[i] == sym_marker ? marker : uint64_t(sym[i]));
-    } else {
-      for (uint64_t i = a; i < b; ++i) w.put(sym[i] == sym_marker ? marker : uint64_t(ids[sym[i]]));
+  std::vector<std::pair<uint64_t, uint32_t>> exceptions[2];
+  auto work = [&](int t, uint64_t a, uint64_t b) {
+    PackedWriter w(dst, a, bits);
+    auto& exc = exceptions[t];
+    for (uint64_t i = a; i < b; ++i) {
+      const I r = sym[i];
+      if (r == sym_marker) {
+        w.put(marker);
+      } else if (!coded) {
+        w.put(p.stored(r));
+      } else {
+        const uint32_t code = plan.code_of[r];
+        if (code == plan.exception_code) exc.emplace_back(i, uint32_t(p.stored(r)));
+        w.put(code);
+      }
     }
     w.finish();
   };
   const uint64_t mid = (p.text_len / 2) & ~uint64_t(7);
-  std::thread t(work, mid, p.text_len);
-  work(0, mid);
-  t.join();
+  std::thread th(work, 1, mid, p.text_len);
+  work(0, 0, mid);
+  th.join();
+  if (!coded) return;
+  std::memcpy(extras, plan.table.data(), plan.table.size() * 4);
+  exceptions[0].insert(exceptions[0].end(), exceptions[1].begin(), exceptions[1].end());
+  if (exceptions[0].size() != plan.coding.exc_entries) throw std::logic_error("internal error: exception count changed");
+  write_exceptions(extras, plan.coding, p.text_len, p.token_bits, exceptions[0]);
 }
 
 template <class I>
@@ -157,6 +184,7 @@ struct Output {
   uint8_t* map;
   uint8_t* text;
   uint8_t* sa;
+  uint8_t* extras;
 };
 
 // The suffix sort (which uses every core), then the text and the suffix array, packed by two
@@ -170,8 +198,9 @@ void build_into(const Corpus& c, Prepared<I>& p, const Output& o, const Progress
     if (f < 1.0) report(progress, "sorting suffixes", f);
   };
   SuffixSorter<I>::sort(p.sym.get(), sa.get(), I(p.text_len), p.k, progress ? &tell : nullptr);
-  report(progress, "packing", 0.0);
-  pack_text<I>(p, o.text);
+  report(progress, "packing text", 0.0);
+  pack_text<I>(p, o.text, o.extras);
+  report(progress, "packing suffix array", 0.0);
   pack_sa<I>(sa.get(), p, c.num_tokens, o.sa);
 }
 
@@ -201,7 +230,8 @@ FileHeader build_file_impl(const Corpus& c, const std::string& path, const Progr
   prepare(c, prep);
   const uint64_t text_len = c.num_tokens + c.num_docs;
   const uint64_t map_entries = prep.compact ? prep.distinct.size() : 0;
-  const Layout l = layout_for(map_entries, text_len, prep.token_bits, c.num_tokens, prep.offset_bits, c.num_docs);
+  const TextCoding& tc = prep.codes.coding;
+  const Layout l = layout_for(map_entries, text_len, prep.token_bits, tc, c.num_tokens, prep.offset_bits, c.num_docs);
 
   const std::string tmp = path + ".tmp-" + std::to_string(getpid()) + "-" + std::to_string(g_tmp_counter++);
   const int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -218,7 +248,8 @@ FileHeader build_file_impl(const Corpus& c, const std::string& path, const Progr
     void* mp = mmap(nullptr, l.file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (mp == MAP_FAILED) throw std::runtime_error("cannot map " + tmp + ": " + std::strerror(errno));
     base = static_cast<uint8_t*>(mp);
-    build_into<I>(c, prep, Output{base + l.map_offset, base + l.text_offset, base + l.sa_offset}, progress);
+    build_into<I>(c, prep, Output{base + l.map_offset, base + l.text_offset, base + l.sa_offset, base + l.extras_offset},
+                  progress);
     uint64_t* docs = reinterpret_cast<uint64_t*>(base + l.docs_offset);
     for (uint64_t d = 0; d <= c.num_docs; ++d) docs[d] = c.offsets[d] + d;
     report(progress, "checksums", 0.0);
@@ -238,6 +269,16 @@ FileHeader build_file_impl(const Corpus& c, const std::string& path, const Progr
     h.sa_offset = l.sa_offset;
     h.docs_offset = l.docs_offset;
     h.file_bytes = l.file_bytes;
+    if (tc.code_entries) {
+      h.code_bits = tc.code_bits;
+      h.block_shift = tc.block_shift;
+      h.code_entries = tc.code_entries;
+      h.exc_entries = tc.exc_entries;
+      h.extras_offset = l.extras_offset;
+      h.extras_checksum = section_checksum(base + l.extras_offset, l.extras_bytes);
+    } else {
+      h.code_bits = prep.token_bits;
+    }
     std::thread th([&] { h.text_checksum = section_checksum(base + l.text_offset, l.text_bytes); });
     h.sa_checksum = section_checksum(base + l.sa_offset, l.sa_bytes);
     th.join();
@@ -270,13 +311,15 @@ std::shared_ptr<MemSegment> build_mem_impl(const Corpus& c) {
   auto m = std::make_shared<MemSegment>();
   m->token_bits = prep.token_bits;
   m->offset_bits = prep.offset_bits;
+  m->codes = prep.codes.coding;
   m->text_len = c.num_tokens + c.num_docs;
   m->num_tokens = c.num_tokens;
   m->num_docs = c.num_docs;
-  m->text.assign(packed_bytes(m->text_len, m->token_bits), 0);
+  m->text.assign(packed_bytes(m->text_len, m->codes.code_bits), 0);
   m->sa.assign(packed_bytes(m->num_tokens, m->offset_bits), 0);
+  m->extras.assign(extras_layout(m->codes, m->text_len, m->token_bits).total, 0);
   if (prep.compact) m->token_map = prep.distinct;
-  build_into<I>(c, prep, Output{nullptr, m->text.data(), m->sa.data()}, nullptr);
+  build_into<I>(c, prep, Output{nullptr, m->text.data(), m->sa.data(), m->extras.data()}, nullptr);
   return m;
 }
 
@@ -291,13 +334,13 @@ Segment MemSegment::view() const {
   Segment s;
   s.text = text.data();
   s.sa = sa.data();
-  s.token_bits = token_bits;
   s.offset_bits = offset_bits;
   s.text_len = text_len;
   s.num_suffixes = num_tokens;
   s.end_marker = (uint64_t(1) << token_bits) - 1;
   s.token_map = token_map.empty() ? nullptr : token_map.data();
   s.map_entries = token_map.size();
+  attach_codes(s, codes, extras.data(), token_bits);
   return s;
 }
 
@@ -533,7 +576,7 @@ Source PromptIndex::source(Tail& tail) const {
     Segment s;
     s.text = reinterpret_cast<const uint8_t*>(text_.data());
     s.sa = reinterpret_cast<const uint8_t*>(sa_.data());
-    s.token_bits = 32;
+    s.code_bits = 32;
     s.offset_bits = 32;
     s.text_len = built_len_;
     s.num_suffixes = sa_count_;

@@ -35,9 +35,10 @@ FileHeader build_file(const Corpus& c, const std::string& path, const Progress& 
 
 // An in-memory segment (documents added online).
 struct MemSegment {
-  std::vector<uint8_t> text, sa;
+  std::vector<uint8_t> text, sa, extras;
   std::vector<uint32_t> token_map;  // empty: text stores ids
   unsigned token_bits = 0, offset_bits = 0;
+  TextCoding codes;
   uint64_t text_len = 0, num_tokens = 0, num_docs = 0;
   Segment view() const;
 };

@@ -56,10 +56,13 @@ class DraftArrays(NamedTuple):
 # input conversion
 
 
-def _ids(x: Any, what: str, vocab_size: Optional[int] = None, *, offset: int = 0) -> np.ndarray:
+def _ids(x: Any, what: str, vocab_size: Optional[int] = None, *, offset: int = 0,
+         defer_unsigned: bool = False) -> np.ndarray:
     """Token ids -> C-contiguous uint32 array, or a TypeError/ValueError naming `what`.
 
     `offset` is added to reported positions (used when only the tail of a context is converted).
+    `defer_unsigned`: skip the range check for unsigned arrays of at most 32 bits (their values
+    survive the conversion unchanged); the caller checks them all at once (`_check_range`).
     """
     if isinstance(x, torch.Tensor):
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
@@ -80,6 +83,8 @@ def _ids(x: Any, what: str, vocab_size: Optional[int] = None, *, offset: int = 0
         raise TypeError(f"{what} must hold integer token ids, got dtype {arr.dtype}")
     if arr.ndim != 1:
         raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
+    if defer_unsigned and arr.dtype.kind == "u" and arr.dtype.itemsize <= 4:
+        return np.ascontiguousarray(arr, dtype=np.uint32)
     if arr.size:
         if arr.dtype.kind == "i":
             lo = int(arr.min())
@@ -238,7 +243,7 @@ def _collect(docs: Iterable[TokenIds], vocab_size: Optional[int], report: _Repor
     total = 0
     t_last = time.perf_counter()
     for d, doc in enumerate(docs):
-        arr = _ids(doc, f"document {d}", vocab_size)
+        arr = _ids(doc, f"document {d}", vocab_size, defer_unsigned=True)
         arrays.append(arr)
         lengths.append(arr.size)
         total += arr.size
@@ -254,6 +259,12 @@ def _collect(docs: Iterable[TokenIds], vocab_size: Optional[int], report: _Repor
     tokens = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
     offsets = np.zeros(len(lengths) + 1, dtype=np.uint64)
     np.cumsum(np.asarray(lengths, dtype=np.uint64), out=offsets[1:])
+    # One pass over all tokens instead of one per document (unsigned documents were deferred).
+    limit = MAX_TOKEN_ID if vocab_size is None else vocab_size - 1
+    if int(tokens.max()) > limit:
+        i = int(np.argmax(tokens > limit))
+        d = int(np.searchsorted(offsets, i, side="right")) - 1
+        _ids(tokens[offsets[d]:offsets[d + 1]], f"document {d}", vocab_size)  # raises with the position
     vocab = int(vocab_size) if vocab_size is not None else int(tokens.max()) + 1
     report(f"read {len(arrays):,} documents, {total:,} tokens (vocab_size {vocab:,})", 1.0)
     return np.ascontiguousarray(tokens, dtype=np.uint32), offsets, vocab

@@ -51,6 +51,9 @@ def _info(args: argparse.Namespace) -> int:
     print(f"  documents      {f['num_docs']:,}")
     print(f"  tokens         {f['num_tokens']:,}")
     print(f"  vocab_size     {f['vocab_size']:,}  ({f['token_bits']}-bit tokens, {f['offset_bits']}-bit offsets)")
+    if f["code_entries"]:
+        print(f"  text codes     {f['code_bits']}-bit codes for the {f['code_entries']:,} most frequent tokens, "
+              f"{f['exceptions']:,} exceptions ({100 * f['exceptions'] / f['num_tokens']:.2f}% of tokens)")
     print(f"  file           {f['file_bytes']:,} bytes, {f['bytes_per_token']} bytes/token")
     print(f"  opened in      {f['open_ms']} ms")
     if args.verify:

@@ -1,0 +1,111 @@
+#include "datastore/textcode.h"
+
+#include <algorithm>
+
+namespace verispec::ds {
+
+unsigned g_force_code_bits = 0, g_force_block_shift = 0;
+
+namespace {
+constexpr unsigned kBlockShift = 8;  // 256 positions: ~0.1 bit/position of directory
+uint64_t align64(uint64_t x) { return (x + 63) & ~uint64_t(63); }
+}  // namespace
+
+ExtrasLayout extras_layout(const TextCoding& tc, uint64_t text_len, unsigned token_bits) {
+  ExtrasLayout l;
+  if (tc.code_entries == 0) return l;
+  l.num_blocks = (text_len + (uint64_t(1) << tc.block_shift) - 1) >> tc.block_shift;
+  l.dir_bits = bits_for(tc.exc_entries);
+  l.exc_bits = tc.block_shift + token_bits;
+  l.table_bytes = tc.code_entries * 4;
+  l.dir_offset = align64(l.table_bytes);
+  l.dir_bytes = packed_bytes(l.num_blocks + 1, l.dir_bits);
+  l.exc_offset = align64(l.dir_offset + l.dir_bytes);
+  l.exc_bytes = packed_bytes(tc.exc_entries, l.exc_bits);
+  l.total = l.exc_offset + l.exc_bytes;
+  return l;
+}
+
+void attach_codes(Segment& s, const TextCoding& tc, const uint8_t* extras, unsigned token_bits) {
+  s.code_bits = tc.code_bits;
+  if (tc.code_entries == 0) return;
+  const ExtrasLayout l = extras_layout(tc, s.text_len, token_bits);
+  s.code_table = reinterpret_cast<const uint32_t*>(extras);
+  s.code_entries = tc.code_entries;
+  s.marker_code = (uint64_t(1) << tc.code_bits) - 1;
+  s.exception_code = s.marker_code - 1;
+  s.exc_dir = extras + l.dir_offset;
+  s.exc = extras + l.exc_offset;
+  s.dir_bits = l.dir_bits;
+  s.exc_bits = l.exc_bits;
+  s.block_shift = tc.block_shift;
+  s.exc_entries = tc.exc_entries;
+}
+
+CodePlan plan_codes(const std::vector<uint64_t>& counts, const std::vector<uint32_t>& stored_of_rank,
+                    uint64_t text_len, uint64_t num_tokens, unsigned token_bits) {
+  CodePlan p;
+  p.coding.code_bits = token_bits;
+  std::vector<uint32_t> order;
+  for (uint32_t r = 0; r < counts.size(); ++r)
+    if (counts[r]) order.push_back(r);
+  std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
+    return counts[a] != counts[b] ? counts[a] > counts[b] : a < b;
+  });
+  std::vector<uint64_t> covered(order.size() + 1, 0);  // positions held by the i most frequent
+  for (size_t i = 0; i < order.size(); ++i) covered[i + 1] = covered[i] + counts[order[i]];
+  const unsigned shift = g_force_block_shift ? g_force_block_shift : kBlockShift;
+  auto coding_for = [&](unsigned c) {
+    TextCoding tc;
+    tc.code_bits = c;
+    tc.block_shift = shift;
+    tc.code_entries = std::min<uint64_t>((uint64_t(1) << c) - 2, order.size());
+    tc.exc_entries = num_tokens - covered[tc.code_entries];
+    return tc;
+  };
+  // Two codes are reserved (marker, exception), so a table needs at least 2 bits.
+  unsigned best = token_bits;
+  if (g_force_code_bits) {
+    if (g_force_code_bits >= 2 && g_force_code_bits < token_bits) best = g_force_code_bits;
+  } else {
+    uint64_t best_bytes = packed_bytes(text_len, token_bits);
+    for (unsigned c = 2; c < token_bits; ++c) {
+      const uint64_t bytes = packed_bytes(text_len, c) + extras_layout(coding_for(c), text_len, token_bits).total;
+      if (bytes < best_bytes) {
+        best_bytes = bytes;
+        best = c;
+      }
+    }
+  }
+  if (best == token_bits) return p;  // direct
+  p.coding = coding_for(best);
+  std::vector<uint32_t> chosen(order.begin(), order.begin() + int64_t(p.coding.code_entries));
+  std::sort(chosen.begin(), chosen.end());  // ascending ranks: the table is ascending in stored value
+  p.marker_code = (uint64_t(1) << best) - 1;
+  p.exception_code = p.marker_code - 1;
+  p.code_of.assign(counts.size(), uint32_t(p.exception_code));
+  p.table.resize(chosen.size());
+  for (size_t j = 0; j < chosen.size(); ++j) {
+    p.code_of[chosen[j]] = uint32_t(j);
+    p.table[j] = stored_of_rank[chosen[j]];
+  }
+  return p;
+}
+
+void write_exceptions(uint8_t* extras, const TextCoding& tc, uint64_t text_len, unsigned token_bits,
+                      const std::vector<std::pair<uint64_t, uint32_t>>& exceptions) {
+  const ExtrasLayout l = extras_layout(tc, text_len, token_bits);
+  PackedWriter dir(extras + l.dir_offset, 0, l.dir_bits);
+  uint64_t j = 0;
+  for (uint64_t b = 0; b <= l.num_blocks; ++b) {
+    while (j < exceptions.size() && (exceptions[j].first >> tc.block_shift) < b) ++j;
+    dir.put(j);
+  }
+  dir.finish();
+  const uint64_t mask = (uint64_t(1) << tc.block_shift) - 1;
+  PackedWriter w(extras + l.exc_offset, 0, l.exc_bits);
+  for (const auto& [pos, value] : exceptions) w.put((uint64_t(value) << tc.block_shift) | (pos & mask));
+  w.finish();
+}
+
+}  // namespace verispec::ds
