@@ -73,6 +73,19 @@ int main(int argc, char** argv) {
   // 1. suffix sorting against std::sort, both index widths: sequential on tiny inputs, then the
   // threaded paths (forced on at any size) with 2-4 threads, with and without the pipelined scan
   // giving up its helper; inputs span many 2048-entry scan blocks so the block ring wraps.
+  // 0. bit packing: every width, written by two writers split at a multiple of 8 entries
+  for (unsigned bits = 1; bits <= 57; ++bits) {
+    const uint64_t n = rng() % 300 + 1, mid = (n / 2) & ~uint64_t(7);
+    std::vector<uint64_t> vals(n);
+    for (auto& v : vals) v = ((uint64_t(rng()) << 32) | rng()) & ((uint64_t(1) << bits) - 1);
+    std::vector<uint8_t> buf(packed_bytes(n, bits), 0);
+    PackedWriter a(buf.data(), 0, bits), b(buf.data(), mid, bits);
+    for (uint64_t i = 0; i < mid; ++i) a.put(vals[i]);
+    for (uint64_t i = mid; i < n; ++i) b.put(vals[i]);
+    a.finish();
+    b.finish();
+    for (uint64_t i = 0; i < n; ++i) CHECK(packed_get(buf.data(), i, bits) == vals[i]);
+  }
   const bool sort_only = argc > 2 && std::string(argv[2]) == "sort-only";  // the ThreadSanitizer run
   const int rounds = sort_only ? 8 : 40;
   check_suffix_sorting(rng, 3000, 60, 5);

@@ -41,14 +41,26 @@ inline void packed_put(uint8_t* base, uint64_t i, unsigned bits, uint64_t v) {
 }
 
 // Sequential packing: appends values to a zero-initialised array starting at a byte boundary.
-// Much faster than packed_put for bulk writes (no read-modify-write, whole bytes only).
+// Much faster than packed_put for bulk writes: no read-modify-write, and values of up to 32 bits
+// leave the accumulator four bytes at a time. Bytes past the last complete one are OR-written by
+// finish(), so a writer whose range ends mid-byte shares that byte safely only with nobody.
 class PackedWriter {
  public:
   PackedWriter(uint8_t* base, uint64_t first_index, unsigned bits)
       : p_(base + first_index * bits / 8), bits_(bits) {}  // first_index * bits must be a multiple of 8
   void put(uint64_t v) {
-    acc_ |= v << fill_;  // fill_ < 8 and bits <= 57, so this fits
+    acc_ |= v << fill_;  // fill_ < 32 and bits <= 32, or fill_ < 8 and bits <= 57: this fits
     fill_ += bits_;
+    if (bits_ <= 32) {
+      if (fill_ >= 32) {
+        const uint32_t w = uint32_t(acc_);
+        std::memcpy(p_, &w, 4);
+        p_ += 4;
+        acc_ >>= 32;
+        fill_ -= 32;
+      }
+      return;
+    }
     while (fill_ >= 8) {
       *p_++ = uint8_t(acc_);
       acc_ >>= 8;
@@ -56,7 +68,7 @@ class PackedWriter {
     }
   }
   void finish() {
-    if (fill_) *p_ |= uint8_t(acc_);
+    for (; fill_ > 0; fill_ = fill_ > 8 ? fill_ - 8 : 0, acc_ >>= 8) *p_++ |= uint8_t(acc_);
   }
 
  private:

@@ -136,6 +136,7 @@ void pack_text(const Prepared<I>& p, uint8_t* dst, uint8_t* extras) {
   auto work = [&](int t, uint64_t a, uint64_t b) {
     PackedWriter w(dst, a, bits);
     auto& exc = exceptions[t];
+    exc.reserve(uint64_t(double(plan.coding.exc_entries) * double(b - a) / double(p.text_len) * 1.125));
     for (uint64_t i = a; i < b; ++i) {
       const I r = sym[i];
       if (r == sym_marker) {
