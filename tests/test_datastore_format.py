@@ -334,3 +334,15 @@ def test_prefetch_keeps_answers(built):
     ds.prefetch()
     Datastore.from_documents(docs).prefetch()  # no file: nothing to do
     assert [ds.draft_arrays([t, t + 1], budget=6).tokens.tolist() for t in range(40)] == before
+
+
+def test_background_prefetch_at_open(built):
+    docs, path, ds = built
+    want = [ds.draft_arrays([t, t + 1], budget=6).tokens.tolist() for t in range(40)]
+    for _ in range(20):  # queries while pages are being mapped, and closing before it finishes
+        early = Datastore.open(path, prefetch=True)
+        assert early.draft_arrays([3, 4], budget=6).tokens.tolist() == want[3]
+        del early
+    warm = Datastore.open(path, prefetch=True)
+    warm.prefetch()  # a foreground prefetch while the background one may still run
+    assert [warm.draft_arrays([t, t + 1], budget=6).tokens.tolist() for t in range(40)] == want

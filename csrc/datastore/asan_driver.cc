@@ -117,7 +117,9 @@ int main(int argc, char** argv) {
   Corpus c{flat.data(), flat.size(), offsets.data(), docs.size(), 4};
   const std::string path = dir + "/asan.vsds";
   build_file(c, path, nullptr);
+  for (int i = 0; i < 5; ++i) Datastore::open(path)->file()->populate_in_background();  // closed while mapping
   auto ds = Datastore::open(path);
+  ds->file()->populate_in_background();
   ds->file()->verify(2);
   for (int q = 0; q < 300; ++q) {
     std::vector<uint32_t> ctx(rng() % 8 + 1);

@@ -165,11 +165,13 @@ void bind_datastore(py::module_& m) {
   py::class_<Datastore, std::shared_ptr<Datastore>>(m, "DatastoreCore")
       .def_static(
           "open",
-          [](const std::string& path) {
+          [](const std::string& path, bool prefetch) {
             py::gil_scoped_release nogil;
-            return Datastore::open(path);
+            auto d = Datastore::open(path);
+            if (prefetch) d->file()->populate_in_background();
+            return d;
           },
-          py::arg("path"))
+          py::arg("path"), py::arg("prefetch") = false)
       .def_static(
           "in_memory",
           [](const U32& tokens, const U64& offsets, uint64_t vocab) {

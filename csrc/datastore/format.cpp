@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstring>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -172,7 +173,18 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
 }
 
 MappedFile::~MappedFile() {
+  if (populate_thread_.joinable()) populate_thread_.join();  // it reads the mapping
   if (base_) munmap(const_cast<uint8_t*>(base_), size_);
+}
+
+void MappedFile::populate_in_background() {
+  std::lock_guard<std::mutex> lk(populate_mu_);
+  if (populate_thread_.joinable()) return;
+  try {
+    populate_thread_ = std::thread([this] { populate(); });
+  } catch (const std::system_error&) {
+    // no thread to be had: pages simply fault in as queries touch them
+  }
 }
 
 Segment MappedFile::segment() const {

@@ -15,6 +15,8 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <string>
 
 #include "datastore/segment.h"
@@ -77,7 +79,6 @@ TextCoding coding_of(const FileHeader& h);
 class MappedFile {
  public:
   static std::shared_ptr<MappedFile> open(const std::string& path);
-  ~MappedFile();
   const FileHeader& header() const { return header_; }
   Segment segment() const;
   const uint64_t* doc_starts() const { return reinterpret_cast<const uint64_t*>(base_ + header_.docs_offset); }
@@ -91,6 +92,10 @@ class MappedFile {
   // Map every page now (MADV_POPULATE_READ, or touching each page on older kernels), so first
   // queries do not pay page faults. O(file); optional.
   void populate() const;
+  // The same on a background thread (queries may run meanwhile); the destructor waits for it.
+  // A second call while one runs does nothing.
+  void populate_in_background();
+  ~MappedFile();
 
  private:
   MappedFile() = default;
@@ -98,6 +103,8 @@ class MappedFile {
   FileHeader header_{};
   const uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
+  std::mutex populate_mu_;
+  std::thread populate_thread_;
 };
 
 }  // namespace verispec::ds

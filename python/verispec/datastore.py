@@ -343,17 +343,20 @@ class Datastore:
         return cls.open(path)
 
     @classmethod
-    def open(cls, path: Union[str, os.PathLike], verify: bool = False) -> Datastore:
+    def open(cls, path: Union[str, os.PathLike], verify: bool = False, prefetch: bool = False) -> Datastore:
         """Memory-map an existing datastore file (O(1): only the header is read and checked).
 
         `verify=True` also checks every section's checksum and every suffix-array entry (O(corpus)).
+        `prefetch=True` maps every page on a background thread (as `prefetch()`, without waiting:
+        about 20 ms for a 300 MB file here), so early queries do not pay page faults; use it
+        when the file fits in memory and queries start right away.
         Raises FileNotFoundError, or ValueError naming the problem for truncated, corrupt, foreign
         or wrong-version files.
         """
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"datastore {path} does not exist")
-        ds = cls(native().DatastoreCore.open(path), path)
+        ds = cls(native().DatastoreCore.open(path, bool(prefetch)), path)
         if verify:
             ds.verify()
         return ds
@@ -387,8 +390,8 @@ class Datastore:
 
     def prefetch(self) -> None:
         """Map every page of the file now (O(file size), GIL released), so the first queries do
-        not pay page faults. Opening stays O(1); call this in a background thread if you want a
-        warm index without delaying start-up."""
+        not pay page faults. Opening stays O(1); `open(path, prefetch=True)` does this on a
+        background thread, for a warm index without delaying start-up."""
         self._core.populate()
 
     def set_cache(self, capacity: int = 4096, min_count: int = 256) -> None:

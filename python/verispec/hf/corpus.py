@@ -81,7 +81,7 @@ def stdlib_datastore(tokenizer: Any, path: Optional[str] = None, include_tests: 
         path = str(cache_dir() / f"{tag}-{_tokenizer_key(tokenizer)}.vsds")
     if os.path.exists(path):
         try:
-            return Datastore.open(path)
+            return Datastore.open(path, prefetch=True)
         except ValueError as exc:  # written by another verispec version, or damaged: build it again
             print(f"rebuilding the cached datastore {path} ({exc})", file=sys.stderr)
             os.remove(path)
