@@ -7,8 +7,9 @@
 // value in a side table, grouped by blocks of 2^block_shift positions with a directory of where
 // each block's entries start (patched frame-of-reference, as in PFOR). Reads stay O(1): a code
 // table lookup, or for an exception a directory read and a binary search within one block.
-// The width is chosen per file to minimise its size; code_entries == 0 means no coding (codes
-// are the stored values themselves, as in format version 1).
+// The width is chosen per file to minimise its size, each exception charged a little extra for
+// its slower read; code_entries == 0 means no coding (codes are the stored values themselves, as
+// in format version 1).
 #pragma once
 #include <cstdint>
 #include <vector>
