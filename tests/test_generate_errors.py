@@ -36,7 +36,7 @@ def test_model_without_cache_is_rejected_by_name():
         def get_output_embeddings(self):
             return self.lm
 
-    with pytest.raises(ValueError, match="NoCacheLM.forward takes no past_key_values"):
+    with pytest.raises(ValueError, match="NoCacheLM.forward takes neither cache nor past_key_values"):
         verispec.generate(NoCacheLM(), [[1, 2]], max_new_tokens=2)
 
 

@@ -4,7 +4,7 @@ Hugging Face caches keep one sequence length for the whole batch, so a batch of 
 lengths has to be left-padded and every later step drags the padding along. `RaggedCache` instead
 stores request ``b``'s tokens at cache indices ``0 .. prefix_lens[b] - 1`` of its own row, whatever the
 other requests hold. It is a `transformers.Cache`, so a stock model writes into it through its own
-attention modules (``past_key_values.update(k, v, layer_idx)``); *where* the new entries go is set by
+attention modules (``cache.update(k, v, layer_idx)``); *where* the new entries go is set by
 the generate loop before each forward:
 
 * `plan_prefill(rows)`: the forward is the prompts of some requests of one length (no padding);

@@ -27,6 +27,16 @@ def _text_config(model: torch.nn.Module):
     return get() if callable(get) else cfg
 
 
+def cache_kwarg(model: torch.nn.Module) -> str | None:
+    """The forward argument that takes a key/value cache: ``cache`` (transformers >= 5.25, which
+    deprecated the old name) or ``past_key_values`` (earlier versions); None when there is none."""
+    params = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    return None
+
+
 def check_model(model: torch.nn.Module) -> None:
     """Raise a clear error when ``model`` cannot be driven by `verispec.generate`."""
     name = type(model).__name__
@@ -35,10 +45,9 @@ def check_model(model: torch.nn.Module) -> None:
         raise TypeError(f"verispec.generate needs a transformers causal LM (a torch.nn.Module with .config), got {name}")
     if getattr(cfg, "is_encoder_decoder", False):
         raise ValueError(f"verispec.generate supports decoder-only causal LMs; {name} is an encoder-decoder model")
-    if "past_key_values" not in inspect.signature(model.forward).parameters:
-        raise ValueError(
-            f"verispec.generate needs a model with a key/value cache; {name}.forward takes no past_key_values"
-        )
+    if cache_kwarg(model) is None:
+        raise ValueError(f"verispec.generate needs a model with a key/value cache; {name}.forward takes neither "
+                         "cache nor past_key_values")
     if model.get_output_embeddings() is None:
         raise ValueError(f"verispec.generate needs a causal LM with a language-model head; {name} has none")
     layer_types = getattr(_text_config(model), "layer_types", None) or []
@@ -103,6 +112,8 @@ class TreeModel:
             self._mask_impl = "sdpa" if getattr(model, "_supports_sdpa", False) else "eager"
         self.num_layers = int(getattr(self.config, "num_hidden_layers", 0) or 0)
         self._base = getattr(model, "base_model", None) or model
+        self._cache_kw = cache_kwarg(model)
+        self._base_cache_kw = cache_kwarg(self._base) or self._cache_kw
 
     def new_cache(self, batch_size: int, capacity: int) -> RaggedCache:
         return RaggedCache(self.num_layers, batch_size, capacity, self.device)
@@ -125,7 +136,7 @@ class TreeModel:
                 cache.plan_prefill(part)
                 # The base model (no LM head): the prefill's logits are never needed.
                 self._base(input_ids=ids, position_ids=torch.arange(n, device=self.device).expand(len(part), n),
-                           past_key_values=cache, use_cache=True)
+                           use_cache=True, **{self._base_cache_kw: cache})
                 cache.set_prefill_length(part, n)
         cache.reset_plan()
 
@@ -137,13 +148,13 @@ class TreeModel:
         position_ids = meta.positions.long()
         if self.attention == "tree":
             with use_attention(self.model, ATTN_NAME):
-                out = self.model(input_ids=input_ids, position_ids=position_ids, past_key_values=cache,
-                                 use_cache=True, verispec_tree=meta)
+                out = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=True, verispec_tree=meta,
+                                 **{self._cache_kw: cache})
         else:
             kv_len = cache._mask_sizes(T)[0]
             with use_attention(self.model, self._mask_impl):
-                out = self.model(input_ids=input_ids, position_ids=position_ids, past_key_values=cache,
-                                 use_cache=True, attention_mask=self._masks(meta, kv_len))
+                out = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=True,
+                                 attention_mask=self._masks(meta, kv_len), **{self._cache_kw: cache})
         return out.logits
 
     def _masks(self, meta: TreeMeta, kv_len: int):
