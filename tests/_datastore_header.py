@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import struct
 
-HEADER = struct.Struct("<8sIIII14QII4QQQ")  # csrc/datastore/format.h FileHeader, 192 bytes
+HEADER = struct.Struct("<8sIIII14QII4QIIQ")  # csrc/datastore/format.h FileHeader, 192 bytes
 NAMES = ["magic", "version", "header_bytes", "token_bits", "offset_bits", "vocab_size", "num_tokens", "num_docs",
          "text_len", "map_entries", "map_offset", "text_offset", "sa_offset", "docs_offset", "file_bytes",
          "map_checksum", "text_checksum", "sa_checksum", "docs_checksum", "code_bits", "block_shift", "code_entries",
-         "exc_entries", "extras_offset", "extras_checksum", "reserved", "header_checksum"]
+         "exc_entries", "extras_offset", "extras_checksum", "succ_heads", "succ_entries", "header_checksum"]
 
 
 def header(raw: bytes) -> dict:

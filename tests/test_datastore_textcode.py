@@ -138,7 +138,7 @@ def test_damaged_code_section_detected_and_never_crashes(coded_file):
     raw[h["extras_offset"]:] = b"\xff" * (len(raw) - h["extras_offset"])  # table, directory, exceptions
     path.write_bytes(bytes(raw))
     ds = Datastore.open(path)  # O(1) open does not read the body
-    with pytest.raises(ValueError, match="text code section checksum mismatch"):
+    with pytest.raises(ValueError, match="extras section checksum mismatch"):
         ds.verify()
     with pytest.raises(RuntimeError, match="corrupt file"):
         for d in docs:
@@ -175,3 +175,81 @@ def test_version_1_files_still_open(tmp_path):
     rewrite_header(path, code_bits=6)  # version 1 with a version 2 field set
     with pytest.raises(ValueError, match="inconsistent text coding fields"):
         Datastore.open(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# successor lists: children of one-token matches read from a table instead of probing
+
+
+@contextlib.contextmanager
+def successor_min_count(n: int):
+    old = native()._datastore_successor_min_count(n)
+    try:
+        yield
+    finally:
+        native()._datastore_successor_min_count(old)
+
+
+@SETTINGS
+@given(docs=docs_strategy, data=st.data(), mode=st.sampled_from(["tree", "tree", "chain", "rest"]),
+       min_heads=st.sampled_from([1, 2, 5]))
+def test_successor_lists_match_reference(tmp_path, docs, data, mode, min_heads):
+    with successor_min_count(min_heads):
+        mem = Datastore.from_documents(docs)
+        path = tmp_path / f"s{min_heads}.vsds"
+        f = Datastore.build(docs, path, progress=False)
+    counts = np.bincount(np.concatenate([np.asarray(d, dtype=np.int64) for d in docs]))
+    assert f.info()["file"]["successor_heads"] == int((counts >= min_heads).sum())
+    f.verify()
+    v = max(max(d) for d in docs if d) + 1
+    ctx = data.draw(st.lists(st.integers(0, v), min_size=1, max_size=4))
+    kw = dict(budget=data.draw(st.integers(0, 16)), max_depth=data.draw(st.integers(1, 5)), max_match=8,
+              min_count=data.draw(st.integers(1, 3)), mode=mode)
+    if mode == "tree" and data.draw(st.booleans()):
+        kw.update(backoff=data.draw(st.integers(1, 4)), backoff_prior=2.0)  # a one-token backoff root too
+    want = ref.draft(docs, ctx, **kw)
+    for ds in (mem, f):
+        got = ds.draft_arrays(ctx, **kw)
+        assert (got.tokens.tolist(), got.parents.tolist()) == (want[0], want[1])
+        np.testing.assert_allclose(got.scores.tolist(), want[2], rtol=1e-6)
+
+
+def test_successor_lists_on_a_skewed_corpus(tmp_path):
+    docs = zipf_docs(seed=5, n_docs=30, vocab=2000, mean_len=1500)
+    with successor_min_count(500):
+        a = Datastore.build(docs, tmp_path / "succ.vsds", vocab_size=2000, progress=False)
+        a.add(docs[:3])  # an in-memory segment with its own lists
+    with successor_min_count(1 << 62):
+        b = Datastore.build(docs, tmp_path / "plain.vsds", vocab_size=2000, progress=False)
+        b.add(docs[:3])
+    fa, fb = a.info()["file"], b.info()["file"]
+    assert fa["successor_heads"] > 3 and fa["successor_entries"] > fa["successor_heads"]
+    assert fb["successor_heads"] == fb["successor_entries"] == 0
+    a.verify()
+    flat = np.concatenate(docs)
+    heads = np.bincount(flat).argsort()[::-1][:20].tolist()
+    rng = random.Random(6)
+    for ctx in [[t] for t in heads] + [[rng.randrange(2000)] for _ in range(100)]:
+        for kw in (dict(budget=24), dict(budget=8, mode="chain"), dict(budget=16, backoff=2)):
+            x, y = a.draft_arrays(ctx, **kw), b.draft_arrays(ctx, **kw)
+            assert x.tokens.tolist() == y.tokens.tolist() and x.parents.tolist() == y.parents.tolist()
+            assert x.scores.tolist() == y.scores.tolist()
+        assert a.continuations(ctx) == b.continuations(ctx)
+
+
+def test_damaged_successor_lists_never_crash(tmp_path):
+    docs = zipf_docs(seed=7, n_docs=6, vocab=100, mean_len=500)
+    path = tmp_path / "d.vsds"
+    with successor_min_count(50):
+        Datastore.build(docs, path, vocab_size=100, progress=False)
+    raw = bytearray(path.read_bytes())
+    h = header(raw)
+    assert h["succ_heads"] > 0 and h["code_entries"] == 0  # the extras hold only successor lists
+    raw[h["extras_offset"]:] = bytes(b ^ 0xA5 for b in raw[h["extras_offset"]:])
+    path.write_bytes(bytes(raw))
+    ds = Datastore.open(path)
+    with pytest.raises(ValueError, match="extras section checksum mismatch"):
+        ds.verify()
+    for t in range(100):  # wrong drafts or a clear error, never a crash or an out-of-bounds read
+        with contextlib.suppress(RuntimeError):
+            ds.draft_arrays([t], budget=8)

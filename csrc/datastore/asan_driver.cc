@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
@@ -144,12 +145,15 @@ int main(int argc, char** argv) {
   {
     g_force_code_bits = 2;
     g_force_block_shift = 3;
+    const uint64_t old_succ = g_successor_min_count;
+    g_successor_min_count = 1;  // every token gets a successor list
     const std::string cpath = dir + "/asan-coded.vsds";
     build_file(c, cpath, nullptr);
     g_force_code_bits = g_force_block_shift = 0;
+    g_successor_min_count = old_succ;
     auto coded = Datastore::open(cpath);
     const FileHeader ch = coded->file()->header();
-    CHECK(ch.code_bits == 2 && ch.code_entries == 2 && ch.exc_entries > 0);
+    CHECK(ch.code_bits == 2 && ch.code_entries == 2 && ch.exc_entries > 0 && ch.succ_heads == 4);
     coded->file()->verify(2);
     for (int q = 0; q < 200; ++q) {
       std::vector<uint32_t> pat(rng() % 5 + 1);
@@ -161,8 +165,20 @@ int main(int argc, char** argv) {
       std::ifstream f(cpath, std::ios::binary);
       body.assign(std::istreambuf_iterator<char>(f), {});
     }
-    const ExtrasLayout x = extras_layout(coding_of(ch), ch.text_len, ch.token_bits);
-    for (uint64_t at : {x.dir_offset + 1, x.exc_offset, x.exc_offset + x.exc_bytes / 2, uint64_t(0)}) {
+    for (uint32_t t = 0; t < 4; ++t) {  // one-token matches: children from the successor lists
+      DraftParams p;
+      p.budget = 12;
+      const DraftResult r = coded->draft(&t, 1, p);
+      CHECK(r.match_len == 1);
+      for (size_t i = 0; i < r.tokens.size(); ++i)
+        if (r.parents[i] == -1) {
+          const std::vector<uint32_t> pat{t, r.tokens[i]};
+          CHECK(uint64_t(std::llround(double(r.scores[i]) * double(r.match_count))) == brute_count(docs, pat));
+        }
+    }
+    const ExtrasLayout x = extras_layout(coding_of(ch), ch.text_len, ch.token_bits, ch.offset_bits);
+    for (uint64_t at : {x.dir_offset + 1, x.exc_offset, x.exc_offset + x.exc_bytes / 2, uint64_t(0), x.heads_offset,
+                        x.begin_offset + 8, x.stok_offset, x.send_offset + 1}) {
       std::string broken = body;
       broken[ch.extras_offset + at] = char(broken[ch.extras_offset + at] ^ 0x5a);
       FileHeader bh = ch;  // checksums made valid again, so the structural checks are what fails

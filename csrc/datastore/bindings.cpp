@@ -137,6 +137,8 @@ py::dict header_dict(const FileHeader& h) {
   d["code_bits"] = tc.code_bits;
   d["code_entries"] = tc.code_entries;
   d["exceptions"] = tc.exc_entries;
+  d["successor_heads"] = tc.succ_heads;
+  d["successor_entries"] = tc.succ_entries;
   d["offset_bits"] = h.offset_bits;
   d["vocab_size"] = h.vocab_size;
   d["num_tokens"] = h.num_tokens;
@@ -344,6 +346,11 @@ void bind_datastore(py::module_& m) {
       .def_readonly("budget", &DraftParams::budget);
 
   m.def("_datastore_force_wide_index", [](bool on) { g_force_wide_index = on; });
+  m.def("_datastore_successor_min_count", [](uint64_t n) {
+    const uint64_t old = g_successor_min_count;
+    g_successor_min_count = n;
+    return old;
+  });
   m.def("_datastore_force_text_codes", [](unsigned code_bits, unsigned block_shift) {
     if (block_shift > 16) throw std::invalid_argument("block_shift must be <= 16");
     g_force_code_bits = code_bits;

@@ -111,6 +111,7 @@ class Index {
     ranges_.clear();
     tail_pos_.clear();
     Node root{0, 0, -1, 0, 0, 0, {0, 0}, {0, 0}};
+    root_token_.assign(R_ * S_, uint64_t(-1));
     for (size_t r = 0; r < R_; ++r) {
       uint64_t total = 0;
       for (size_t s = 0; s < S_; ++s) {
@@ -122,6 +123,8 @@ class Index {
         }
         ranges_.push_back(q);
         total += q.size();
+        // A one-token match: its children may come straight from the successor lists.
+        root_token_[r * S_ + s] = m_[r] == 1 ? pattern(s, ctx)[len - 1] : uint64_t(-1);
       }
       root.tail_begin[r] = tail_pos_.size();
       if (src_.tail) {
@@ -170,6 +173,19 @@ class Index {
       for (size_t s = 0; s < S_; ++s) {
         const Segment& seg = segs_[s];
         const Range q = ranges_[base + s];
+        uint64_t b = 0, e = 0;
+        if (nd.depth == 0 && q.size() && seg.successors(root_token_[r * S_ + s], b, e)) {
+          // Every run of the root's range is listed: take those a probe at this stride would find.
+          for (uint64_t j = b, prev = 0; j < e; ++j) {
+            const uint64_t end = seg.successor_end(j);
+            if (end <= prev || end > q.size())
+              throw CorruptError("datastore successor list entry " + std::to_string(j) + " is out of range (corrupt file?)");
+            if (end - prev >= stride)
+              out.push_back({seg.to_token(seg.successor_token(j)), uint32_t(r), uint32_t(s), q.lo + prev, q.lo + end});
+            prev = end;
+          }
+          continue;
+        }
         uint64_t g = q.lo, done = q.lo;  // [q.lo, done) is delimited already
         while (g < q.hi) {
           const uint64_t t = seg.tok_at(g, k);
@@ -245,6 +261,7 @@ class Index {
   size_t S_;
   size_t R_ = 1;
   uint64_t m_[2] = {0, 0};
+  std::vector<uint64_t> root_token_;  // per root and segment: the stored token of a one-token match
   std::vector<Node> nodes_;
   std::vector<Range> ranges_;
   std::vector<uint64_t> tail_pos_;

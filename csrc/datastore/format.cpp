@@ -81,6 +81,8 @@ TextCoding coding_of(const FileHeader& h) {
   tc.block_shift = h.block_shift;
   tc.code_entries = h.code_entries;
   tc.exc_entries = h.exc_entries;
+  tc.succ_heads = h.succ_heads;
+  tc.succ_entries = h.succ_entries;
   return tc;
 }
 
@@ -95,7 +97,7 @@ Layout layout_for(uint64_t map_entries, uint64_t text_len, unsigned token_bits, 
   l.sa_bytes = packed_bytes(num_tokens, offset_bits);
   l.docs_offset = align64(l.sa_offset + l.sa_bytes);
   l.docs_bytes = (num_docs + 1) * 8;
-  l.extras_bytes = extras_layout(codes, text_len, token_bits).total;
+  l.extras_bytes = extras_layout(codes, text_len, token_bits, offset_bits).total;
   l.extras_offset = l.extras_bytes ? align64(l.docs_offset + l.docs_bytes) : 0;
   l.file_bytes = l.extras_bytes ? l.extras_offset + l.extras_bytes : l.docs_offset + l.docs_bytes;
   return l;
@@ -144,8 +146,10 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
                                               tc.block_shift >= 1 && tc.block_shift <= 16 && tc.exc_entries <= h.num_tokens
                                         : tc.code_bits == h.token_bits && tc.exc_entries == 0 && tc.block_shift == 0;
   if (!coded_ok || (h.version == 1 && (h.code_bits || h.block_shift || h.code_entries || h.exc_entries ||
-                                       h.extras_offset || h.extras_checksum)))
+                                       h.extras_offset || h.extras_checksum || h.succ_heads || h.succ_entries)))
     throw std::invalid_argument(where + "inconsistent text coding fields in the header (corrupt file)");
+  if (h.succ_heads > h.num_tokens || h.succ_entries > h.num_tokens || (h.succ_heads == 0 && h.succ_entries != 0))
+    throw std::invalid_argument(where + "inconsistent successor list fields in the header (corrupt file)");
   const Layout l = layout_for(h.map_entries, h.text_len, h.token_bits, tc, h.num_tokens, h.offset_bits, h.num_docs);
   if (l.map_offset != h.map_offset || l.text_offset != h.text_offset || l.sa_offset != h.sa_offset ||
       l.docs_offset != h.docs_offset || l.extras_offset != h.extras_offset || l.file_bytes != h.file_bytes)
@@ -197,7 +201,7 @@ Segment MappedFile::segment() const {
   s.end_marker = (uint64_t(1) << header_.token_bits) - 1;
   s.token_map = token_map();
   s.map_entries = header_.map_entries;
-  attach_codes(s, coding_of(header_), base_ + header_.extras_offset, header_.token_bits);
+  attach_extras(s, coding_of(header_), base_ + header_.extras_offset, header_.token_bits);
   return s;
 }
 
@@ -229,7 +233,7 @@ void MappedFile::verify(int threads) const {
   if (section_checksum(base_ + l.docs_offset, l.docs_bytes, threads) != h.docs_checksum)
     throw std::invalid_argument(where + "document table checksum mismatch (corrupt file)");
   if (l.extras_bytes && section_checksum(base_ + l.extras_offset, l.extras_bytes, threads) != h.extras_checksum)
-    throw std::invalid_argument(where + "text code section checksum mismatch (corrupt file)");
+    throw std::invalid_argument(where + "extras section checksum mismatch (corrupt file)");
   const Segment s = segment();
   // Stored values must be ranks into the map (or ids below vocab_size), and never the marker.
   const uint64_t max_stored = h.map_entries ? h.map_entries : h.vocab_size;
@@ -239,7 +243,7 @@ void MappedFile::verify(int threads) const {
         throw std::invalid_argument(where + "code table is not sorted stored values (corrupt file)");
     // Exceptions: one entry per exception code, in text order, each in its block's directory range.
     const uint64_t mask = (uint64_t(1) << tc.block_shift) - 1;
-    const ExtrasLayout x = extras_layout(tc, h.text_len, h.token_bits);
+    const ExtrasLayout x = extras_layout(tc, h.text_len, h.token_bits, h.offset_bits);
     if (packed_get(s.exc_dir, 0, x.dir_bits) != 0 || packed_get(s.exc_dir, x.num_blocks, x.dir_bits) != tc.exc_entries)
       throw std::invalid_argument(where + "exception directory does not span the exceptions (corrupt file)");
     uint64_t j = 0;
@@ -274,6 +278,31 @@ void MappedFile::verify(int threads) const {
   for (uint64_t k = 0; k < h.num_tokens; ++k)
     if (s.tok(s.pos(k)) == s.end_marker)
       throw std::invalid_argument(where + "suffix array entry " + std::to_string(k) + " points at a marker (corrupt file)");
+  // Successor lists against the suffix array: inside a head's range the second tokens are sorted,
+  // so runs whose first and last entries hold the listed token and which tile the range up to the
+  // suffixes "a <end>" (sorted last) are exactly the listed counts.
+  const std::string bad_succ = where + "successor lists do not match the suffix array";
+  for (uint64_t j = 0; j < tc.succ_heads; ++j) {
+    const uint64_t a = s.succ_heads[j];
+    if (a >= max_stored || (j && a <= s.succ_heads[j - 1]) || s.succ_begin[j] > s.succ_begin[j + 1] ||
+        (j == 0 && s.succ_begin[0] != 0) || s.succ_begin[j + 1] > tc.succ_entries)
+      throw std::invalid_argument(bad_succ + " (head " + std::to_string(j) + ", corrupt file)");
+    uint64_t lo = 0, hi = 0, prev_end = 0;
+    const uint32_t pat = uint32_t(a);
+    s.find(&pat, 1, lo, hi);
+    for (uint64_t e = s.succ_begin[j]; e < s.succ_begin[j + 1]; ++e) {
+      const uint64_t b = s.successor_token(e), end = s.successor_end(e);
+      if (end <= prev_end || lo + end > hi || (e > s.succ_begin[j] && b <= s.successor_token(e - 1)) ||
+          s.tok_at(lo + prev_end, 1) != b || s.tok_at(lo + end - 1, 1) != b)
+        throw std::invalid_argument(bad_succ + " (head " + std::to_string(j) + ", entry " + std::to_string(e) +
+                                    ", corrupt file)");
+      prev_end = end;
+    }
+    if (lo + prev_end < hi && s.tok_at(lo + prev_end, 1) != s.end_marker)
+      throw std::invalid_argument(bad_succ + " (head " + std::to_string(j) + " misses successors, corrupt file)");
+  }
+  if (tc.succ_heads && s.succ_begin[tc.succ_heads] != tc.succ_entries)
+    throw std::invalid_argument(bad_succ + " (entry count, corrupt file)");
 }
 
 }  // namespace verispec::ds

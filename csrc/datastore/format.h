@@ -9,8 +9,8 @@
 //   [sa_offset, ..)    suffix array: num_tokens packed offset_bits-wide text positions, the
 //                      suffixes starting at tokens (never at markers) in lexicographic order
 //   [docs_offset, ..)  num_docs + 1 uint64 text positions where documents start (last = text_len)
-//   [extras_offset, ..) (version 2, only with a code table) code table, exception directory,
-//                      exceptions (textcode.h)
+//   [extras_offset, ..) (version 2, only with text codes or successor lists) code table,
+//                      exception directory, exceptions, successor lists (textcode.h)
 // Sections start at 64-byte boundaries; packed sections carry 8 bytes of padding.
 #pragma once
 #include <cstdint>
@@ -55,7 +55,8 @@ struct FileHeader {
   uint64_t exc_entries;
   uint64_t extras_offset;
   uint64_t extras_checksum;
-  uint64_t reserved;
+  uint32_t succ_heads;    // successor lists (textcode.h)
+  uint32_t succ_entries;
   uint64_t header_checksum;
 };
 static_assert(sizeof(FileHeader) == kHeaderBytes, "header layout");

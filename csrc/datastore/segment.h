@@ -37,6 +37,16 @@ struct Segment {
   const uint8_t* exc = nullptr;      // packed exc_bits: (value << block_shift) | position in block
   unsigned dir_bits = 1, exc_bits = 1, block_shift = 0;
   uint64_t exc_entries = 0;
+  // Successor lists (docs/datastore.md, "Successor lists"): for the most frequent stored values
+  // a (heads, ascending), every b that follows a somewhere, ascending, with the running count of
+  // the suffixes "a b ..." up to and including b. Since those suffixes are sorted by b inside a's
+  // range, child b of a one-token match a spans [lo + end(b-1), lo + end(b)) of it: no probing.
+  const uint32_t* succ_heads = nullptr;
+  const uint64_t* succ_begin = nullptr;  // succ_heads_n + 1 entry offsets
+  const uint8_t* succ_tokens = nullptr;  // packed token_bits
+  const uint8_t* succ_ends = nullptr;    // packed offset_bits
+  uint64_t succ_heads_n = 0, succ_entries = 0;
+  unsigned succ_token_bits = 1;
 
   // Stored value of token id t; end_marker (matches nothing) when t does not occur here.
   uint64_t to_stored(uint32_t t) const {
@@ -82,6 +92,24 @@ struct Segment {
                          " is marked as an exception but has no entry (corrupt file?)");
     return x >> block_shift;
   }
+
+  // Entries [b, e) of the successor list of stored value a; false when a has none.
+  bool successors(uint64_t a, uint64_t& b, uint64_t& e) const {
+    if (!succ_heads_n) return false;
+    uint64_t lo = 0, hi = succ_heads_n;
+    while (lo < hi) {
+      const uint64_t mid = lo + (hi - lo) / 2;
+      if (succ_heads[mid] < a) lo = mid + 1; else hi = mid;
+    }
+    if (lo == succ_heads_n || succ_heads[lo] != a) return false;
+    b = succ_begin[lo];
+    e = succ_begin[lo + 1];
+    if (b > e || e > succ_entries)
+      throw CorruptError("datastore successor list of head " + std::to_string(lo) + " is out of bounds (corrupt file?)");
+    return true;
+  }
+  uint64_t successor_token(uint64_t j) const { return packed_get(succ_tokens, j, succ_token_bits); }
+  uint64_t successor_end(uint64_t j) const { return packed_get(succ_ends, j, offset_bits); }
 
   // Text position of the k-th smallest suffix. A damaged file must not turn into an
   // out-of-bounds read, so every offset is checked (one compare on a value already loaded).

@@ -50,6 +50,7 @@ struct Prepared {
   bool compact = false;            // store ranks into `distinct` rather than ids
   unsigned token_bits = 0, offset_bits = 0;
   CodePlan codes;                  // how the text is stored (textcode.h)
+  Successors succ;                 // successor lists of the most frequent values (textcode.h)
   uint64_t stored(I r) const { return compact ? uint64_t(r) : uint64_t(distinct[r]); }
 };
 
@@ -58,6 +59,57 @@ struct Prepared {
   throw std::invalid_argument("document " + std::to_string(d) + ", position " + std::to_string(i - c.offsets[d]) +
                               ": token id " + std::to_string(c.tokens[i]) + " is outside the vocabulary of size " +
                               std::to_string(c.vocab_size));
+}
+
+// Successor lists for the ranks seen at least g_successor_min_count times: one pass over the
+// symbols on two threads, counting into a dense heads x ranks table per thread (the most frequent
+// heads only, if the table would be large).
+template <class I>
+void find_successors(Prepared<I>& p, const std::vector<uint64_t>& counts) {
+  const uint64_t D = counts.size();
+  std::vector<uint32_t> heads;
+  for (uint64_t r = 0; r < D; ++r)
+    if (counts[r] >= std::max<uint64_t>(g_successor_min_count, 1)) heads.push_back(uint32_t(r));
+  constexpr uint64_t kMaxCells = uint64_t(1) << 22;  // table cells per thread
+  const uint64_t max_heads = kMaxCells / (D + 1) > 1 ? kMaxCells / (D + 1) - 1 : 0;
+  if (heads.size() > max_heads) {
+    std::stable_sort(heads.begin(), heads.end(), [&](uint32_t a, uint32_t b) { return counts[a] > counts[b]; });
+    heads.resize(max_heads);
+    std::sort(heads.begin(), heads.end());
+  }
+  if (heads.empty()) return;
+  const uint64_t H = heads.size();
+  // Row 0 and column D (the marker) collect what is not counted, so the loop has no branch.
+  const uint64_t W = D + 1;
+  std::vector<uint32_t> row_of(D + 1, 0);
+  for (uint64_t h = 0; h < H; ++h) row_of[heads[h]] = uint32_t(h + 1);
+  const I* sym = p.sym.get();
+  // Counts in the index type: below 2^32 positions, 4-byte cells keep more of the table in cache.
+  std::vector<I> table[2] = {std::vector<I>((H + 1) * W, 0), std::vector<I>((H + 1) * W, 0)};
+  auto work = [&](int t, uint64_t a, uint64_t b) {
+    I* cells = table[t].data();
+    for (uint64_t i = a; i < b; ++i) ++cells[uint64_t(row_of[sym[i]]) * W + sym[i + 1]];  // text ends with a marker
+  };
+  const uint64_t n = p.text_len - 1, mid = n / 2;
+  std::thread th(work, 1, mid, n);
+  work(0, 0, mid);
+  th.join();
+  Successors& out = p.succ;
+  for (uint64_t h = 0; h < H; ++h) {
+    out.heads.push_back(uint32_t(p.stored(I(heads[h]))));
+    out.begin.push_back(out.tokens.size());
+    uint64_t cum = 0;
+    for (uint64_t b = 0; b < D; ++b) {
+      const uint64_t c = uint64_t(table[0][(h + 1) * W + b]) + table[1][(h + 1) * W + b];
+      if (!c) continue;
+      cum += c;
+      out.tokens.push_back(uint32_t(p.stored(I(b))));
+      out.ends.push_back(cum);
+    }
+  }
+  out.begin.push_back(out.tokens.size());
+  p.codes.coding.succ_heads = H;
+  p.codes.coding.succ_entries = out.tokens.size();
 }
 
 template <class I>
@@ -120,6 +172,7 @@ void prepare(const Corpus& c, Prepared<I>& p) {
   std::vector<uint32_t> stored_of_rank(p.distinct.size());
   for (size_t r = 0; r < stored_of_rank.size(); ++r) stored_of_rank[r] = uint32_t(p.stored(I(r)));
   p.codes = plan_codes(counts[0], stored_of_rank, text_len, c.num_tokens, p.token_bits);
+  find_successors(p, counts[0]);
 }
 
 // The text as codes (textcode.h), the code table and the exceptions. Two threads, split at a
@@ -159,7 +212,7 @@ void pack_text(const Prepared<I>& p, uint8_t* dst, uint8_t* extras) {
   std::memcpy(extras, plan.table.data(), plan.table.size() * 4);
   exceptions[0].insert(exceptions[0].end(), exceptions[1].begin(), exceptions[1].end());
   if (exceptions[0].size() != plan.coding.exc_entries) throw std::logic_error("internal error: exception count changed");
-  write_exceptions(extras, plan.coding, p.text_len, p.token_bits, exceptions[0]);
+  write_exceptions(extras, plan.coding, p.text_len, p.token_bits, p.offset_bits, exceptions[0]);
 }
 
 template <class I>
@@ -201,6 +254,7 @@ void build_into(const Corpus& c, Prepared<I>& p, const Output& o, const Progress
   SuffixSorter<I>::sort(p.sym.get(), sa.get(), I(p.text_len), p.k, progress ? &tell : nullptr);
   report(progress, "packing text", 0.0);
   pack_text<I>(p, o.text, o.extras);
+  write_successors(o.extras, p.codes.coding, p.text_len, p.token_bits, p.offset_bits, p.succ);
   report(progress, "packing suffix array", 0.0);
   pack_sa<I>(sa.get(), p, c.num_tokens, o.sa);
 }
@@ -270,15 +324,17 @@ FileHeader build_file_impl(const Corpus& c, const std::string& path, const Progr
     h.sa_offset = l.sa_offset;
     h.docs_offset = l.docs_offset;
     h.file_bytes = l.file_bytes;
+    h.code_bits = tc.code_bits;
     if (tc.code_entries) {
-      h.code_bits = tc.code_bits;
       h.block_shift = tc.block_shift;
       h.code_entries = tc.code_entries;
       h.exc_entries = tc.exc_entries;
+    }
+    h.succ_heads = uint32_t(tc.succ_heads);
+    h.succ_entries = uint32_t(tc.succ_entries);
+    if (l.extras_bytes) {
       h.extras_offset = l.extras_offset;
       h.extras_checksum = section_checksum(base + l.extras_offset, l.extras_bytes);
-    } else {
-      h.code_bits = prep.token_bits;
     }
     std::thread th([&] { h.text_checksum = section_checksum(base + l.text_offset, l.text_bytes); });
     h.sa_checksum = section_checksum(base + l.sa_offset, l.sa_bytes);
@@ -318,7 +374,7 @@ std::shared_ptr<MemSegment> build_mem_impl(const Corpus& c) {
   m->num_docs = c.num_docs;
   m->text.assign(packed_bytes(m->text_len, m->codes.code_bits), 0);
   m->sa.assign(packed_bytes(m->num_tokens, m->offset_bits), 0);
-  m->extras.assign(extras_layout(m->codes, m->text_len, m->token_bits).total, 0);
+  m->extras.assign(extras_layout(m->codes, m->text_len, m->token_bits, m->offset_bits).total, 0);
   if (prep.compact) m->token_map = prep.distinct;
   build_into<I>(c, prep, Output{nullptr, m->text.data(), m->sa.data(), m->extras.data()}, nullptr);
   return m;
@@ -341,7 +397,7 @@ Segment MemSegment::view() const {
   s.end_marker = (uint64_t(1) << token_bits) - 1;
   s.token_map = token_map.empty() ? nullptr : token_map.data();
   s.map_entries = token_map.size();
-  attach_codes(s, codes, extras.data(), token_bits);
+  attach_extras(s, codes, extras.data(), token_bits);
   return s;
 }
 

@@ -1,10 +1,12 @@
 #include "datastore/textcode.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace verispec::ds {
 
 unsigned g_force_code_bits = 0, g_force_block_shift = 0;
+uint64_t g_successor_min_count = uint64_t(1) << 16;
 
 namespace {
 constexpr unsigned kBlockShift = 8;  // 256 positions: ~0.1 bit/position of directory
@@ -17,25 +19,44 @@ constexpr uint64_t kExceptionPrice = 2;
 uint64_t align64(uint64_t x) { return (x + 63) & ~uint64_t(63); }
 }  // namespace
 
-ExtrasLayout extras_layout(const TextCoding& tc, uint64_t text_len, unsigned token_bits) {
+ExtrasLayout extras_layout(const TextCoding& tc, uint64_t text_len, unsigned token_bits, unsigned offset_bits) {
   ExtrasLayout l;
-  if (tc.code_entries == 0) return l;
-  l.num_blocks = (text_len + (uint64_t(1) << tc.block_shift) - 1) >> tc.block_shift;
-  l.dir_bits = bits_for(tc.exc_entries);
-  l.exc_bits = tc.block_shift + token_bits;
-  l.table_bytes = tc.code_entries * 4;
-  l.dir_offset = align64(l.table_bytes);
-  l.dir_bytes = packed_bytes(l.num_blocks + 1, l.dir_bits);
-  l.exc_offset = align64(l.dir_offset + l.dir_bytes);
-  l.exc_bytes = packed_bytes(tc.exc_entries, l.exc_bits);
-  l.total = l.exc_offset + l.exc_bytes;
+  uint64_t at = 0;
+  if (tc.code_entries) {
+    l.num_blocks = (text_len + (uint64_t(1) << tc.block_shift) - 1) >> tc.block_shift;
+    l.dir_bits = bits_for(tc.exc_entries);
+    l.exc_bits = tc.block_shift + token_bits;
+    l.table_bytes = tc.code_entries * 4;
+    l.dir_offset = align64(l.table_bytes);
+    l.dir_bytes = packed_bytes(l.num_blocks + 1, l.dir_bits);
+    l.exc_offset = align64(l.dir_offset + l.dir_bytes);
+    l.exc_bytes = packed_bytes(tc.exc_entries, l.exc_bits);
+    at = l.exc_offset + l.exc_bytes;
+  }
+  if (tc.succ_heads) {
+    l.heads_offset = align64(at);
+    l.begin_offset = align64(l.heads_offset + tc.succ_heads * 4);
+    l.stok_offset = align64(l.begin_offset + (tc.succ_heads + 1) * 8);
+    l.send_offset = align64(l.stok_offset + packed_bytes(tc.succ_entries, token_bits));
+    at = l.send_offset + packed_bytes(tc.succ_entries, offset_bits);
+  }
+  l.total = at;
   return l;
 }
 
-void attach_codes(Segment& s, const TextCoding& tc, const uint8_t* extras, unsigned token_bits) {
+void attach_extras(Segment& s, const TextCoding& tc, const uint8_t* extras, unsigned token_bits) {
   s.code_bits = tc.code_bits;
+  const ExtrasLayout l = extras_layout(tc, s.text_len, token_bits, s.offset_bits);
+  if (tc.succ_heads) {
+    s.succ_heads = reinterpret_cast<const uint32_t*>(extras + l.heads_offset);
+    s.succ_begin = reinterpret_cast<const uint64_t*>(extras + l.begin_offset);
+    s.succ_tokens = extras + l.stok_offset;
+    s.succ_ends = extras + l.send_offset;
+    s.succ_heads_n = tc.succ_heads;
+    s.succ_entries = tc.succ_entries;
+    s.succ_token_bits = token_bits;
+  }
   if (tc.code_entries == 0) return;
-  const ExtrasLayout l = extras_layout(tc, s.text_len, token_bits);
   s.code_table = reinterpret_cast<const uint32_t*>(extras);
   s.code_entries = tc.code_entries;
   s.marker_code = (uint64_t(1) << tc.code_bits) - 1;
@@ -77,7 +98,7 @@ CodePlan plan_codes(const std::vector<uint64_t>& counts, const std::vector<uint3
     uint64_t best_cost = packed_bytes(text_len, token_bits);
     for (unsigned c = 2; c < token_bits; ++c) {
       const TextCoding tc = coding_for(c);
-      const uint64_t cost = packed_bytes(text_len, c) + extras_layout(tc, text_len, token_bits).total +
+      const uint64_t cost = packed_bytes(text_len, c) + extras_layout(tc, text_len, token_bits, 1).total +
                             kExceptionPrice * tc.exc_entries;
       if (cost < best_cost) {
         best_cost = cost;
@@ -101,8 +122,8 @@ CodePlan plan_codes(const std::vector<uint64_t>& counts, const std::vector<uint3
 }
 
 void write_exceptions(uint8_t* extras, const TextCoding& tc, uint64_t text_len, unsigned token_bits,
-                      const std::vector<std::pair<uint64_t, uint32_t>>& exceptions) {
-  const ExtrasLayout l = extras_layout(tc, text_len, token_bits);
+                      unsigned offset_bits, const std::vector<std::pair<uint64_t, uint32_t>>& exceptions) {
+  const ExtrasLayout l = extras_layout(tc, text_len, token_bits, offset_bits);
   PackedWriter dir(extras + l.dir_offset, 0, l.dir_bits);
   uint64_t j = 0;
   for (uint64_t b = 0; b <= l.num_blocks; ++b) {
@@ -114,6 +135,21 @@ void write_exceptions(uint8_t* extras, const TextCoding& tc, uint64_t text_len, 
   PackedWriter w(extras + l.exc_offset, 0, l.exc_bits);
   for (const auto& [pos, value] : exceptions) w.put((uint64_t(value) << tc.block_shift) | (pos & mask));
   w.finish();
+}
+
+void write_successors(uint8_t* extras, const TextCoding& tc, uint64_t text_len, unsigned token_bits,
+                      unsigned offset_bits, const Successors& succ) {
+  if (!tc.succ_heads) return;
+  const ExtrasLayout l = extras_layout(tc, text_len, token_bits, offset_bits);
+  std::memcpy(extras + l.heads_offset, succ.heads.data(), succ.heads.size() * 4);
+  std::memcpy(extras + l.begin_offset, succ.begin.data(), succ.begin.size() * 8);
+  PackedWriter t(extras + l.stok_offset, 0, token_bits), e(extras + l.send_offset, 0, offset_bits);
+  for (uint64_t j = 0; j < succ.tokens.size(); ++j) {
+    t.put(succ.tokens[j]);
+    e.put(succ.ends[j]);
+  }
+  t.finish();
+  e.finish();
 }
 
 }  // namespace verispec::ds

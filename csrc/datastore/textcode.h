@@ -24,18 +24,27 @@ struct TextCoding {
   unsigned block_shift = 0;
   uint64_t code_entries = 0;  // 0: direct
   uint64_t exc_entries = 0;
+  // Successor lists (segment.h): heads and entries; 0 heads: none.
+  uint64_t succ_heads = 0, succ_entries = 0;
 };
 
-// The code table, directory and exceptions in one section ("extras"), each part 64-byte aligned.
+// The code table, directory, exceptions and successor lists in one section ("extras"), each part
+// 64-byte aligned; parts that are not there take no space.
 struct ExtrasLayout {
   unsigned dir_bits = 1, exc_bits = 1;
   uint64_t num_blocks = 0;
-  uint64_t table_bytes = 0, dir_offset = 0, dir_bytes = 0, exc_offset = 0, exc_bytes = 0, total = 0;
+  uint64_t table_bytes = 0, dir_offset = 0, dir_bytes = 0, exc_offset = 0, exc_bytes = 0;
+  uint64_t heads_offset = 0, begin_offset = 0, stok_offset = 0, send_offset = 0;
+  uint64_t total = 0;
 };
-ExtrasLayout extras_layout(const TextCoding& tc, uint64_t text_len, unsigned token_bits);
+ExtrasLayout extras_layout(const TextCoding& tc, uint64_t text_len, unsigned token_bits, unsigned offset_bits);
 
-// Fills the coding fields of a segment whose extras section starts at `extras`.
-void attach_codes(Segment& s, const TextCoding& tc, const uint8_t* extras, unsigned token_bits);
+// Fills the coding and successor fields of a segment whose extras section starts at `extras`.
+void attach_extras(Segment& s, const TextCoding& tc, const uint8_t* extras, unsigned token_bits);
+
+// Stored values seen at least this often get a successor list (a one-token match on a rarer one
+// probes its range quickly enough); tests lower it.
+extern uint64_t g_successor_min_count;
 
 // Test hook: force the code width and block size (0: choose by size).
 extern unsigned g_force_code_bits, g_force_block_shift;
@@ -55,6 +64,17 @@ CodePlan plan_codes(const std::vector<uint64_t>& counts, const std::vector<uint3
 // Writes the directory and exceptions of the extras section (table already written by the
 // caller). Exceptions come as (position, stored value) pairs sorted by position.
 void write_exceptions(uint8_t* extras, const TextCoding& tc, uint64_t text_len, unsigned token_bits,
-                      const std::vector<std::pair<uint64_t, uint32_t>>& exceptions);
+                      unsigned offset_bits, const std::vector<std::pair<uint64_t, uint32_t>>& exceptions);
+
+// Successor lists built from the text as ranks: heads are the ranks with count >= the minimum
+// (at most as many as keep heads x ranks table small), ascending.
+struct Successors {
+  std::vector<uint32_t> heads;       // stored values
+  std::vector<uint64_t> begin;       // heads + 1
+  std::vector<uint32_t> tokens;      // stored values
+  std::vector<uint64_t> ends;        // running counts within each head
+};
+void write_successors(uint8_t* extras, const TextCoding& tc, uint64_t text_len, unsigned token_bits,
+                      unsigned offset_bits, const Successors& succ);
 
 }  // namespace verispec::ds
