@@ -88,8 +88,8 @@ def main(argv=None) -> int:
 
     model, tok = load_model(args.model, device=args.device)
     dev_type = torch.device(args.device).type
-    drafter = lambda: make_drafter("retrieval", tok, None, args.budget, args.max_depth, dev_type)  # noqa: E731
-    example = drafter()
+    example = make_drafter("retrieval", tok, None, args.budget, args.max_depth, dev_type, model=model)
+    drafter = lambda: make_drafter("retrieval", tok, None, example.budget, example.max_depth, dev_type)  # noqa: E731
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     N = args.max_new_tokens
 

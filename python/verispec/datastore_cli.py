@@ -54,6 +54,9 @@ def _info(args: argparse.Namespace) -> int:
     if f["code_entries"]:
         print(f"  text codes     {f['code_bits']}-bit codes for the {f['code_entries']:,} most frequent tokens, "
               f"{f['exceptions']:,} exceptions ({100 * f['exceptions'] / f['num_tokens']:.2f}% of tokens)")
+    if f["successor_heads"]:
+        print(f"  successors     lists for the {f['successor_heads']:,} most frequent tokens, "
+              f"{f['successor_entries']:,} entries")
     print(f"  file           {f['file_bytes']:,} bytes, {f['bytes_per_token']} bytes/token")
     print(f"  opened in      {f['open_ms']} ms")
     if args.verify:

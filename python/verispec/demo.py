@@ -78,9 +78,10 @@ def run_demo(args: argparse.Namespace) -> int:
     model, tok = load_model(args.model, device=device, dtype=dtype)
     print(f"model: {type(model).__name__} from {args.model} on {device} ({model.dtype}), loaded in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    drafter_factory = lambda: make_drafter("retrieval", tok, args.datastore, args.budget, args.max_depth,  # noqa: E731
+    first = make_drafter("retrieval", tok, args.datastore, args.budget, args.max_depth, torch.device(device).type,
+                         model=model)  # measures the budget once on CPU
+    drafter_factory = lambda: make_drafter("retrieval", tok, args.datastore, first.budget, first.max_depth,  # noqa: E731
                                            torch.device(device).type)
-    first = drafter_factory()
     print(f"datastore: {first.datastore!r}", file=sys.stderr)
     texts = humaneval_prompts(n_prompts)
     prompts = [tok(t).input_ids for t in texts]
@@ -176,8 +177,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="per prompt (default 128; 48 with --quick)")
     p.add_argument("--prompts", type=int, default=None, help="HumanEval prompts (default 10; 3 with --quick)")
     p.add_argument("--quick", action="store_true", help="a short run (CI): 3 prompts x 48 tokens")
-    p.add_argument("--budget", type=int, default=None, help="draft nodes per step (default: 2 on CPU, 32 on GPU)")
-    p.add_argument("--max-depth", type=int, default=None, help="deepest draft node (default: 2 on CPU, 10 on GPU)")
+    p.add_argument("--budget", type=int, default=None, help="draft nodes per step (default: measured on CPU, 32 on GPU)")
+    p.add_argument("--max-depth", type=int, default=None, help="deepest draft node (default: min(budget, 5) on CPU, 10 on GPU)")
     p.add_argument("--lookup-tokens", type=int, default=10, help="HF prompt_lookup_num_tokens (default 10)")
     p.add_argument("--plot", metavar="PNG", default=None, help="write a bar chart to this PNG file")
     p.set_defaults(func=run_demo)

@@ -27,16 +27,25 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def make_drafter(kind: str, tokenizer, datastore: str | None, budget: int | None, max_depth: int | None,
-                 device_type: str):
-    """The drafter named on the command line, with budgets tuned for the device class."""
+                 device_type: str, model=None):
+    """The drafter named on the command line, with budgets tuned for the device.
+
+    On a CPU the cost of a forward over a few rows depends on the BLAS and the processor (2-3 rows
+    cost about one row on one x86 machine and 2-3x on another), so with ``model`` given and no budget
+    the budget comes from timing the model's own layers here (`verispec.hf.row_cost`, under a second);
+    without ``model``, 2. A GPU forward is memory-bound and extra rows are nearly free: 32.
+    """
     from verispec import NoDrafter, PromptLookupDrafter, RetrievalDrafter
 
-    # On this CPU a forward over up to 3 rows costs about one row, 4 rows already ~1.45x (BLAS switches
-    # kernels), so 2 draft nodes per step win there (docs/generate.md has the measurements); a GPU
-    # forward is memory-bound and extra rows are nearly free.
     cpu = device_type == "cpu"
+    if budget is None and cpu and model is not None and kind != "none":
+        from verispec.hf.row_cost import measure_row_cost, pick_budget
+
+        cost = measure_row_cost(model)
+        budget = pick_budget(cost)
+        print(f"draft budget {budget} nodes/step, from the forward cost measured on this CPU ({cost})", file=sys.stderr)
     budget = budget or (2 if cpu else 32)
-    max_depth = max_depth or (2 if cpu else 10)
+    max_depth = max_depth or (min(budget, 5) if cpu else 10)
     if kind == "none":
         return NoDrafter()
     if kind == "prompt-lookup":
@@ -83,7 +92,8 @@ def _run(args: argparse.Namespace) -> int:
         prompts = [p["input_ids"] if isinstance(p, dict) else list(p) for p in prompts]
     else:
         prompts = [tok(t).input_ids for t in texts]
-    drafter = make_drafter(args.drafter, tok, args.datastore, args.budget, args.max_depth, torch.device(device).type)
+    drafter = make_drafter(args.drafter, tok, args.datastore, args.budget, args.max_depth, torch.device(device).type,
+                           model=model)
     streamer = None
     if len(prompts) == 1 and not args.no_stream:
         from transformers import TextStreamer
@@ -121,8 +131,8 @@ def register(subparsers) -> None:
     p.add_argument("--file", action="append", help="file whose content is a prompt ('-' = stdin; repeatable)")
     p.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     p.add_argument("--drafter", default="retrieval", choices=DRAFTERS, help="where drafts come from (default: retrieval)")
-    p.add_argument("--budget", type=int, default=None, help="draft nodes per step (default: 2 on CPU, 32 on GPU)")
-    p.add_argument("--max-depth", type=int, default=None, help="deepest draft node (default: 2 on CPU, 10 on GPU)")
+    p.add_argument("--budget", type=int, default=None, help="draft nodes per step (default: measured on CPU, 32 on GPU)")
+    p.add_argument("--max-depth", type=int, default=None, help="deepest draft node (default: min(budget, 5) on CPU, 10 on GPU)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=None)
