@@ -111,7 +111,7 @@ class Index {
     ranges_.clear();
     tail_pos_.clear();
     Node root{0, 0, -1, 0, 0, 0, {0, 0}, {0, 0}};
-    root_token_.assign(R_ * S_, uint64_t(-1));
+    root_token_.resize(R_ * S_);
     for (size_t r = 0; r < R_; ++r) {
       uint64_t total = 0;
       for (size_t s = 0; s < S_; ++s) {

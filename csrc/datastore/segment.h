@@ -2,6 +2,7 @@
 // plus the suffix array over the token positions. Views only; the owner (a mapped file, an
 // in-memory segment, a prompt index) keeps the bytes alive.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -51,12 +52,8 @@ struct Segment {
   // Stored value of token id t; end_marker (matches nothing) when t does not occur here.
   uint64_t to_stored(uint32_t t) const {
     if (!token_map) return t;
-    uint64_t a = 0, b = map_entries;
-    while (a < b) {
-      const uint64_t mid = a + (b - a) / 2;
-      if (token_map[mid] < t) a = mid + 1; else b = mid;
-    }
-    return a < map_entries && token_map[a] == t ? a : end_marker;
+    const uint32_t* it = std::lower_bound(token_map, token_map + map_entries, t);
+    return it != token_map + map_entries && *it == t ? uint64_t(it - token_map) : end_marker;
   }
   uint32_t to_token(uint64_t v) const {
     if (!token_map) return uint32_t(v);
@@ -95,13 +92,9 @@ struct Segment {
 
   // Entries [b, e) of the successor list of stored value a; false when a has none.
   bool successors(uint64_t a, uint64_t& b, uint64_t& e) const {
-    if (!succ_heads_n) return false;
-    uint64_t lo = 0, hi = succ_heads_n;
-    while (lo < hi) {
-      const uint64_t mid = lo + (hi - lo) / 2;
-      if (succ_heads[mid] < a) lo = mid + 1; else hi = mid;
-    }
-    if (lo == succ_heads_n || succ_heads[lo] != a) return false;
+    const uint32_t* it = std::lower_bound(succ_heads, succ_heads + succ_heads_n, a);
+    if (it == succ_heads + succ_heads_n || *it != a) return false;
+    const uint64_t lo = uint64_t(it - succ_heads);
     b = succ_begin[lo];
     e = succ_begin[lo + 1];
     if (b > e || e > succ_entries)

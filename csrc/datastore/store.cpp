@@ -182,7 +182,7 @@ void pack_text(const Prepared<I>& p, uint8_t* dst, uint8_t* extras) {
   const CodePlan& plan = p.codes;
   const bool coded = plan.coding.code_entries != 0;
   const unsigned bits = plan.coding.code_bits;
-  const uint64_t marker = coded ? plan.marker_code : (uint64_t(1) << p.token_bits) - 1;
+  const uint64_t marker = plan.coding.marker_code(), exception = plan.coding.exception_code();
   const I sym_marker = p.k - 1;
   const I* sym = p.sym.get();
   std::vector<std::pair<uint64_t, uint32_t>> exceptions[2];
@@ -198,7 +198,7 @@ void pack_text(const Prepared<I>& p, uint8_t* dst, uint8_t* extras) {
         w.put(p.stored(r));
       } else {
         const uint32_t code = plan.code_of[r];
-        if (code == plan.exception_code) exc.emplace_back(i, uint32_t(p.stored(r)));
+        if (code == exception) exc.emplace_back(i, uint32_t(p.stored(r)));
         w.put(code);
       }
     }

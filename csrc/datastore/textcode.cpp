@@ -59,8 +59,8 @@ void attach_extras(Segment& s, const TextCoding& tc, const uint8_t* extras, unsi
   if (tc.code_entries == 0) return;
   s.code_table = reinterpret_cast<const uint32_t*>(extras);
   s.code_entries = tc.code_entries;
-  s.marker_code = (uint64_t(1) << tc.code_bits) - 1;
-  s.exception_code = s.marker_code - 1;
+  s.marker_code = tc.marker_code();
+  s.exception_code = tc.exception_code();
   s.exc_dir = extras + l.dir_offset;
   s.exc = extras + l.exc_offset;
   s.dir_bits = l.dir_bits;
@@ -110,9 +110,7 @@ CodePlan plan_codes(const std::vector<uint64_t>& counts, const std::vector<uint3
   p.coding = coding_for(best);
   std::vector<uint32_t> chosen(order.begin(), order.begin() + int64_t(p.coding.code_entries));
   std::sort(chosen.begin(), chosen.end());  // ascending ranks: the table is ascending in stored value
-  p.marker_code = (uint64_t(1) << best) - 1;
-  p.exception_code = p.marker_code - 1;
-  p.code_of.assign(counts.size(), uint32_t(p.exception_code));
+  p.code_of.assign(counts.size(), uint32_t(p.coding.exception_code()));
   p.table.resize(chosen.size());
   for (size_t j = 0; j < chosen.size(); ++j) {
     p.code_of[chosen[j]] = uint32_t(j);

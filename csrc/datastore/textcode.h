@@ -26,6 +26,10 @@ struct TextCoding {
   uint64_t exc_entries = 0;
   // Successor lists (segment.h): heads and entries; 0 heads: none.
   uint64_t succ_heads = 0, succ_entries = 0;
+  // All-ones ends a document, coded or not (direct codes have the stored width); one below it
+  // marks an exception.
+  uint64_t marker_code() const { return (uint64_t(1) << code_bits) - 1; }
+  uint64_t exception_code() const { return marker_code() - 1; }
 };
 
 // The code table, directory, exceptions and successor lists in one section ("extras"), each part
@@ -49,14 +53,13 @@ extern uint64_t g_successor_min_count;
 // Test hook: force the code width and block size (0: choose by size).
 extern unsigned g_force_code_bits, g_force_block_shift;
 
-// The plan for one text: the coding, and per stored rank its code (exception_code for values
-// left out of the table). counts[r] = occurrences of rank r; value_of(r) is its stored value
+// The plan for one text: the coding, and per stored rank its code (exception_code() for values
+// left out of the table). counts[r] = occurrences of rank r; stored_of_rank[r] is its stored value
 // (monotone in r).
 struct CodePlan {
   TextCoding coding;
   std::vector<uint32_t> table;     // stored values, ascending
   std::vector<uint32_t> code_of;   // per rank
-  uint64_t marker_code = 0, exception_code = 0;
 };
 CodePlan plan_codes(const std::vector<uint64_t>& counts, const std::vector<uint32_t>& stored_of_rank,
                     uint64_t text_len, uint64_t num_tokens, unsigned token_bits);

@@ -3,7 +3,7 @@
 On a CPU the forward of a small model is a chain of matrix products with a handful of rows, and what
 those cost depends on the BLAS and the processor: on the Intel machine this project first ran on, 2-3
 rows cost about one and 4 rows 1.45x; on an AMD EPYC with the same torch/MKL build, 2 rows cost 2x and
-3 rows 3x while 4 rows cost 2.4x and 8 rows 2.5x (small layers) or 1.6x (the LM head). A fixed draft
+3 rows 3x while 4 rows cost 2.4x and 8 rows 2.6x (small layers) or 1.6x (the LM head). A fixed draft
 budget is right on one of them and wrong on the other, so the CLI and the demo measure: every distinct
 weight shape of the model's linear layers is timed at each row count with the model's own weights,
 weighted by how often the shape occurs. That takes well under a second and leaves out attention,
