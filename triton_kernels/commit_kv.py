@@ -83,7 +83,9 @@ def commit_kv_fwd(caches: list[torch.Tensor], prefix_lens, path_rows, block_tabl
     if Hkv == 0 or D == 0:
         return
     block_d = triton.next_power_of_2(D)
-    block_p = min(32, triton.next_power_of_2(P))
+    # Each element of a chunk holds a 64-bit source and destination address: 2048 elements per chunk
+    # keeps 4 warps well inside the register file (32 rows of D = 256 spilled; ptxas, sm_90).
+    block_p = max(1, min(32, triton.next_power_of_2(P), 2048 // block_d))
     _commit_kv_kernel[(B, len(caches) * Hkv)](
         first, offs, prefix_lens, path_rows, bt,
         sb, sh, ss, sd, path_rows.stride(0), path_rows.stride(1), sbt,

@@ -295,8 +295,9 @@ def tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p,
         num_warps=num_warps, num_stages=num_stages,
     )
     if split:
+        # The tile's accumulator and one partial are both live: at 16k elements 4 warps spill (ptxas).
         _combine_kernel[(m_tiles, B * p.Hkv)](
             opart, lpart, tree_lens, out, *out.stride(), p.Hkv, T, num_splits,
-            G=G, D=D, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4,
+            G=G, D=D, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=8 if block_m * block_d > 8192 else 4,
         )
     return out
