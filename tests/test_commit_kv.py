@@ -265,3 +265,73 @@ def test_gpu_commit_cuda_graph_replay(backend):
         assert lens.cpu().tolist() == [p + len(x) for p, x in zip([10, 0, 100, 7], paths)]
         for got, exp in zip(ks + vs, want):
             assert torch.equal(got.cpu(), exp)
+
+
+@pytest.mark.parametrize("rows,L", [
+    ([[0, -1, 0]], 9),        # root, padding, then a row again: nothing moves (row_i <= i)
+    ([[0, 5]], 8),            # source 13 beyond the capacity 10
+    ([[0, 1, 1, 2]], 6),      # rows equal to or below their index stay put
+])
+def test_triton_kernel_malformed_paths_touch_nothing(rows, L):
+    """On a GPU, lengths and rows are not checked on the host (that would sync): the kernel itself must
+    keep malformed paths inside the request's slots. Every entry listed here must leave the cache alone
+    (an unchecked destination L + i would land in the next head's memory)."""
+    from verispec.triton_kernels.commit_kv import commit_kv_fwd
+
+    cache = torch.randn(1, 2, 10, 16)
+    before = cache.clone()
+    commit_kv_fwd([cache], torch.tensor([L], dtype=torch.int32), torch.tensor(rows, dtype=torch.int32), None)
+    assert torch.equal(cache, before)
+
+
+def test_triton_kernel_malformed_path_moves_only_safe_rows():
+    """[0, 2, 1, 5] at L = 2: row 2 > 1 moves to 3, row 1 < 2 stays, row 5 > 3 moves to 5; nothing else."""
+    from verispec.triton_kernels.commit_kv import commit_kv_fwd
+
+    cache = torch.randn(1, 1, 10, 4)
+    want = cache.clone()
+    want[0, 0, 3] = cache[0, 0, 4]
+    want[0, 0, 5] = cache[0, 0, 7]
+    commit_kv_fwd([cache], torch.tensor([2], dtype=torch.int32), torch.tensor([[0, 2, 1, 5]], dtype=torch.int32), None)
+    assert torch.equal(cache, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layer_listed_twice_moves_once(backend):
+    """Layers sharing one K/V tensor: moving it twice in place would race on a GPU (and a second pass
+    over an already moved path would move it again)."""
+    from verispec.ops.commit_kv import _grouped
+
+    rng = random.Random(5)
+    prefix, tree, P = [3, 1], [9, 6], 5
+    paths, rows = make_batch(prefix, tree, P, rng)
+    shared = torch.randn(2, 2, 16, 8)
+    other = torch.randn(2, 2, 16, 8)
+    want_shared, want_other = expected_contiguous(shared, prefix, paths), expected_contiguous(other, prefix, paths)
+    assert len(_grouped([shared, other, shared])[0]) == 2
+    verispec.commit_kv([shared, shared], [other, shared], torch.tensor(prefix, dtype=torch.int32), rows,
+                       backend=backend)
+    assert torch.equal(shared, want_shared) and torch.equal(other, want_other)
+
+
+def test_expanded_cache_is_refused():
+    cache = torch.randn(1, 1, 8, 4).expand(2, 2, 8, 4)
+    with pytest.raises(ValueError, match=r"k_cache\[0\] has a zero stride"):
+        verispec.commit_kv(cache, torch.randn(2, 2, 8, 4), torch.zeros(2, dtype=torch.int32),
+                           torch.zeros(2, 1, dtype=torch.int32))
+
+
+def test_pointer_table_lives_on_the_first_layer():
+    """The per-layer offset table is made once per layer list and owned by the first layer (no global
+    cache whose eviction could free a table a captured CUDA graph still reads)."""
+    from verispec.ops._launch import _ATTR
+    from verispec.ops.commit_kv import commit_kv_triton
+
+    layers = [torch.randn(1, 1, 8, 4) for _ in range(4)]
+    lens, rows = torch.tensor([2], dtype=torch.int32), torch.tensor([[0, 3]], dtype=torch.int32)
+    commit_kv_triton(layers[:2], layers[2:], lens, rows)
+    tables = getattr(layers[0], _ATTR)
+    (first,) = tables.values()
+    commit_kv_triton(layers[:2], layers[2:], lens, rows)
+    assert len(tables) == 1 and next(iter(tables.values())) is first
+    assert first.tolist() == [(t.data_ptr() - layers[0].data_ptr()) // 4 for t in layers]

@@ -346,3 +346,21 @@ def test_split_count_rule():
     # Plenty of programs already, or a short cache: no split.
     assert split_count(512, 32768, 64, 64, 132) == 1
     assert split_count(1, 200, 16, 64, 132) == 1
+
+
+def hostile_lengths(case: Case) -> list:
+    """``case.args()`` with device-side lengths a GPU backend cannot check without a sync: request 0's
+    tree length runs 8 rows past T, request 1's prefix length lies far beyond the cache. q and the
+    ancestor words are views into larger buffers whose hidden tails (NaN queries, all-ones masks) would
+    leak into request 0's rows if a kernel read past row T. Request 0 must still match the oracle."""
+    args = list(case.args())
+    q_big = torch.full((case.B, case.Hq, case.T + 8, case.D), float("nan"), dtype=case.q.dtype)
+    q_big[:, :, : case.T] = case.q
+    words = case.ancestors.view(torch.int32)
+    anc_big = torch.full((case.B, case.T + 8, words.shape[2]), -1, dtype=torch.int32)
+    anc_big[:, : case.T] = words
+    args[0], args[5] = q_big[:, :, : case.T], anc_big[:, : case.T].view(torch.uint32)
+    args[3] = torch.tensor([case.prefix[0], case.S + 1000] + case.prefix[2:], dtype=torch.int32)
+    args[4] = case.tree_lens.clone()
+    args[4][0] += 8
+    return args

@@ -156,6 +156,23 @@ def attention_launcher(lib):
     return launch
 
 
+def commit_launcher(lib):
+    """A stand-in for `_C.commit_kv_cuda` with the same keyword arguments."""
+
+    def launch(**kw):
+        c = ctypes
+        rc = lib.emu_commit_kv(
+            c.c_uint64(kw["caches"]), c.c_int(kw["num_caches"]), c.c_uint64(kw["prefix_lens"]),
+            c.c_uint64(kw["path_rows"]), c.c_uint64(kw["block_table"]),
+            *(c.c_int(kw[n]) for n in ("batch", "path_len", "kv_heads", "head_dim", "elem_size")),
+            _arr(kw["stride"]), _arr(kw["rows_stride"]), c.c_int64(kw["bt_stride"]), c.c_int(kw["page_size"]),
+            c.c_int64(kw["capacity"]),
+        )
+        assert rc == 0
+
+    return launch
+
+
 def run_emulated(lib, case: Case, *, num_splits: int, paged_block: int = 0) -> torch.Tensor:
     from verispec.ops.tree_attention import _cuda_launch, positions_from_ancestors
 
@@ -236,19 +253,8 @@ def test_emulated_cuda_commit_matches_reference(emu_lib, paged):
     else:
         caches = [c.clone() for c in dense]
 
-    def launch(**kw):
-        c = ctypes
-        rc = emu_lib.emu_commit_kv(
-            c.c_uint64(kw["caches"]), c.c_int(kw["num_caches"]), c.c_uint64(kw["prefix_lens"]),
-            c.c_uint64(kw["path_rows"]), c.c_uint64(kw["block_table"]),
-            *(c.c_int(kw[n]) for n in ("batch", "path_len", "kv_heads", "head_dim", "elem_size")),
-            _arr(kw["stride"]), _arr(kw["rows_stride"]), c.c_int64(kw["bt_stride"]), c.c_int(kw["page_size"]),
-            c.c_int64(kw["capacity"]),
-        )
-        assert rc == 0
-
     capacity = table.shape[1] * 4 if paged else S
-    _cuda_launch(caches, torch.tensor(prefix, dtype=torch.int32), rows, table, capacity, 0, launch)
+    _cuda_launch(caches, torch.tensor(prefix, dtype=torch.int32), rows, table, capacity, 0, commit_launcher(emu_lib))
     for got, exp in zip(caches, want):
         got = from_paged(got, table, S) if paged else got
         assert torch.equal(got, exp)
@@ -269,3 +275,34 @@ def test_emulated_cuda_random_sweep(emu_lib, seed):
                 seed=seed, **opts)
     got = run_emulated(emu_lib, case, num_splits=rng.choice([1, 2, 5]), paged_block=rng.choice([0, 1, 8, 16]))
     check_close(got, case.expected(), TOL[dtype], rtol=TOL[dtype], what=f"seed {seed} {opts}")
+
+
+@pytest.mark.parametrize("paged_block", [0, 16])
+def test_emulated_cuda_clamps_device_side_lengths(emu_lib, paged_block):
+    """Same hostile lengths as the Triton test: request 0 still matches the oracle (an unclamped tree
+    length read the next row's mask words and changed every row of the request)."""
+    from test_tree_attention import hostile_lengths
+
+    from verispec.ops.tree_attention import _cuda_launch
+
+    case = Case([8, 5], [31, 20], 2, 2, 128, dtype=torch.float16, seed=11)  # G = 1: one 64-row tile spans T
+    args = hostile_lengths(case)
+    table = None
+    if paged_block:
+        args[1], args[2], table = case.paged(paged_block)
+    out = torch.full_like(case.q, float("nan"))
+    p = _check(*args, case.scale, None, None, table, out)
+    _cuda_launch(*args, p, table, out, 2, 0, attention_launcher(emu_lib))
+    check_close(out[:1], case.expected()[:1], TOL[torch.float16], rtol=TOL[torch.float16], what="request 0")
+
+
+@pytest.mark.parametrize("rows,L", [([[0, -1, 0]], 9), ([[0, 5]], 8), ([[0, 1, 1, 2]], 6)])
+def test_emulated_cuda_commit_malformed_paths_touch_nothing(emu_lib, rows, L):
+    """The CUDA commit kernel keeps malformed paths inside the request's slots (see moves())."""
+    from verispec.ops.commit_kv import _cuda_launch
+
+    cache = torch.randn(1, 2, 10, 16).to(torch.bfloat16)
+    before = cache.clone()
+    _cuda_launch([cache], torch.tensor([L], dtype=torch.int32), torch.tensor(rows, dtype=torch.int32), None, 10, 0,
+                 commit_launcher(emu_lib))
+    assert torch.equal(cache, before)

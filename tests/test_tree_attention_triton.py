@@ -296,3 +296,20 @@ def test_triton_real_head_dims_fp16(shape):
     prefix, nodes, Hq, Hkv, D = shape
     case = Case(prefix, nodes, Hq, Hkv, D, dtype=torch.float16, seed=D, softcap=30.0)
     check_close(triton_run(case), case.expected(), TOL[torch.float16], what=f"D={D}")
+
+
+@pytest.mark.parametrize("paged_block", [0, 4])
+def test_triton_clamps_device_side_lengths(paged_block):
+    """Lengths past T or past the cache (unchecked on a GPU) never make the kernel read beyond row T
+    or beyond the cache: the request with valid rows still matches the oracle exactly as before."""
+    from test_tree_attention import hostile_lengths
+
+    case = Case([8, 5], [31, 20], 2, 1, 16, seed=11)  # T = 32, one mask word
+    args = hostile_lengths(case)
+    table = None
+    if paged_block:
+        args[1], args[2], table = case.paged(paged_block)
+    out = torch.full_like(case.q, float("nan"))
+    p = _check(*args, case.scale, None, None, table, out)
+    tree_attention_fwd(*args, p, table, out, num_splits=2)
+    check_close(out[:1], case.expected()[:1], TOL[torch.float32], what="request 0 beside hostile lengths")

@@ -15,7 +15,6 @@ import itertools
 import json
 
 import pytest
-
 from _triton_aot import SM90_MAX_SHARED, SPILL_TOLERANCE, run_in_child
 
 triton = pytest.importorskip("triton")
@@ -29,9 +28,9 @@ def _tree_attention_calls():
     """Yield (label, fn, args, kwargs) for the variants the launcher picks over HEADS x TREES x dtypes
     x {contiguous, paged} x {plain, soft-cap + window}, each with and without split-KV."""
     import torch
+    from _triton_aot import Recorder
     from test_tree_attention import Case
 
-    from _triton_aot import Recorder
     from verispec.ops.tree_attention import _check
     from verispec.triton_kernels import tree_attention as tk
 
@@ -71,8 +70,8 @@ def _tree_attention_calls():
 
 def _commit_calls():
     import torch
-
     from _triton_aot import Recorder
+
     from verispec.ops.commit_kv import commit_kv_triton
     from verispec.triton_kernels import commit_kv as ck
 

@@ -10,12 +10,11 @@ that an earlier chunk wrote, and within a chunk the barrier orders every read be
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
+from verispec.ops._launch import device_table
 from verispec.triton_kernels._cache_layout import cache_offsets
 
 
@@ -41,21 +40,15 @@ def _commit_kv_kernel(
         row = tl.load(ROWS + b64 * srb + i * srp, mask=i < P, other=-1)
         src = L + row
         dst = L + i
-        # Rows that stay put are skipped; out-of-range sources are ignored rather than read.
-        move = (row >= 0) & (row != i) & (src < capacity) & (dst >= 0)
+        # Only row > i moves (valid paths have row_i >= i; equal stays put). On a malformed path this keeps
+        # every access inside the request's slots (0 <= dst < src < capacity) and the chunk order race-free.
+        move = (row > i) & (dst >= 0) & (src < capacity)
         src_off = cache_offsets(BT_row, b64, src, move, h64, sb, sh, ss, PAGED, PAGE)
         dst_off = cache_offsets(BT_row, b64, dst, move, h64, sb, sh, ss, PAGED, PAGE)
         m2 = move[:, None] & d_ok[None, :]
         vals = tl.load(base + src_off[:, None] + offs_d[None, :] * sd, mask=m2)
         tl.debug_barrier()
         tl.store(base + dst_off[:, None] + offs_d[None, :] * sd, vals, mask=m2)
-
-
-@functools.lru_cache(maxsize=16)
-def _layer_offsets(offsets: tuple[int, ...], device: str) -> torch.Tensor:
-    """Device copy of the per-layer offsets. Cached: a cache's layers keep their addresses between
-    steps, so steady-state commits do no host-to-device copy (and stay CUDA-graph capturable)."""
-    return torch.tensor(offsets, dtype=torch.int64).to(device)
 
 
 def commit_kv_fwd(caches: list[torch.Tensor], prefix_lens, path_rows, block_table) -> None:
@@ -70,7 +63,8 @@ def commit_kv_fwd(caches: list[torch.Tensor], prefix_lens, path_rows, block_tabl
     B, P = path_rows.shape
     if B == 0 or P == 0:
         return
-    offs = _layer_offsets(tuple(d // esize for d in deltas), str(first.device))
+    # Cached on the first layer: no host-to-device copy in steady state, CUDA-graph safe (ops/_launch.py).
+    offs = device_table(first, tuple(d // esize for d in deltas), "commit_kv")
     if block_table is not None:
         _, page, Hkv, D = first.shape
         sb, ss, sh, sd = first.stride()

@@ -64,7 +64,7 @@ def _online_softmax(s, v, m_i, l_i, acc, PRECISION: tl.constexpr):
 
 
 # Sizes that change every decoding step are not specialised on (no recompiles as trees grow and shrink).
-@triton.jit(do_not_specialize=["T", "num_splits", "window"])
+@triton.jit(do_not_specialize=["T", "num_splits", "window", "capacity"])
 def _tree_attention_kernel(
     Q, K, V, BT, PL, TL, ANC, POS, O, OPART, LPART,
     sqb, sqh, sqt, sqd,
@@ -72,7 +72,7 @@ def _tree_attention_kernel(
     svb, svh, svs, svd,
     sbt, sab, sat, saw, spb, spt,
     sob, soh, sot, sod,
-    Hkv, T, num_splits, PAGE,
+    Hkv, T, num_splits, PAGE, capacity,
     scale, scale_log2, softcap, window,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PAGED: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, SPLIT: tl.constexpr,
@@ -86,8 +86,10 @@ def _tree_attention_kernel(
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     BT_row = BT + b64 * sbt
-    L = tl.load(PL + b)
-    n = tl.load(TL + b)
+    # Device-side lengths are clamped (no host check without a sync): a bad length gives wrong rows for
+    # its request, never a read of q, ancestors or positions beyond row T, nor of K/V beyond the cache.
+    L = tl.minimum(tl.maximum(tl.load(PL + b), 0), capacity)
+    n = tl.minimum(tl.maximum(tl.load(TL + b), 0), T)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     t = offs_m // G
@@ -140,8 +142,8 @@ def _tree_attention_kernel(
         u_end = tl.where(tile_live, t_last + 1, 0)
         for u0 in range(0, u_end, BLOCK_N):
             u = u0 + offs_n
-            u_ok = u < u_end
             j = L + u
+            u_ok = (u < u_end) & (j < capacity)
             k_off = cache_offsets(BT_row, b64, j, u_ok, h64, skb, skh, sks, PAGED, PAGE)
             v_off = cache_offsets(BT_row, b64, j, u_ok, h64, svb, svh, svs, PAGED, PAGE)
             kv_mask = u_ok[:, None] & d_ok[None, :]
@@ -184,7 +186,7 @@ def _combine_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // Hkv
     h = pid_bh % Hkv
-    n = tl.load(TL + b)
+    n = tl.minimum(tl.maximum(tl.load(TL + b), 0), T)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     t = offs_m // G
     head = h * G + offs_m % G
@@ -287,7 +289,7 @@ def tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p,
         *q.stride(), *sk, *sv,
         sbt, anc.stride(0), anc.stride(1), anc.stride(2), spb, spt,
         *out.stride(),
-        p.Hkv, T, num_splits, page,
+        p.Hkv, T, num_splits, page, p.capacity,
         p.scale, p.scale * LOG2E, p.softcap if p.softcap else 1.0, p.window,
         G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         PAGED=p.paged, SOFTCAP=bool(p.softcap), WINDOW=bool(p.window), SPLIT=split,

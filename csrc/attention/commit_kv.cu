@@ -3,7 +3,8 @@
 // Block (b, cache * Hkv + h) walks request b's path in chunks of kChunk rows: it copies the chunk's
 // source rows into shared memory, synchronises, then writes them to their destinations. Path rows
 // strictly increase, so row_i >= i: no source read in a later chunk was written by an earlier chunk,
-// and inside a chunk the barrier puts every read before any write. Out-of-range rows are skipped.
+// and inside a chunk the barrier puts every read before any write. Entries that would break that
+// argument or leave the request's slots are skipped (see moves()).
 //
 // UNVERIFIED ON GPU: compiled, never run; tests/test_commit_kv.py runs it when a GPU is present.
 #include <cuda_runtime.h>
@@ -28,6 +29,15 @@ __device__ __forceinline__ int64_t slot_offset(const CommitKvParams& p, int b, i
   return b * p.stride[0] + h * p.stride[1] + static_cast<int64_t>(idx) * p.stride[2];
 }
 
+// Only entries with row > i move. A valid path has row_i >= i (equal: stays put), so this drops
+// nothing valid; on a malformed path (lengths and rows live on the device, unchecked without a sync)
+// it keeps every access inside the request's own slots [L, capacity): src = L + row < capacity and
+// dst = L + i < src. It also keeps the in-place argument sound: a later chunk's source L + row_j
+// (row_j > j) is never an earlier chunk's destination.
+__device__ __forceinline__ bool moves(int row, int i, int L, int64_t src, int64_t capacity) {
+  return row > i && L >= 0 && src < capacity;
+}
+
 template <typename E>
 __global__ void __launch_bounds__(kThreads) commit_kv_kernel(const CommitKvParams p) {
   __shared__ __align__(16) unsigned char staged_raw[kChunk * kMaxRowBytes];
@@ -43,7 +53,7 @@ __global__ void __launch_bounds__(kThreads) commit_kv_kernel(const CommitKvParam
       const int i = c0 + idx / D, d = idx % D;
       const int row = p.path_rows[b * p.rows_stride[0] + i * p.rows_stride[1]];
       const int64_t src = static_cast<int64_t>(L) + row;
-      if (row >= 0 && row != i && L >= 0 && src < p.capacity)
+      if (moves(row, i, L, src, p.capacity))
         staged[idx] = base[slot_offset<E>(p, b, h, static_cast<int>(src)) + d * p.stride[3]];
     }
     __syncthreads();
@@ -51,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) commit_kv_kernel(const CommitKvParam
       const int i = c0 + idx / D, d = idx % D;
       const int row = p.path_rows[b * p.rows_stride[0] + i * p.rows_stride[1]];
       const int64_t src = static_cast<int64_t>(L) + row;
-      if (row >= 0 && row != i && L >= 0 && src < p.capacity)
+      if (moves(row, i, L, src, p.capacity))
         base[slot_offset<E>(p, b, h, L + i) + d * p.stride[3]] = staged[idx];
     }
     __syncthreads();  // the next chunk reuses the staging buffer

@@ -147,7 +147,10 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const TreeAtte
   const int tile = blockIdx.x, bh = blockIdx.y, split = blockIdx.z;
   const int b = bh / p.kv_heads, h = bh % p.kv_heads;
   const int G = p.q_heads / p.kv_heads;
-  const int L = p.prefix_lens[b], n = p.tree_lens[b];
+  // Lengths live on the device, so the glue cannot check them without a sync: out-of-range values are
+  // clamped here. A bad length then gives wrong rows for its request, never a read outside q,
+  // ancestors or positions (an unclamped tree length reads past T into the next row's mask words).
+  const int L = max(p.prefix_lens[b], 0), n = min(max(p.tree_lens[b], 0), p.rows);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int m0 = tile * kBM;
   const bool live = static_cast<int64_t>(m0) < static_cast<int64_t>(n) * G;
@@ -362,7 +365,7 @@ __global__ void __launch_bounds__(kThreads) tree_attention_combine_kernel(const 
   const int tile = blockIdx.x, bh = blockIdx.y;
   const int b = bh / p.kv_heads, h = bh % p.kv_heads;
   const int G = p.q_heads / p.kv_heads;
-  const int n = p.tree_lens[b];
+  const int n = min(max(p.tree_lens[b], 0), p.rows);  // clamped as in the main kernel
   const int m0 = tile * kBM, m_pad = p.m_tiles * kBM;
   const int64_t base0 = static_cast<int64_t>(bh) * p.num_splits * m_pad;
   if (threadIdx.x < kBM) {

@@ -13,13 +13,13 @@ through registers), which makes the in-place move safe even where sources and de
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Optional, Union
 
 import torch
 
 from verispec import _backends
+from verispec.ops._launch import device_table, launches_on
 
 __all__ = ["commit_kv", "commit_kv_torch", "commit_kv_triton", "commit_kv_cuda", "path_rows_from_accepted"]
 
@@ -86,6 +86,10 @@ def _check(
             if t.dim() != 4:
                 layout = "[num_blocks, block_size, Hkv, D]" if paged else "[B, Hkv, S, D]"
                 _fail(f"{where} must be {layout}, got shape {tuple(t.shape)}")
+            if any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)):
+                # An expanded tensor: several entries share memory, so an in-place move is ill-defined.
+                _fail(f"{where} has a zero stride (an expanded view, shape {tuple(t.shape)}, strides "
+                      f"{t.stride()}); pass the tensor that owns the memory")
             if paged:
                 cap = block_table.shape[1] * t.shape[1]
             else:
@@ -156,7 +160,7 @@ def commit_kv_torch(
     moved = src != dst
     b_idx, src, dst = b_idx[moved], src[moved], dst[moved]
     if b_idx.numel():
-        for cache in caches:
+        for cache in _unique(caches):
             # Advanced indexing gathers the sources into a new tensor before any write: overlap-safe.
             if block_table is None:
                 cache[b_idx, :, dst] = cache[b_idx, :, src]
@@ -167,14 +171,33 @@ def commit_kv_torch(
     return (prefix_lens.long() + count).to(torch.int32)
 
 
-def _grouped(caches: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    """Caches sharing shape, strides and dtype, so each group is one kernel launch."""
-    groups: dict[tuple, list[torch.Tensor]] = {}
+def _unique(caches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each cache once. A tensor listed twice (layers sharing their K/V) must move once: a second
+    in-place pass would move the already moved path again, and two GPU blocks moving the same entries
+    would race (one can read a slot the other already overwrote)."""
+    seen: set[tuple] = set()
+    out = []
     for t in caches:
+        key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+def _grouped(caches: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Distinct caches sharing shape, strides and dtype, so each group is one kernel launch."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in _unique(caches):
         groups.setdefault((tuple(t.shape), t.stride(), t.dtype), []).append(t)
     return list(groups.values())
 
 
+def _device_of_lens(k_cache, v_cache, prefix_lens, *args, **kwargs):
+    return getattr(prefix_lens, "device", None)
+
+
+@launches_on(_device_of_lens)
 def commit_kv_triton(
     k_cache: Caches,
     v_cache: Caches,
@@ -204,13 +227,6 @@ def _commit_groups(caches: list[torch.Tensor], prefix_lens, path_rows, block_tab
     return _new_lengths(prefix_lens, path_rows)
 
 
-@functools.lru_cache(maxsize=16)
-def _pointer_table(ptrs: tuple[int, ...], device: str) -> torch.Tensor:
-    """Device array of layer pointers. Cached: a cache's layers keep their addresses between steps, so
-    steady-state commits do no host-to-device copy."""
-    return torch.tensor(ptrs, dtype=torch.int64).to(device)
-
-
 def _cuda_launch(group: list[torch.Tensor], prefix_lens, path_rows, block_table, capacity: int, stream: int,
                  launch) -> None:
     """Turn one group of same-shaped caches into the arguments of ``_C.commit_kv_cuda``."""
@@ -224,7 +240,7 @@ def _cuda_launch(group: list[torch.Tensor], prefix_lens, path_rows, block_table,
         page, st = 0, first.stride()
     if D * first.element_size() > 1024:
         _fail(f"backend='cuda' moves rows of at most 1024 bytes, got head dim {D} of {first.dtype}")
-    ptrs = _pointer_table(tuple(t.data_ptr() for t in group), str(first.device))
+    ptrs = device_table(first, tuple(t.data_ptr() for t in group), "commit_kv")
     launch(
         caches=ptrs.data_ptr(), num_caches=len(group), prefix_lens=prefix_lens.data_ptr(),
         path_rows=path_rows.data_ptr(), block_table=block_table.data_ptr() if block_table is not None else 0,
@@ -234,6 +250,7 @@ def _cuda_launch(group: list[torch.Tensor], prefix_lens, path_rows, block_table,
     )
 
 
+@launches_on(_device_of_lens)
 def commit_kv_cuda(
     k_cache: Caches,
     v_cache: Caches,

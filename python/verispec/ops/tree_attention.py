@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 
 from verispec import _backends
+from verispec.ops._launch import launches_on
 
 __all__ = [
     "tree_attention",
@@ -286,6 +287,7 @@ def tree_attention_torch(
     return result
 
 
+@launches_on(lambda q, *args, **kwargs: getattr(q, "device", None))
 def tree_attention_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -389,6 +391,7 @@ def _cuda_launch(q, k, v, prefix_lens, tree_lens, ancestors, positions, p: _Prob
     )
 
 
+@launches_on(lambda q, *args, **kwargs: getattr(q, "device", None))
 def tree_attention_cuda(
     q: torch.Tensor,
     k: torch.Tensor,

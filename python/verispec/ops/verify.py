@@ -41,6 +41,7 @@ import torch
 
 from verispec import _backends
 from verispec.ops import _philox
+from verispec.ops._launch import launches_on
 from verispec.ops.tree_buffers import TreeBuffers, tree_buffers
 from verispec.tree import DraftTree, pack_trees, validate_packed
 
@@ -409,6 +410,7 @@ def _node_request(pr: _Problem) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------
 
 
+@launches_on(lambda problem: problem.logits.device)
 def verify_triton(problem: _Problem) -> VerifyResult:
     """Triton kernels (``triton_kernels/verify.py``)."""
     from verispec.triton_kernels.verify import verify_triton_launch
@@ -422,6 +424,7 @@ _MODE_CODES = {"greedy": 0, "exact": 1, "typical": 2}
 _cuda_alloc = torch.empty
 
 
+@launches_on(lambda problem: problem.logits.device)
 def verify_cuda(problem: _Problem) -> VerifyResult:
     """CUDA kernels (``csrc/sampling/verify.cu``) through ``verispec._C``: row stats over the logits,
     the walk (one block per request), the residual / bonus race and the outputs. No host synchronisation."""

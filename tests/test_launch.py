@@ -1,0 +1,37 @@
+"""The launch guard: GPU backends run with their tensors' device current."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from verispec.ops import _launch
+
+
+def test_launches_on_makes_the_tensors_device_current(monkeypatch):
+    entered = []
+
+    @contextlib.contextmanager
+    def fake_device(dev):
+        entered.append(dev)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", fake_device)
+
+    @_launch.launches_on(lambda x, **kw: x)
+    def backend(x, **kw):
+        return len(entered)
+
+    assert backend(torch.device("cuda", 1)) == 1 and entered == [torch.device("cuda", 1)]
+    assert backend(torch.device("cpu")) == 1  # CPU tensors: nothing to switch
+    assert backend(None) == 1
+
+
+def test_backends_are_guarded():
+    """Every Triton/CUDA entry point carries the guard (functools.wraps keeps __wrapped__)."""
+    from verispec.ops import commit_kv, tree_attention, verify
+
+    for fn in (verify.verify_triton, verify.verify_cuda, tree_attention.tree_attention_triton,
+               tree_attention.tree_attention_cuda, commit_kv.commit_kv_triton, commit_kv.commit_kv_cuda):
+        assert hasattr(fn, "__wrapped__"), fn.__name__
