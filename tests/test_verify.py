@@ -162,6 +162,9 @@ def test_nan_logits_named():
     logits[1, 4] = float("inf")
     with pytest.raises(ValueError, match="non-finite"):
         verispec.verify(logits, [DraftTree.chain([1])], backend="torch")
+    logits[1] = float("-inf")
+    with pytest.raises(ValueError, match="row 1 is -inf everywhere"):
+        verispec.verify(logits, [DraftTree.chain([1])], backend="torch")
 
 
 def test_token_outside_vocab():

@@ -396,3 +396,55 @@ def test_masked_tokens(backend):
                dict(mode="typical", temperature=0.8)):
         ref = _compare(backend, logits, trees, seed=3, **kw)
         assert (ref.tokens[ref.tokens >= 0] % 3 != 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mask", ["finfo", "-inf"])
+def test_typical_high_entropy_masked(backend, mask):
+    """Typical acceptance where the bar is delta * exp(-H), not epsilon: near-flat rows (H about 3.7 nats)
+    with every third id masked. A NaN entropy (0 * -inf from an overflowed finfo.min mask, or -inf - -inf)
+    turns the bar into epsilon = 0.09 on a GPU and rejects drafts the reference accepts."""
+    gen = torch.Generator().manual_seed(7)
+    V = 64
+    logits = torch.randn(3, V, generator=gen) * 0.3
+    logits[:, ::3] = torch.finfo(torch.float32).min if mask == "finfo" else float("-inf")
+    trees = [DraftTree.chain([1, 2])]
+    for temperature in (0.5, 1.0):
+        ref = _compare(backend, logits.to(_dev()), trees, mode="typical", temperature=temperature, seed=1)
+        assert ref.tokens.tolist()[0][:2] == [1, 2], "the flat rows' drafts must pass the entropy bar"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_neg_inf_masks_over_whole_blocks(backend):
+    """-inf over the first 2048-id block (and then some) of every row: (-inf) - (-inf) must not reach
+    the running sums. Drafts sit on the row maxima, so greedy and exact accept them all."""
+    gen = torch.Generator().manual_seed(9)
+    V = 5000
+    logits = torch.randn(4, V, generator=gen)
+    logits[:, :4096] = float("-inf")
+    logits[0, 4500] = logits[1, 4600] = logits[2, 4652] = logits[3, 4700] = 30.0
+    trees = [DraftTree.chain([4500, 4600, 4652])]
+    for kw in (dict(mode="greedy"), dict(mode="exact", temperature=1.0, seed=2), dict(mode="typical")):
+        ref = _compare(backend, logits.to(_dev()), trees, **kw)
+        assert ref.tokens.tolist()[0][:4] == [4500, 4600, 4652, 4700], kw
+
+
+def test_triton_split_race_matches_reference(monkeypatch):
+    """The GPU's race splits a row into 4096-id chunks (one program each) and merges them; on CPU the
+    launcher uses one chunk per row, so force the GPU chunking in the interpreter."""
+    from verispec.triton_kernels import verify as tk
+
+    monkeypatch.setattr(tk, "_RACE_CHUNK", 4096)
+    rng, gen = random.Random(31), torch.Generator().manual_seed(31)
+    V = 9000
+    trees = _random_trees(rng, 3, V, 5)
+    logits = _logits(trees, V, gen, 2.0)
+    N = sum(len(t.tokens) for t in trees)
+    q = torch.softmax(torch.randn(N, V, generator=gen) * 2, dim=1)
+    for tok, row in zip([x for t in trees for x in t.tokens], q):
+        row[tok] += 0.5
+    q = q / q.sum(1, keepdim=True)
+    for kw in (dict(mode="exact", temperature=1.0), dict(mode="exact", temperature=0.7, top_k=50),
+               dict(mode="exact", draft_probs=q.to(_dev()), temperature=1.0)):
+        for seed in range(3):
+            _compare("triton", logits.to(_dev()), trees, seed=seed, **kw)

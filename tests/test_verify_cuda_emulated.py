@@ -259,3 +259,27 @@ def test_emulated_masked_tokens(emu_C):
     for kw in (dict(mode="greedy"), dict(mode="exact", temperature=torch.tensor([1.0, 1e-30, 0.5, 2.0])),
                dict(mode="typical", temperature=0.8)):
         _compare(emu_C, logits, trees, seed=3, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mask", ["finfo", "-inf"])
+def test_emulated_typical_high_entropy_masked(emu_C, mask, dtype):
+    """The entropy bar delta * exp(-H) of near-flat masked rows (see the Triton test of the same name):
+    an overflowed finfo.min mask made 0 * -inf, and a leading -inf made -inf - -inf."""
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(3, 64, generator=gen) * 0.3
+    logits[:, ::3] = torch.finfo(torch.float32).min if mask == "finfo" else float("-inf")
+    logits = logits.to(dtype)
+    for temperature in (0.5, 1.0):
+        ref = _compare(emu_C, logits, [DraftTree.chain([1, 2])], mode="typical", temperature=temperature, seed=1)
+        assert ref.tokens.tolist()[0][:2] == [1, 2]
+
+
+def test_emulated_neg_inf_masks_over_whole_blocks(emu_C):
+    gen = torch.Generator().manual_seed(9)
+    logits = torch.randn(4, 5000, generator=gen)
+    logits[:, :4096] = float("-inf")
+    logits[0, 4500] = logits[1, 4600] = logits[2, 4652] = logits[3, 4700] = 30.0
+    for kw in (dict(mode="greedy"), dict(mode="exact", temperature=1.0, seed=2), dict(mode="typical")):
+        ref = _compare(emu_C, logits, [DraftTree.chain([4500, 4600, 4652])], **kw)
+        assert ref.tokens.tolist()[0][:4] == [4500, 4600, 4652, 4700], kw

@@ -56,14 +56,17 @@ def _row_stats_kernel(
         a = tl.where(bm > m, barg, a)
         m_new = tl.maximum(m, bm)
         if NEED_SUM:
-            keep = ok & (x >= thr)
+            # -inf logits (HF processors' masks) carry no mass; a block of them must not make 0 * inf.
+            keep = ok & (x >= thr) & (x > -float("inf"))
             z = tl.where(keep, (x - m_new) * c, 0.0)
             w = tl.where(keep, tl.exp2(z), 0.0)
-            alpha = tl.exp2((m - m_new) * c)
+            # z_sum > 0 implies a finite m; otherwise (m - m_new) may be -inf - -inf.
+            alpha = tl.where(z_sum > 0, tl.exp2((m - m_new) * c), 0.0)
             if NEED_ENT:
-                # sum w*z relative to the running max: moving the max by d scales w by 2^-d, shifts z by -d
-                d = tl.where(z_sum > 0, (m_new - m) * c, 0.0)
-                s1 = tl.where(z_sum > 0, alpha * (s1 - d * z_sum), 0.0) + tl.sum(w * z, 0)
+                # sum w*z relative to the running max: moving the max by d scales w by 2^-d, shifts z by -d.
+                # Masks at finfo.min overflow z and d to -inf/inf where w or alpha is 0: those terms are 0.
+                d = tl.where(alpha > 0, (m_new - m) * c, 0.0)
+                s1 = tl.where(alpha > 0, alpha * (s1 - d * z_sum), 0.0) + tl.sum(tl.where(w > 0, w * z, 0.0), 0)
             z_sum = z_sum * alpha + tl.sum(w, 0)
         m = m_new
     tl.store(ARGMAX + r, a)
@@ -216,6 +219,9 @@ def _walk_kernel(
                                 w = tl.maximum(pv - qv, 0.0)
                                 tl.store(scratch_row + new_slot * V + idx, w, mask=okv)
                                 acc += tl.sum(w, 0)
+                            # Other threads read single scratch entries next (px above): order every store
+                            # before them explicitly, not through the reduction's internal barrier.
+                            tl.debug_barrier()
                             # No residual mass (rounding only): keep the previous residual, as the reference.
                             if acc > 0:
                                 if scr == 0:
@@ -392,6 +398,10 @@ _MODES = {"greedy": 0, "exact": 1, "typical": 2}
 _alloc = torch.empty
 
 
+# Test hook: force the race's chunk size (None: 4096 ids on a GPU, the whole row on CPU).
+_RACE_CHUNK = None
+
+
 def verify_triton_launch(problem):
     """Run the kernels for a validated ``verispec.ops.verify._Problem``; returns a VerifyResult."""
     from verispec.ops.verify import VerifyResult, log2_scale
@@ -439,6 +449,8 @@ def verify_triton_launch(problem):
     )
     # Race splits: enough programs to fill a GPU (a chunk of 4096 ids each), one per request on CPU.
     chunk = max(block, 4096) if dev.type == "cuda" else max(block, triton.next_power_of_2(V))
+    if _RACE_CHUNK is not None:  # tests: the GPU's split race, in the interpreter
+        chunk = max(block, _RACE_CHUNK)
     S = triton.cdiv(V, chunk)
     part_key = _alloc(B, 2, S, dtype=f32, device=dev)
     part_idx = _alloc(B, 2, S, dtype=i32, device=dev)

@@ -50,8 +50,10 @@ __device__ __forceinline__ Stats merge(const Stats& A, const Stats& B, float c, 
   r.z = A.z * sa + B.z * sb;
   r.s1 = 0.f;
   if (need_ent) {
-    const float pa = A.z > 0.f ? sa * (A.s1 - (r.m - A.m) * c * A.z) : 0.f;
-    const float pb = B.z > 0.f ? sb * (B.s1 - (r.m - B.m) * c * B.z) : 0.f;
+    // A scale that underflowed to 0 (a part whose max is a finfo.min mask) zeroes the part: the shift
+    // (r.m - A.m) * c may have overflowed to inf, and 0 * inf would be NaN.
+    const float pa = sa > 0.f ? sa * (A.s1 - (r.m - A.m) * c * A.z) : 0.f;
+    const float pb = sb > 0.f ? sb * (B.s1 - (r.m - B.m) * c * B.z) : 0.f;
     r.s1 = pa + pb;
   }
   return r;
@@ -82,7 +84,7 @@ __device__ __forceinline__ void accumulate(Stats& st, const float (&x)[N], int n
   if (cm > st.m) {
     if (need_sum && st.z > 0.f) {
       const float s = exp2f((st.m - cm) * c);
-      if (need_ent) st.s1 = s * (st.s1 - (cm - st.m) * c * st.z);
+      if (need_ent) st.s1 = s > 0.f ? s * (st.s1 - (cm - st.m) * c * st.z) : 0.f;  // see merge()
       st.z *= s;
     }
     st.m = cm;
@@ -91,11 +93,12 @@ __device__ __forceinline__ void accumulate(Stats& st, const float (&x)[N], int n
   if (need_sum) {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      if (j < n && x[j] >= thr) {
+      // -inf logits (HF processors' masks) carry no mass; (-inf) - (-inf) would be NaN.
+      if (j < n && x[j] >= thr && x[j] > -INFINITY) {
         const float z = (x[j] - st.m) * c;
         const float w = exp2f(z);
         st.z += w;
-        if (need_ent) st.s1 += w * z;
+        if (need_ent && w > 0.f) st.s1 += w * z;  // z may be -inf for a finfo.min mask; w is 0 there
       }
     }
   }

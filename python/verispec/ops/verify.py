@@ -142,10 +142,23 @@ def filter_thresholds(
     ``[R]`` (``>= 1``: off), ``temperature`` float32 ``[R]``. Sorts each row: costs more than the rest.
     """
     R, V = logits.shape
-    dev = logits.device
-    thr = torch.full((R,), float("-inf"), dtype=torch.float32, device=dev)
+    thr = torch.full((R,), float("-inf"), dtype=torch.float32, device=logits.device)
     if top_k is None and top_p is None:
         return thr
+    # About ten [rows, V] float32 temporaries per chunk: bounded to ~2^26 elements each, so B=256 x K=64
+    # rows of a 151936-id vocabulary (2.5e9 logits) need ~3 GB, not ~100 GB. Host-known sizes: no sync.
+    step = max(1, (1 << 26) // max(V, 1))
+    for r0 in range(0, R, step):
+        r1 = min(R, r0 + step)
+        thr[r0:r1] = _filter_rows(logits[r0:r1], temperature[r0:r1], None if top_k is None else top_k[r0:r1],
+                                  None if top_p is None else top_p[r0:r1])
+    return thr
+
+
+def _filter_rows(logits: torch.Tensor, temperature: torch.Tensor, top_k: Optional[torch.Tensor],
+                 top_p: Optional[torch.Tensor]) -> torch.Tensor:
+    R, V = logits.shape
+    thr = torch.full((R,), float("-inf"), dtype=torch.float32, device=logits.device)
     l_sorted, _ = torch.sort(logits.float(), dim=1, descending=True)
     keep = torch.ones_like(l_sorted, dtype=torch.bool)
     if top_k is not None:
@@ -317,8 +330,10 @@ def verify_torch(problem: _Problem) -> VerifyResult:
     dev = pr.logits.device
     i64 = torch.int64
     sampling = pr.mode != "greedy"
-    # Greedy requests only ever need the argmax of a row (ties -> lowest id, as torch.argmax).
-    row_argmax = pr.logits.argmax(dim=1)
+    # Greedy requests only ever need the argmax of a row (ties -> lowest id, as torch.argmax). Every
+    # backend compares float32 values (float64 logits are rounded first, as the kernels read them).
+    lg = pr.logits.float() if pr.logits.dtype == torch.float64 else pr.logits  # bf16/fp16 -> fp32 is exact
+    row_argmax = lg.argmax(dim=1)
     if sampling:
         probs = target_probs(pr.logits, pr.temperature[buf.request.long()], pr.threshold)  # [R, V]
         greedy = pr.temperature == 0
@@ -545,7 +560,8 @@ def verify(
         Defaults: 1.0, off, off.
     seed, offset : int or int64 tensor ``[B]``, optional
         Philox key and counter offset per request. Give every decoding step a fresh ``offset`` (e.g. the
-        number of tokens generated so far). ``seed=None`` draws one from torch's global generator.
+        number of tokens generated so far). ``seed=None`` draws one per request from torch's generator
+        for the logits' device.
     typical_epsilon, typical_delta : float
         Medusa's posterior threshold and alpha.
     buffers : TreeBuffers, optional
@@ -608,10 +624,14 @@ def verify(
     if max_depth is None:
         max_depth = int(buffers.depth.max()) if buffers.depth.numel() else 0
     if validate:
-        bad = ~torch.isfinite(logits)
+        # -inf is a mask (probability 0), as HF logits processors and vLLM write it; NaN and +inf are errors.
+        bad = torch.isnan(logits) | (logits == float("inf"))
         if bool(bad.any()):
             r, v = (int(i) for i in bad.nonzero()[0])
             _fail(f"logits has a non-finite value ({float(logits[r, v])}) at row {r}, vocab id {v}")
+        dead = (logits == float("-inf")).all(dim=1)
+        if bool(dead.any()):
+            _fail(f"logits row {int(dead.nonzero()[0])} is -inf everywhere: no token has any probability")
         deepest = int(buffers.depth.max()) if buffers.depth.numel() else 0
         if max_depth < deepest:
             _fail(f"max_depth={max_depth} is smaller than the deepest tree ({deepest})")
@@ -627,7 +647,7 @@ def verify(
             if bool(((draft_probs < 0) | ~torch.isfinite(draft_probs)).any()):
                 _fail("draft_probs has negative or non-finite entries")
             # Rows must be distributions, and a drafted token must have been possible under its row.
-            sums = draft_probs.double().sum(dim=1)
+            sums = draft_probs.sum(dim=1, dtype=torch.float64)  # no float64 copy of [N, V]
             tol = 1e-3 if draft_probs.dtype in (torch.float32, torch.float64) else 2e-2
             bad = (sums - 1).abs() > tol
             if bool(bad.any()):
@@ -654,7 +674,10 @@ def verify(
             logits, temp[req], None if k is None else k[req], None if p is None else p[req]
         )
     if seed is None and mode != "greedy":
-        seed = int(torch.randint(0, 2**62, (1,)))
+        # One seed per request: identical requests at the same offset (n samples of one prompt) must not
+        # draw identical samples. Drawn on the logits' device, so it stays capturable in a CUDA graph
+        # (torch's graph-safe generator gives every replay fresh seeds).
+        seed = torch.randint(0, 2**62, (B,), dtype=torch.int64, device=dev)
     seed_t = _per_request(0 if seed is None else seed, B, torch.int64, dev, "seed", 0)
     offset_t = _per_request(offset, B, torch.int64, dev, "offset", 0)
     if uniforms is not None:
