@@ -427,6 +427,8 @@ def test_neg_inf_masks_over_whole_blocks(backend):
     for kw in (dict(mode="greedy"), dict(mode="exact", temperature=1.0, seed=2), dict(mode="typical")):
         ref = _compare(backend, logits.to(_dev()), trees, **kw)
         assert ref.tokens.tolist()[0][:4] == [4500, 4600, 4652, 4700], kw
+        torch_res = verispec.verify(logits.to(_dev()), trees, backend="torch", **kw)
+        assert torch.equal(torch_res.tokens.cpu(), ref.tokens.cpu()), kw
 
 
 def test_triton_split_race_matches_reference(monkeypatch):
