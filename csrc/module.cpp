@@ -25,6 +25,8 @@ PYBIND11_MODULE(_C, m) {
         "CUDA runtime version the module was linked against (e.g. 13000).");
   m.def("cuda_device_count", &verispec::cuda_device_count,
         "Number of CUDA devices the static runtime sees (0 without a driver or GPU).");
+  m.def("cuda_driver_version", &verispec::cuda_driver_version,
+        "Newest CUDA version the installed driver supports (e.g. 13000; 0 without a driver).");
 #else
   m.attr("built_with_cuda") = false;
   m.attr("cuda_archs") = "";

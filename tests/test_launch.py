@@ -35,3 +35,22 @@ def test_backends_are_guarded():
     for fn in (verify.verify_triton, verify.verify_cuda, tree_attention.tree_attention_triton,
                tree_attention.tree_attention_cuda, commit_kv.commit_kv_triton, commit_kv.commit_kv_cuda):
         assert hasattr(fn, "__wrapped__"), fn.__name__
+
+
+def test_old_driver_is_reported(monkeypatch):
+    """torch sees a GPU, but the driver is older than the CUDA runtime verispec links statically: the
+    CUDA backend says why it is unavailable instead of failing at its first launch."""
+    from types import SimpleNamespace
+
+    from verispec import _backends
+
+    fake = SimpleNamespace(cuda_device_count=lambda: 0, cuda_runtime_version=lambda: 13000,
+                           cuda_driver_version=lambda: 12040)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_backends._native, "native", lambda: fake)
+    _backends._cuda_driver_problem.cache_clear()
+    try:
+        msg = _backends._cuda_driver_problem()
+    finally:
+        _backends._cuda_driver_problem.cache_clear()
+    assert "built with CUDA 13.0" in msg and "supports CUDA 12.4" in msg

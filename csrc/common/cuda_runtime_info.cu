@@ -10,6 +10,12 @@ int cuda_runtime_version() {
   return v;
 }
 
+int cuda_driver_version() {
+  int v = 0;  // 0: no driver installed
+  if (cudaDriverGetVersion(&v) != cudaSuccess) return 0;
+  return v;
+}
+
 int cuda_device_count() {
   int n = 0;
   // No driver or no GPU is a normal state on CPU machines, not an error: report 0 and clear it.

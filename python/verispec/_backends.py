@@ -81,7 +81,29 @@ def _cuda_problem() -> str | None:
         return f"native core missing: {_native.native_error()}"
     if not _native.built_with_cuda():
         return "verispec was built without CUDA kernels (no nvcc at build time, or VERISPEC_CUDA=OFF)"
-    return None
+    return _cuda_driver_problem()
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+@cache
+def _cuda_driver_problem() -> str | None:
+    """The kernels link the CUDA runtime statically: a driver older than that runtime sees no device
+    (every launch would fail with cudaErrorInsufficientDriver) although torch, built against an older
+    CUDA, may see the GPU fine. Say so instead of failing at the first launch."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    mod = _native.native()
+    if mod.cuda_device_count() > 0:
+        return None
+    runtime, driver = mod.cuda_runtime_version(), mod.cuda_driver_version()
+    return (f"verispec's CUDA kernels were built with CUDA {_cuda_version(runtime)}, but this machine's driver "
+            f"supports CUDA {_cuda_version(driver)}: update the NVIDIA driver, or build verispec with a CUDA "
+            "toolkit the driver supports (VERISPEC_CUDA=ON pip install ...)")
 
 
 def _device_class(device: Any) -> str:
