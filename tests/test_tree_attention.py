@@ -348,11 +348,14 @@ def test_split_count_rule():
     assert split_count(1, 200, 16, 64, 132) == 1
 
 
-def hostile_lengths(case: Case) -> list:
-    """``case.args()`` with device-side lengths a GPU backend cannot check without a sync: request 0's
-    tree length runs 8 rows past T, request 1's prefix length lies far beyond the cache. q and the
-    ancestor words are views into larger buffers whose hidden tails (NaN queries, all-ones masks) would
-    leak into request 0's rows if a kernel read past row T. Request 0 must still match the oracle."""
+def hostile_lengths(case: Case, paged_block: int = 0):
+    """``(args, block_table, out, problem)`` for a kernel launcher, with device-side lengths a GPU
+    backend cannot check without a sync: request 0's tree length runs 8 rows past T, request 1's prefix
+    length lies far beyond the cache. q and the ancestor words are views into larger buffers whose
+    hidden tails (NaN queries, all-ones masks) would leak into request 0's rows if a kernel read past
+    row T. Request 0 must still match the oracle."""
+    from verispec.ops.tree_attention import _check
+
     args = list(case.args())
     q_big = torch.full((case.B, case.Hq, case.T + 8, case.D), float("nan"), dtype=case.q.dtype)
     q_big[:, :, : case.T] = case.q
@@ -363,4 +366,8 @@ def hostile_lengths(case: Case) -> list:
     args[3] = torch.tensor([case.prefix[0], case.S + 1000] + case.prefix[2:], dtype=torch.int32)
     args[4] = case.tree_lens.clone()
     args[4][0] += 8
-    return args
+    table = None
+    if paged_block:
+        args[1], args[2], table = case.paged(paged_block)
+    out = torch.full_like(case.q, float("nan"))
+    return args, table, out, _check(*args, case.scale, None, None, table, out)

@@ -286,12 +286,7 @@ def test_emulated_cuda_clamps_device_side_lengths(emu_lib, paged_block):
     from verispec.ops.tree_attention import _cuda_launch
 
     case = Case([8, 5], [31, 20], 2, 2, 128, dtype=torch.float16, seed=11)  # G = 1: one 64-row tile spans T
-    args = hostile_lengths(case)
-    table = None
-    if paged_block:
-        args[1], args[2], table = case.paged(paged_block)
-    out = torch.full_like(case.q, float("nan"))
-    p = _check(*args, case.scale, None, None, table, out)
+    args, table, out, p = hostile_lengths(case, paged_block)
     _cuda_launch(*args, p, table, out, 2, 0, attention_launcher(emu_lib))
     check_close(out[:1], case.expected()[:1], TOL[torch.float16], rtol=TOL[torch.float16], what="request 0")
 

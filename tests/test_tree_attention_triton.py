@@ -305,11 +305,6 @@ def test_triton_clamps_device_side_lengths(paged_block):
     from test_tree_attention import hostile_lengths
 
     case = Case([8, 5], [31, 20], 2, 1, 16, seed=11)  # T = 32, one mask word
-    args = hostile_lengths(case)
-    table = None
-    if paged_block:
-        args[1], args[2], table = case.paged(paged_block)
-    out = torch.full_like(case.q, float("nan"))
-    p = _check(*args, case.scale, None, None, table, out)
+    args, table, out, p = hostile_lengths(case, paged_block)
     tree_attention_fwd(*args, p, table, out, num_splits=2)
     check_close(out[:1], case.expected()[:1], TOL[torch.float32], what="request 0 beside hostile lengths")
