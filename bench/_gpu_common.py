@@ -77,8 +77,12 @@ def result_stem(out_dir: Path, result: dict, *, minutes: bool = True) -> Path:
 
 
 def write_json(stem: Path, result: dict) -> Path:
+    """Atomic: sweeps rewrite their file after every shape, and a step killed by its timeout must leave
+    the previous complete file, never half of a new one."""
     path = Path(f"{stem}.json")
-    path.write_text(json.dumps(result, indent=1))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
     return path
 
 

@@ -51,9 +51,10 @@ def make_case(B: int, P: int, L: int, device, dtype=torch.bfloat16, layers: int 
         shape = (B * per, page, hkv, d)
     else:
         table, shape = None, (B, hkv, S, d)
-    g = torch.Generator().manual_seed(seed)
-    ks = [torch.randn(shape, generator=g).to(device, dtype) for _ in range(layers)]
-    vs = [torch.randn(shape, generator=g).to(device, dtype) for _ in range(layers)]
+    # Drawn on the device: 64 Llama-sized caches are ~10^10 numbers, minutes of CPU randn per shape.
+    g = torch.Generator(device=device).manual_seed(seed)
+    ks = [torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(layers)]
+    vs = [torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(layers)]
     pl = torch.full((B,), L, dtype=torch.int32, device=device)
     nbytes = 2 * 2 * layers * moved * hkv * d * ks[0].element_size()
     return ks, vs, pl, rows.to(device), (table.to(device) if table is not None else None), nbytes
@@ -113,6 +114,10 @@ def run_gpu(out_dir: Path, quick: bool, *, device=None, timer=None, bandwidth=No
     checks = check_backends(device, backends)
     print(f"correctness against the torch reference: {checks}")
     rows_out = []
+    result = {**common.result_header("commit_kv", name, bw),
+              "shape": f"{LAYERS} layers, Hkv={HKV}, D={D}, bf16, L=4096",
+              "correctness": checks, "rows": rows_out}
+    stem = common.result_stem(out_dir, result)
     if shapes is None:
         shapes = [(8, 8, False), (32, 16, True)] if quick else [
             (B, P, paged) for B in (1, 8, 32) for P in (1, 4, 8, 16) for paged in (False, True)]
@@ -137,11 +142,8 @@ def run_gpu(out_dir: Path, quick: bool, *, device=None, timer=None, bandwidth=No
                 row["impls"][impl] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
         rows_out.append(row)
         print(row, flush=True)
+        common.write_json(stem, result)  # after every shape: a sweep cut short keeps what it measured
         del ks, vs
-    result = {**common.result_header("commit_kv", name, bw),
-              "shape": f"{LAYERS} layers, Hkv={HKV}, D={D}, bf16, L=4096",
-              "correctness": checks, "rows": rows_out}
-    stem = common.result_stem(out_dir, result)
     common.write_json(stem, result)
     print(f"wrote {stem}.json")
     return result

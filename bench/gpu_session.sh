@@ -49,7 +49,7 @@ MODE=${1:-all}
 case "$MODE" in
   all)   STEPS="gpu_tests backend_tests bench_tests verify_quick tree_quick commit_quick tree_b1" ;;
   tests) STEPS="gpu_tests backend_tests bench_tests" ;;
-  bench) STEPS="verify_quick tree_quick tree_b1 commit_quick verify_full tree_b8_32 commit_full" ;;
+  bench) STEPS="verify_quick tree_quick commit_quick tree_b1 verify_full tree_b8_32 commit_full" ;;
   *)     STEPS="$*"; MODE=custom ;;
 esac
 

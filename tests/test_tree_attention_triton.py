@@ -110,6 +110,9 @@ GPU_SHAPES = [
 ]
 
 
+_ORACLE: dict = {}
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -119,7 +122,11 @@ GPU_SHAPES = [
 def test_gpu_matches_dense_mask(backend, dtype, shape, layout, opts):
     prefix, nodes, Hq, Hkv, D, kinds = shape
     case = Case(prefix, nodes, Hq, Hkv, D, kinds=kinds, dtype=dtype, seed=D + len(prefix), **opts)
-    want = case.expected()
+    # The float64 oracle costs seconds at these prefixes; backends and layouts share it.
+    key = (repr(shape), dtype, repr(sorted(opts.items())))
+    want = _ORACLE.get(key)
+    if want is None:
+        want = _ORACLE[key] = case.expected()
     _to(case, "cuda")
     extra = {}
     args = list(case.args())

@@ -213,7 +213,9 @@ def test_triton_philox_bits_match_torch():
         ref_u = _philox.accept_uniforms(s, o, torch.arange(n, device=dev))
         ref_e = _philox.residual_exponentials(s, o, n)[0]
         assert torch.equal(u, ref_u)
-        torch.testing.assert_close(e, ref_e, rtol=2e-7, atol=0)  # log may differ by an ulp across libms
+        # log may differ by an ulp across libms (libdevice vs the CPU's), which the last rounding can
+        # take to 2 ulp of a mantissa near 1 (2.4e-7); a wrong formula is off by far more.
+        torch.testing.assert_close(e, ref_e, rtol=3e-7, atol=0)
 
 
 @pytest.mark.gpu
