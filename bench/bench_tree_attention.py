@@ -213,6 +213,14 @@ def _flex_parts(pr: Problem):
 
     if "fn" not in _FLEX:
         compiled = pr.tensors["q"].device.type == "cuda"
+        if compiled:
+            # One static compile per shape: a full sweep has dozens, past Dynamo's default limit of 8
+            # (after which it silently runs flex eagerly and the timing means nothing).
+            import torch._dynamo.config as dynamo_config
+
+            for knob in ("recompile_limit", "cache_size_limit"):
+                if hasattr(dynamo_config, knob):
+                    setattr(dynamo_config, knob, max(getattr(dynamo_config, knob), 128))
         _FLEX["fn"] = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
     dense = pr.tensors["dense"]
 
