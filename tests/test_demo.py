@@ -104,3 +104,15 @@ def test_demo_quick_real_model(capsys):
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "verispec (retrieval)" in out and "1/1" in out
+
+
+def test_generate_cli_draft_model(tiny_dir, capsys):
+    """`--drafter draft-model`: the target drafts for itself here (the tiny directory is both), so every
+    draft is accepted and the output is still checked against model.generate."""
+    rc = main(["generate", "--model", str(tiny_dir), "--drafter", "draft-model", "--draft-model", str(tiny_dir),
+               "--prompt", "w1 w2 w3", "--max-new-tokens", "8", "--check", "--device", "cpu", "--no-stream"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "identical to model.generate(do_sample=False): 1/1" in err
+    with pytest.raises(SystemExit, match="needs --draft-model"):
+        main(["generate", "--model", str(tiny_dir), "--drafter", "draft-model", "--prompt", "w1", "--device", "cpu"])

@@ -5,6 +5,7 @@ Examples::
     verispec generate --prompt "def fibonacci(n):"
     verispec generate --model path/to/model.gguf --file prompt.txt --drafter prompt-lookup
     verispec generate --model ./Qwen2-0.5B --prompt "a" --prompt "b" --max-new-tokens 64 --check
+    verispec generate --model ./Qwen2-7B --drafter draft-model --draft-model ./Qwen2-0.5B --temperature 0.8
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-DRAFTERS = ("retrieval", "prompt-lookup", "none")
+DRAFTERS = ("retrieval", "prompt-lookup", "draft-model", "none")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -55,7 +56,23 @@ def make_drafter(kind: str, tokenizer, datastore: str | None, budget: int | None
 
         ds = datastore if datastore else stdlib_datastore(tokenizer)
         return RetrievalDrafter(ds, budget=budget, max_depth=max_depth)
-    raise ValueError(f"unknown drafter {kind!r}; choose one of {', '.join(DRAFTERS)}")
+    raise ValueError(f"unknown drafter {kind!r}; choose one of {', '.join(d for d in DRAFTERS if d != 'draft-model')}")
+
+
+def _draft_model_drafter(args, device: str):
+    """`--drafter draft-model`: a small model sharing the target's tokenizer drafts a chain per step
+    (sampled at the generation temperature, so exact rejection sampling has the draft's q)."""
+    import torch
+
+    from verispec import DraftModelDrafter
+    from verispec.hf.loading import load_model
+
+    if not args.draft_model:
+        raise SystemExit("verispec generate: --drafter draft-model needs --draft-model DIR|GGUF")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    draft, _ = load_model(args.draft_model, device=device, dtype=dtype)
+    return DraftModelDrafter(draft, num_tokens=args.max_depth or 4, temperature=args.temperature,
+                             seed=args.seed or 0)
 
 
 def _load(args):
@@ -92,8 +109,11 @@ def _run(args: argparse.Namespace) -> int:
         prompts = [p["input_ids"] if isinstance(p, dict) else list(p) for p in prompts]
     else:
         prompts = [tok(t).input_ids for t in texts]
-    drafter = make_drafter(args.drafter, tok, args.datastore, args.budget, args.max_depth, torch.device(device).type,
-                           model=model)
+    if args.drafter == "draft-model":
+        drafter = _draft_model_drafter(args, device)
+    else:
+        drafter = make_drafter(args.drafter, tok, args.datastore, args.budget, args.max_depth,
+                               torch.device(device).type, model=model)
     streamer = None
     if len(prompts) == 1 and not args.no_stream:
         from transformers import TextStreamer
@@ -131,6 +151,8 @@ def register(subparsers) -> None:
     p.add_argument("--file", action="append", help="file whose content is a prompt ('-' = stdin; repeatable)")
     p.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     p.add_argument("--drafter", default="retrieval", choices=DRAFTERS, help="where drafts come from (default: retrieval)")
+    p.add_argument("--draft-model", default=None,
+                   help="with --drafter draft-model: the draft model (HF directory or .gguf) sharing the tokenizer")
     p.add_argument("--budget", type=int, default=None, help="draft nodes per step (default: measured on CPU, 32 on GPU)")
     p.add_argument("--max-depth", type=int, default=None, help="deepest draft node (default: min(budget, 5) on CPU, 10 on GPU)")
     p.add_argument("--max-new-tokens", type=int, default=128)

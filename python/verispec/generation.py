@@ -29,7 +29,7 @@ from verispec.hf.model import TreeModel
 from verispec.ops.commit_kv import path_rows_from_accepted
 from verispec.ops.tree_buffers import tree_buffers
 from verispec.ops.verify import verify
-from verispec.tree import pack_trees
+from verispec.tree import DraftTree, pack_trees
 
 __all__ = ["generate", "GenerateOutput", "GenerateStats"]
 
@@ -187,6 +187,38 @@ def _check_drafter(drafter: Any, vocab_size: int) -> None:
         )
 
 
+def _draft_probs(trees: Sequence[DraftTree], tokens: torch.Tensor, V: int, dev) -> Optional[torch.Tensor]:
+    """float32 ``[N, V]`` draft distributions for exact verification when any tree carries ``probs``
+    (a draft model's samples), else None. Trees without ``probs`` get one-hot rows: accepting ``x``
+    with probability ``p_res(x) / 1`` and continuing with ``norm(max(p_res - onehot(x), 0))`` is exactly
+    the rule for deterministic drafts, so sampled and deterministic drafts mix in one batch."""
+    if not any(t.probs is not None for t in trees):
+        return None
+    N = int(tokens.numel())
+    q = torch.zeros(N, V, dtype=torch.float32, device=dev)
+    q[torch.arange(N, device=dev), tokens.long()] = 1.0
+    start = 0
+    for b, t in enumerate(trees):
+        n = len(t)
+        if t.probs is not None and n:
+            rows = t.probs.to(device=dev, dtype=torch.float32)
+            if rows.shape[1] > V:
+                if bool((rows[:, V:] != 0).any()):
+                    raise ValueError(f"drafter: request {b}'s probs put mass on ids >= the model's vocabulary ({V})")
+                rows = rows[:, :V]
+            if not bool(torch.isfinite(rows).all()) or bool((rows < 0).any()):
+                raise ValueError(f"drafter: request {b}'s probs have negative or non-finite entries")
+            if bool(((rows.sum(dim=1, dtype=torch.float64) - 1).abs() > 1e-3).any()):
+                raise ValueError(f"drafter: request {b}'s probs rows do not sum to 1")
+            toks = tokens[start : start + n].long()
+            if bool((rows.gather(1, toks.view(-1, 1)) <= 0).any()):
+                raise ValueError(f"drafter: request {b} drafted a token its own probs row gives probability 0")
+            q[start : start + n] = 0.0
+            q[start : start + n, : rows.shape[1]] = rows
+        start += n
+    return q
+
+
 class _Clock:
     """Accumulates wall time per phase; on CUDA it synchronises so phases are not blurred."""
 
@@ -311,8 +343,9 @@ def generate(
 
         # 3. verify
         offsets = torch.tensor([len(seqs[r]) - len(prompts[r]) for r in live], dtype=torch.int64, device=dev)
+        q = _draft_probs(trees, tokens, V, dev) if temperature > 0 else None
         res = verify(
-            logits, (tokens, parents, cu_nodes), mode="greedy" if temperature == 0 else "exact",
+            logits, (tokens, parents, cu_nodes), mode="greedy" if temperature == 0 else "exact", draft_probs=q,
             temperature=temperature, top_k=top_k, top_p=top_p, offset=offsets,
             seed=None if seed is None else torch.tensor([seed + r for r in live], dtype=torch.int64, device=dev),
             buffers=bufs, backend=backend, validate=False,

@@ -41,6 +41,10 @@ class DraftTree:
         parents: int32 ``[n]``; ``-1`` = child of the root, else an earlier node index.
         scores: optional float32 ``[n]``, the drafter's estimate of the probability that the path to
             the node is accepted (used for ordering and statistics, never for correctness).
+        probs: optional float ``[n, V]``, for sampled drafts (a draft model): row ``i`` is the
+            distribution node ``i``'s token was drawn from (given its earlier siblings). `generate`
+            then verifies with Leviathan/Chen rejection sampling; without it drafts count as
+            deterministic. Either way the output distribution is the target's.
 
     Example: the chain "a b" plus an alternative "c" after the root::
 
@@ -50,15 +54,19 @@ class DraftTree:
     tokens: torch.Tensor
     parents: torch.Tensor
     scores: Optional[torch.Tensor] = None
+    probs: Optional[torch.Tensor] = None
 
-    def __init__(self, tokens, parents, scores=None, *, validate: bool = True):
+    def __init__(self, tokens, parents, scores=None, *, probs=None, validate: bool = True):
         tokens = _as_int32_vector(tokens, "DraftTree.tokens")
         parents = _as_int32_vector(parents, "DraftTree.parents")
         if scores is not None:
             scores = torch.as_tensor(scores, dtype=torch.float32).reshape(-1)
+        if probs is not None and (not isinstance(probs, torch.Tensor) or not probs.dtype.is_floating_point):
+            raise TypeError("DraftTree.probs must be a floating-point tensor [n, V]")
         object.__setattr__(self, "tokens", tokens)
         object.__setattr__(self, "parents", parents)
         object.__setattr__(self, "scores", scores)
+        object.__setattr__(self, "probs", probs)
         if validate:
             self.validate()
 
@@ -69,11 +77,11 @@ class DraftTree:
         return cls(z, z.clone())
 
     @classmethod
-    def chain(cls, tokens, scores=None) -> DraftTree:
+    def chain(cls, tokens, scores=None, probs=None) -> DraftTree:
         """A single path: node i is the child of node i-1."""
         tokens = _as_int32_vector(tokens, "DraftTree.chain tokens")
         parents = torch.arange(-1, tokens.numel() - 1, dtype=torch.int32, device=tokens.device)
-        return cls(tokens, parents, scores)
+        return cls(tokens, parents, scores, probs=probs)
 
     # -- properties -----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -96,7 +104,8 @@ class DraftTree:
 
     def to(self, device) -> DraftTree:
         scores = None if self.scores is None else self.scores.to(device)
-        return DraftTree(self.tokens.to(device), self.parents.to(device), scores, validate=False)
+        probs = None if self.probs is None else self.probs.to(device)
+        return DraftTree(self.tokens.to(device), self.parents.to(device), scores, probs=probs, validate=False)
 
     def validate(self, vocab_size: int | None = None, *, where: str = "tree") -> None:
         """Raise ValueError naming the first problem: sizes, parent order, token ids."""
@@ -105,6 +114,8 @@ class DraftTree:
             raise ValueError(f"{where}: tokens has {n} nodes but parents has {self.parents.numel()}")
         if self.scores is not None and self.scores.numel() != n:
             raise ValueError(f"{where}: scores has {self.scores.numel()} entries for {n} nodes")
+        if self.probs is not None and (self.probs.dim() != 2 or self.probs.shape[0] != n):
+            raise ValueError(f"{where}: probs must be [n={n}, V], got shape {tuple(self.probs.shape)}")
         if self.parents.device != self.tokens.device:
             raise ValueError(f"{where}: tokens on {self.tokens.device} but parents on {self.parents.device}")
         if n == 0:
