@@ -335,3 +335,7 @@ def test_pointer_table_lives_on_the_first_layer():
     commit_kv_triton(layers[:2], layers[2:], lens, rows)
     assert len(tables) == 1 and next(iter(tables.values())) is first
     assert first.tolist() == [(t.data_ptr() - layers[0].data_ptr()) // 4 for t in layers]
+    # New view objects of the same memory (a caller slicing its cache every step) reuse it: no copy.
+    views = [t[:] for t in layers]
+    commit_kv_triton(views[:2], views[2:], lens, rows)
+    assert next(iter(getattr(views[0], _ATTR).values())) is first

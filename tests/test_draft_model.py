@@ -130,3 +130,18 @@ def test_bad_draft_probs_are_refused():
                               eos_token_id=[])
     with pytest.raises(ValueError, match=r"probs must be \[n=1, V\]"):
         DraftTree.chain([3], probs=torch.ones(2, VOCAB) / VOCAB)
+
+
+def test_sliding_window_draft_model():
+    """A Gemma-2 draft (window 5) past its window with rejections: a config-built cache could not be
+    cropped there. Drafts still equal a fresh drafter's, and generate stays token-identical."""
+    draft = tiny_model("gemma2", seed=4)
+    d = DraftModelDrafter(draft, num_tokens=4)
+    ctx = [5, 9, 2, 7, 7, 1, 3, 8, 6]
+    first = d._draft(0, ctx).tokens.tolist()
+    ctx2 = ctx + first[:1] + [(first[1] + 1) % VOCAB]
+    assert d._draft(0, ctx2).tokens.tolist() == DraftModelDrafter(draft, num_tokens=4)._draft(0, ctx2).tokens.tolist()
+    target = tiny_model("llama", seed=0)
+    out = verispec.generate(target, [[5, 9, 2]], drafter=DraftModelDrafter(draft, num_tokens=4), max_new_tokens=20,
+                            eos_token_id=[])
+    assert out.sequences[0].tolist() == reference_greedy(target, [5, 9, 2], 20, None)

@@ -130,8 +130,10 @@ def assert_greedy_equal_up_to_ties(model, got: list[list[int]], want: list[list[
         with torch.no_grad():
             logits = model(torch.tensor([w[:k]], device=dev)).logits[0, -1].float()
         top = logits.topk(2).values
+        margin = rel_margin * (1 + abs(float(top[0])))
         gap = float(top[0] - top[1])
-        assert gap <= rel_margin * (1 + abs(float(top[0]))), (
+        assert gap <= margin and float(logits[g[k]]) >= float(top[0]) - margin, (
             f"request {b} parts from the reference at position {k} ({g[k]} vs {w[k]}) where the reference's "
-            f"top-2 logit gap is {gap:.4g}: not a rounding tie"
+            f"top-2 logit gap is {gap:.4g} and token {g[k]} is {float(top[0] - logits[g[k]]):.4g} below the top: "
+            "not a rounding tie"
         )

@@ -54,3 +54,10 @@ def test_old_driver_is_reported(monkeypatch):
     finally:
         _backends._cuda_driver_problem.cache_clear()
     assert "built with CUDA 13.0" in msg and "supports CUDA 12.4" in msg
+    fake.cuda_driver_version = lambda: 13000  # a new enough driver: not blamed
+    _backends._cuda_driver_problem.cache_clear()
+    try:
+        msg = _backends._cuda_driver_problem()
+    finally:
+        _backends._cuda_driver_problem.cache_clear()
+    assert "sees none" in msg and "update the NVIDIA driver" not in msg

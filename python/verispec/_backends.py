@@ -101,9 +101,12 @@ def _cuda_driver_problem() -> str | None:
     if mod.cuda_device_count() > 0:
         return None
     runtime, driver = mod.cuda_runtime_version(), mod.cuda_driver_version()
-    return (f"verispec's CUDA kernels were built with CUDA {_cuda_version(runtime)}, but this machine's driver "
-            f"supports CUDA {_cuda_version(driver)}: update the NVIDIA driver, or build verispec with a CUDA "
-            "toolkit the driver supports (VERISPEC_CUDA=ON pip install ...)")
+    if driver < runtime:
+        return (f"verispec's CUDA kernels were built with CUDA {_cuda_version(runtime)}, but this machine's driver "
+                f"supports CUDA {_cuda_version(driver)}: update the NVIDIA driver, or build verispec with a CUDA "
+                "toolkit the driver supports (VERISPEC_CUDA=ON pip install ...)")
+    return (f"torch sees a GPU but verispec's CUDA runtime ({_cuda_version(runtime)}, driver "
+            f"{_cuda_version(driver)}) sees none (CUDA_VISIBLE_DEVICES, or a container without the device?)")
 
 
 def _device_class(device: Any) -> str:

@@ -49,7 +49,7 @@ class DraftModelDrafter:
     """
 
     def __init__(self, model: torch.nn.Module, num_tokens: int = 4, temperature: float = 0.0, seed: int = 0):
-        from verispec.hf.model import cache_kwarg, check_model
+        from verispec.hf.model import cache_kwarg, check_model, model_vocab_size
 
         check_model(model)
         if num_tokens < 1:
@@ -59,10 +59,11 @@ class DraftModelDrafter:
         self.model = model.eval()
         self.num_tokens = int(num_tokens)
         self.temperature = float(temperature)
-        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.vocab_size = model_vocab_size(model)
         self._cache_arg = cache_kwarg(model)
-        self._device = next(model.parameters()).device
-        self._gen = torch.Generator(device=self._device).manual_seed(int(seed))
+        self._device = next(model.parameters()).device  # where input ids go (the embedding's device)
+        self._seed = int(seed)
+        self._gen: Optional[torch.Generator] = None  # made on the logits' device (device_map may split)
         self._states: dict[int, _RequestState] = {}
 
     # -- protocol ----------------------------------------------------------------------------------
@@ -106,17 +107,19 @@ class DraftModelDrafter:
         if self.temperature == 0:
             return int(logits.argmax()), None
         q = torch.softmax(logits.double() / self.temperature, dim=-1)
+        if self._gen is None or self._gen.device != q.device:
+            self._gen = torch.Generator(device=q.device).manual_seed(self._seed)
         x = int(torch.multinomial(q, 1, generator=self._gen))
         # float32 rows are what verify reads; the sampled token keeps positive mass after rounding.
         return x, q.float()
 
     def _new_cache(self):
+        # Without the config every layer keeps its full history: a config-built cache gives
+        # sliding-window layers (Gemma 2/3, Mistral) that cannot be cropped once past the window,
+        # while the model applies the window through its mask either way.
         from transformers import DynamicCache
 
-        try:
-            return DynamicCache(config=self.model.config)
-        except TypeError:  # transformers versions whose DynamicCache takes no config
-            return DynamicCache()
+        return DynamicCache()
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

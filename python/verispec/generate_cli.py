@@ -109,6 +109,8 @@ def _run(args: argparse.Namespace) -> int:
         prompts = [p["input_ids"] if isinstance(p, dict) else list(p) for p in prompts]
     else:
         prompts = [tok(t).input_ids for t in texts]
+    if args.draft_model and args.drafter != "draft-model":
+        raise SystemExit("verispec generate: --draft-model needs --drafter draft-model")
     if args.drafter == "draft-model":
         drafter = _draft_model_drafter(args, device)
     else:

@@ -211,6 +211,9 @@ def _draft_probs(trees: Sequence[DraftTree], tokens: torch.Tensor, V: int, dev) 
             if bool(((rows.sum(dim=1, dtype=torch.float64) - 1).abs() > 1e-3).any()):
                 raise ValueError(f"drafter: request {b}'s probs rows do not sum to 1")
             toks = tokens[start : start + n].long()
+            if int(toks.max()) >= rows.shape[1]:
+                raise ValueError(f"drafter: request {b} drafted token {int(toks.max())} outside its probs rows "
+                                 f"(width {rows.shape[1]})")
             if bool((rows.gather(1, toks.view(-1, 1)) <= 0).any()):
                 raise ValueError(f"drafter: request {b} drafted a token its own probs row gives probability 0")
             q[start : start + n] = 0.0

@@ -549,6 +549,7 @@ def verify(
         ``[R, V]`` any float dtype, ``R = sum_b (n_b + 1)``: per request the root row then its node rows.
     trees : list of DraftTree, or tuple ``(tokens, parents, cu_nodes)``
         the draft trees; the flat form is int32 ``[N]``, ``[N]``, ``[B+1]`` (see ``verispec.pack_trees``).
+        ``DraftTree.probs`` is not read here: pass ``draft_probs`` (`generate` builds it from the trees).
     mode : {"greedy", "exact", "typical"}
         see the module docstring. ``typical`` is lossy.
     draft_probs : torch.Tensor, optional
