@@ -347,3 +347,22 @@ def test_siblings_without_replacement_with_plain_rows_is_biased():
     tg = ToyTarget(4, 2, gen, scale=1.5)
     seqs = _run(tg, [-1, -1, 0, 1], _without_replacement_drafter(tg, gen, honest=False))
     assert fit(seqs, 4, tg.expected()) < P_MIN
+
+
+@pytest.mark.parametrize("drafter", ["draft_probs", "masked_tokens"])
+def test_neg_inf_masked_target(drafter):
+    """-inf logits (HF processors' masks) in every row: token 0 always, token 3 in every other row.
+    With a draft model, and with deterministic drafts that always propose a masked token (argmin), the
+    emitted sequences follow the masked target and never contain a masked token."""
+    gen = torch.Generator().manual_seed(13)
+    tg = ToyTarget(6, 2, gen)
+    tg.L[:, 0] = float("-inf")
+    tg.L[::2, 3] = float("-inf")
+    if drafter == "draft_probs":
+        draft = model_drafter(tg, gen)
+    else:
+        def draft(plen, pcode, j):
+            return tg.L[tg.row(plen, pcode)].argmin(1), None
+    seqs = _run(tg, TREE_DUP, draft, temperature=0.8, top_k=4)
+    expected = tg.expected(0.8, 4)
+    assert fit(seqs, 6, expected) > P_MIN
