@@ -48,16 +48,16 @@ def test_old_driver_is_reported(monkeypatch):
                            cuda_driver_version=lambda: 12040)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(_backends._native, "native", lambda: fake)
-    _backends._cuda_driver_problem.cache_clear()
-    try:
-        msg = _backends._cuda_driver_problem()
-    finally:
+
+    def problem():
         _backends._cuda_driver_problem.cache_clear()
+        try:
+            return _backends._cuda_driver_problem()
+        finally:
+            _backends._cuda_driver_problem.cache_clear()
+
+    msg = problem()
     assert "built with CUDA 13.0" in msg and "supports CUDA 12.4" in msg
     fake.cuda_driver_version = lambda: 13000  # a new enough driver: not blamed
-    _backends._cuda_driver_problem.cache_clear()
-    try:
-        msg = _backends._cuda_driver_problem()
-    finally:
-        _backends._cuda_driver_problem.cache_clear()
+    msg = problem()
     assert "sees none" in msg and "update the NVIDIA driver" not in msg

@@ -17,7 +17,7 @@ import json
 import pytest
 from _triton_aot import SM90_MAX_SHARED, SPILL_TOLERANCE, run_in_child
 
-triton = pytest.importorskip("triton")
+pytest.importorskip("triton")
 
 # (Hq, Hkv, D): Llama-3-8B, Qwen2-7B-like (G = 7), MHA at D = 64, Gemma-2-9B (D = 256).
 HEADS = [(32, 8, 128), (28, 4, 128), (12, 12, 64), (16, 8, 256)]
@@ -101,12 +101,10 @@ def compile_everything():
     variant (with the first label that needed it)."""
     from _triton_aot import compile_many, specialize
 
-    modules = {"_tree_attention_kernel": "verispec.triton_kernels.tree_attention",
-               "_combine_kernel": "verispec.triton_kernels.tree_attention",
-               "_commit_kv_kernel": "verispec.triton_kernels.commit_kv"}
-    variants = {}
+    variants, modules = {}, {}
     for label, fn, args, kwargs in itertools.chain(_tree_attention_calls(), _commit_calls()):
         variants.setdefault(specialize(fn, args, kwargs), label)
+        modules[fn.__name__] = fn.__module__
     jobs = [(modules[key[0]], key) for key in variants]
     for key, c in zip(variants, compile_many(jobs)):
         label = variants[key]
@@ -115,7 +113,6 @@ def compile_everything():
                               options=dict(key[4]))), flush=True)
 
 
-@pytest.mark.skipif(triton is None, reason="triton is not installed")
 def test_tree_attention_and_commit_compile_for_sm90():
     rows = [json.loads(line) for line in run_in_child("test_triton_compile_sm90", "compile_everything").splitlines()
             if line.startswith("{")]

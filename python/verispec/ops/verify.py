@@ -146,7 +146,7 @@ def filter_thresholds(
     if top_k is None and top_p is None:
         return thr
     # About ten [rows, V] float32 temporaries per chunk: bounded to ~2^26 elements each, so B=256 x K=64
-    # rows of a 151936-id vocabulary (2.5e9 logits) need ~3 GB, not ~100 GB. Host-known sizes: no sync.
+    # rows of a 151936-id vocabulary (2.5e9 logits) need ~2.7 GB by arithmetic, not ~100 GB. Host-known sizes: no sync.
     step = max(1, (1 << 26) // max(V, 1))
     for r0 in range(0, R, step):
         r1 = min(R, r0 + step)
