@@ -52,7 +52,7 @@ wheel: deps
 	$(PIP) wheel --no-build-isolation --no-deps -w dist .
 
 lint: deps
-	$(BIN)/ruff check python triton_kernels tests bench
+	$(BIN)/ruff check python tests bench
 
 info: build
 	$(BIN)/verispec info

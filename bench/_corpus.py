@@ -36,11 +36,11 @@ def smollm2_gguf() -> Path:
 
 
 def smollm2_tokenizer():
-    """SmolLM2's tokenizer as a `verispec._datastore_tokenize.TextEncoder`.
+    """SmolLM2's tokenizer as a `verispec.datastore.tokenize.TextEncoder`.
 
     Converting the GGUF vocabulary takes seconds, so the result is cached as tokenizer.json.
     """
-    from verispec._datastore_tokenize import TextEncoder, load_tokenizer
+    from verispec.datastore.tokenize import TextEncoder, load_tokenizer
 
     cached = CACHE / "smollm2-tokenizer.json"
     if cached.is_file():

@@ -82,8 +82,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     import verispec
-    from verispec.generate_cli import make_drafter
-    from verispec.hf.corpus import humaneval_prompts
+    from verispec.cli.generate import make_drafter
+    from verispec.corpus import humaneval_prompts
     from verispec.hf.loading import load_model
 
     model, tok = load_model(args.model, device=args.device)

@@ -276,7 +276,7 @@ def test_triton_kernel_malformed_paths_touch_nothing(rows, L):
     """On a GPU, lengths and rows are not checked on the host (that would sync): the kernel itself must
     keep malformed paths inside the request's slots. Every entry listed here must leave the cache alone
     (an unchecked destination L + i would land in the next head's memory)."""
-    from verispec.triton_kernels.commit_kv import commit_kv_fwd
+    from verispec.ops.triton.commit_kv import commit_kv_fwd
 
     cache = torch.randn(1, 2, 10, 16)
     before = cache.clone()
@@ -286,7 +286,7 @@ def test_triton_kernel_malformed_paths_touch_nothing(rows, L):
 
 def test_triton_kernel_malformed_path_moves_only_safe_rows():
     """[0, 2, 1, 5] at L = 2: row 2 > 1 moves to 3, row 1 < 2 stays, row 5 > 3 moves to 5; nothing else."""
-    from verispec.triton_kernels.commit_kv import commit_kv_fwd
+    from verispec.ops.triton.commit_kv import commit_kv_fwd
 
     cache = torch.randn(1, 1, 10, 4)
     want = cache.clone()
@@ -325,7 +325,7 @@ def test_pointer_table_lives_on_the_first_layer():
     """The per-layer offset table is made once per layer list and owned by the first layer (no global
     cache whose eviction could free a table a captured CUDA graph still reads)."""
     from verispec.ops._launch import _ATTR
-    from verispec.ops.commit_kv import commit_kv_triton
+    from verispec.ops.triton.commit_kv import commit_kv_triton
 
     layers = [torch.randn(1, 1, 8, 4) for _ in range(4)]
     lens, rows = torch.tensor([2], dtype=torch.int32), torch.tensor([[0, 3]], dtype=torch.int32)

@@ -1,4 +1,4 @@
-"""Datastore and PromptIndex drafting against the brute-force reference (verispec._datastore_reference).
+"""Datastore and PromptIndex drafting against the brute-force reference (verispec.datastore.reference).
 
 Tiny vocabularies make matches frequent, so trees are bushy and ties are common: exactly where
 counts, tie-breaks and the pruning of the best-first search can go wrong.
@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import verispec
-from verispec import _datastore_reference as ref
 from verispec.datastore import Datastore, PromptIndex
+from verispec.datastore import reference as ref
 
 SETTINGS = settings(max_examples=int(__import__("os").environ.get("VERISPEC_DS_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -77,7 +77,7 @@ def test_token_map_when_few_ids_are_used(tmp_path):
         ctx = [rng.choice(ids + [12345]) for _ in range(rng.randrange(1, 5))]
         a, b = ds.draft_arrays(ctx, budget=12), mem.draft_arrays(ctx, budget=12)
         assert a.tokens.tolist() == b.tokens.tolist() and a.parents.tolist() == b.parents.tolist()
-        from verispec import _datastore_reference as ref
+        from verispec.datastore import reference as ref
         want = ref.draft(docs, ctx, budget=12, min_count=2)
         assert a.tokens.tolist() == want[0] and a.parents.tolist() == want[1]
     # online additions with ids the file never saw

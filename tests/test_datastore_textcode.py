@@ -16,9 +16,9 @@ from _datastore_header import header, rewrite_header
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from verispec import _datastore_reference as ref
 from verispec._native import native
 from verispec.datastore import Datastore
+from verispec.datastore import reference as ref
 
 SETTINGS = settings(max_examples=int(os.environ.get("VERISPEC_DS_EXAMPLES", "150")), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 import torch
-from test_generate_utils import reference_greedy, tiny_model
+from _generate_utils import reference_greedy, tiny_model
 
 from verispec.cli import main
 

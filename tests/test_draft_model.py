@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _generate_utils import VOCAB, reference_greedy, tiny_model
 from scipy.stats import chisquare
 from test_generate_sampling import V, _exact_joint
-from test_generate_utils import VOCAB, reference_greedy, tiny_model
 
 import verispec
 from verispec import DraftModelDrafter, DraftTree

@@ -121,7 +121,8 @@ def test_draft_trees_are_valid_for_random_contexts():
 
 
 def test_trim_to_cost_keeps_the_best_prefix():
-    from verispec.drafters import cpu_row_cost, gpu_row_cost, trim_to_cost
+    from verispec.cost import cpu_row_cost, gpu_row_cost
+    from verispec.drafters import trim_to_cost
 
     t = DraftTree([1, 2, 3, 4, 5], [-1, 0, 1, 2, 3], [0.9, 0.8, 0.7, 0.1, 0.05])
     flat = lambda rows: 1.0  # noqa: E731  extra rows free: keep everything
@@ -137,7 +138,7 @@ def test_trim_to_cost_keeps_the_best_prefix():
 
 def test_retrieval_drafter_with_row_cost():
     from verispec import Datastore
-    from verispec.drafters import cpu_row_cost
+    from verispec.cost import cpu_row_cost
 
     ds = Datastore.from_documents([[10, 11, 12, 13, 14, 15, 16]] * 3, vocab_size=50)
     full = RetrievalDrafter(ds, budget=6, max_depth=6, prompt_lookup=False).propose([Context(0, [10, 11])])[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_generate_utils import VOCAB, OracleTreeDrafter, RandomTreeDrafter, reference_greedy, tiny_model
+from _generate_utils import VOCAB, OracleTreeDrafter, RandomTreeDrafter, reference_greedy, tiny_model
 
 import verispec
 from verispec import NoDrafter, PromptLookupDrafter
@@ -216,7 +216,7 @@ def test_stats_fields():
     s = out.stats
     assert s.steps >= 1 and s.new_tokens == 16
     assert abs(s.tokens_per_step - 16 / s.request_steps) < 1e-12
-    assert set(s.time_s) == {"prefill", "draft", "forward", "verify", "commit", "total"}
+    assert set(s.time_s) == {"prefill", "draft", "pack", "forward", "verify", "commit", "update", "total"}
     assert s.time_s["total"] >= sum(v for k, v in s.time_s.items() if k != "total") * 0.99
     assert "tokens/step" in s.summary()
     assert out.new_tokens[0].tolist() == out.sequences[0].tolist()[8:]
@@ -266,7 +266,7 @@ def _kernels_match_plain_decoding(backend: str, dtype: torch.dtype, device: str)
     4D-mask SDPA path, D = 64 (a head dim the CUDA kernels take). fp32: token-identical, and identical
     to HF ``generate``. fp16/bf16: the two attention paths round differently, so they may part at a
     near tie of the model's top-2 logits, and nowhere else."""
-    from test_generate_utils import assert_greedy_equal_up_to_ties
+    from _generate_utils import assert_greedy_equal_up_to_ties
 
     model = tiny_model("llama", dtype=dtype, head_dim=64).to(device)
     prompts = _prompts((9, 4, 13), seed=6)
@@ -309,7 +309,7 @@ def test_generate_is_the_function_after_submodule_import():
 
 def test_tie_check_rejects_a_real_divergence():
     """The near-tie allowance of the fp16/bf16 comparison cannot hide a wrong token."""
-    from test_generate_utils import assert_greedy_equal_up_to_ties
+    from _generate_utils import assert_greedy_equal_up_to_ties
 
     model = tiny_model("llama", head_dim=64)
     prompt = [3, 1, 4, 1, 5]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_generate_utils import VOCAB, tiny_model
+from _generate_utils import VOCAB, tiny_model
 
 import verispec
 from verispec import DraftTree, NoDrafter

@@ -12,8 +12,8 @@ import random
 
 import pytest
 import torch
+from _generate_utils import RandomTreeDrafter, tiny_model
 from scipy.stats import chisquare
-from test_generate_utils import RandomTreeDrafter, tiny_model
 
 import verispec
 from verispec import DraftTree

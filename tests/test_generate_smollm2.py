@@ -29,14 +29,14 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def datastore(smollm2):
-    from verispec.hf.corpus import stdlib_datastore
+    from verispec.corpus import stdlib_datastore
 
     return stdlib_datastore(smollm2[1])
 
 
 @pytest.mark.parametrize("attention", ["mask", "tree"])
 def test_smollm2_humaneval_greedy_identity(smollm2, datastore, attention):
-    from verispec.hf.corpus import humaneval_prompts
+    from verispec.corpus import humaneval_prompts
 
     model, tok = smollm2
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.vocab_size == 49152

@@ -1,5 +1,5 @@
 """`pip wheel .` must produce an installable wheel with the native core inside the package and the Triton
-kernels as verispec.triton_kernels (never a top-level `triton_kernels`, a name another project owns)."""
+kernels as verispec.ops.triton (never a top-level `triton_kernels`, a name another project owns)."""
 
 import os
 import subprocess
@@ -23,7 +23,8 @@ def test_pip_wheel_builds_an_installable_wheel(tmp_path):
     (wheel,) = tmp_path.glob("verispec-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("verispec/_C.") and n.endswith(".so") for n in names), names
-    assert "verispec/triton_kernels/__init__.py" in names
+    for op in ("verify", "tree_attention", "commit_kv"):
+        assert f"verispec/ops/triton/{op}.py" in names and f"verispec/ops/cuda/{op}.py" in names
     assert "verispec/__init__.py" in names
     assert not [n for n in names if n.startswith("triton_kernels/")], "triton_kernels leaked to top level"
     # Install into a throwaway target dir and import from there, away from the checkout.
@@ -31,7 +32,7 @@ def test_pip_wheel_builds_an_installable_wheel(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True)
     code = (
-        "import verispec, verispec._C as C, verispec.triton_kernels as tk;"
+        "import verispec, verispec._C as C, verispec.ops.triton as tk;"
         f"assert verispec.__file__.startswith({str(target)!r}), verispec.__file__;"
         "print(C.op_families)"
     )

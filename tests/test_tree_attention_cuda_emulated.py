@@ -174,7 +174,8 @@ def commit_launcher(lib):
 
 
 def run_emulated(lib, case: Case, *, num_splits: int, paged_block: int = 0) -> torch.Tensor:
-    from verispec.ops.tree_attention import _cuda_launch, positions_from_ancestors
+    from verispec.ops.cuda.tree_attention import cuda_launch as _cuda_launch
+    from verispec.ops.tree_attention import positions_from_ancestors
 
     args = list(case.args())
     table = None
@@ -233,7 +234,7 @@ def test_emulated_cuda_kernel_catches_a_wrong_mask(emu_lib):
 def test_emulated_cuda_commit_matches_reference(emu_lib, paged):
     from test_commit_kv import expected_contiguous, from_paged, make_batch, to_paged
 
-    from verispec.ops.commit_kv import _cuda_launch
+    from verispec.ops.cuda.commit_kv import cuda_launch as _cuda_launch
 
     rng = random.Random(int(paged))
     prefix, tree, P = [4, 0, 9], [12, 3, 40], 20  # P > 16: two staging chunks
@@ -283,7 +284,7 @@ def test_emulated_cuda_clamps_device_side_lengths(emu_lib, paged_block):
     length read the next row's mask words and changed every row of the request)."""
     from test_tree_attention import hostile_lengths
 
-    from verispec.ops.tree_attention import _cuda_launch
+    from verispec.ops.cuda.tree_attention import cuda_launch as _cuda_launch
 
     case = Case([8, 5], [31, 20], 2, 2, 128, dtype=torch.float16, seed=11)  # G = 1: one 64-row tile spans T
     args, table, out, p = hostile_lengths(case, paged_block)
@@ -294,7 +295,7 @@ def test_emulated_cuda_clamps_device_side_lengths(emu_lib, paged_block):
 @pytest.mark.parametrize("rows,L", [([[0, -1, 0]], 9), ([[0, 5]], 8), ([[0, 1, 1, 2]], 6)])
 def test_emulated_cuda_commit_malformed_paths_touch_nothing(emu_lib, rows, L):
     """The CUDA commit kernel keeps malformed paths inside the request's slots (see moves())."""
-    from verispec.ops.commit_kv import _cuda_launch
+    from verispec.ops.cuda.commit_kv import cuda_launch as _cuda_launch
 
     cache = torch.randn(1, 2, 10, 16).to(torch.bfloat16)
     before = cache.clone()

@@ -12,7 +12,7 @@ import torch
 from test_tree_attention import TOL, Case, check_close, run
 
 from verispec.ops.tree_attention import _check
-from verispec.triton_kernels.tree_attention import tree_attention_fwd
+from verispec.ops.triton.tree_attention import tree_attention_fwd
 
 CPU_SHAPES = [
     # prefix lens, node counts, Hq, Hkv, D, kinds
@@ -188,7 +188,7 @@ _HAS_CUDA_BUILD = _native.built_with_cuda()
 def test_cuda_arguments_match_the_binding(paged, window):
     """Call the real binding with the Python-built arguments and batch forced to 0: every argument is
     converted and checked, nothing is launched (so this runs on a CPU-only machine)."""
-    from verispec.ops.tree_attention import _cuda_launch
+    from verispec.ops.cuda.tree_attention import cuda_launch as _cuda_launch
 
     case = Case([9, 20], [4, 7], 8, 2, 128, dtype=torch.float16, seed=1, window=window)
     args = list(case.args())
@@ -212,7 +212,7 @@ def test_cuda_arguments_match_the_binding(paged, window):
 
 @pytest.mark.skipif(not _HAS_CUDA_BUILD, reason="verispec built without CUDA kernels")
 def test_cuda_commit_arguments_match_the_binding():
-    from verispec.ops.commit_kv import _cuda_launch
+    from verispec.ops.cuda.commit_kv import cuda_launch as _cuda_launch
 
     caches = [torch.zeros(2, 3, 10, 8, dtype=torch.bfloat16) for _ in range(4)]
     pl = torch.tensor([1, 2], dtype=torch.int32)
@@ -228,7 +228,7 @@ def test_cuda_commit_arguments_match_the_binding():
 
 
 def test_cuda_backend_errors_on_cpu():
-    from verispec.ops.tree_attention import tree_attention_cuda
+    from verispec.ops.cuda.tree_attention import tree_attention_cuda
 
     case = Case([3], [2], 2, 1, 128, dtype=torch.float16)
     with pytest.raises(ValueError, match="needs CUDA tensors"):

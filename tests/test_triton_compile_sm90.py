@@ -32,7 +32,7 @@ def _tree_attention_calls():
     from test_tree_attention import Case
 
     from verispec.ops.tree_attention import _check
-    from verispec.triton_kernels import tree_attention as tk
+    from verispec.ops.triton import tree_attention as tk
 
     main, combine = Recorder(tk._tree_attention_kernel), Recorder(tk._combine_kernel)
     tk._tree_attention_kernel, tk._combine_kernel = main, combine
@@ -72,8 +72,8 @@ def _commit_calls():
     import torch
     from _triton_aot import Recorder
 
-    from verispec.ops.commit_kv import commit_kv_triton
-    from verispec.triton_kernels import commit_kv as ck
+    from verispec.ops.triton import commit_kv as ck
+    from verispec.ops.triton.commit_kv import commit_kv_triton
 
     rec = Recorder(ck._commit_kv_kernel)
     ck._commit_kv_kernel = rec

@@ -21,20 +21,8 @@ def _logits_with_argmax(argmaxes, V, dtype=torch.float32, seed=0):
 
 
 def _problem(logits, trees, **kw):
-    """The normalised problem verify() hands to backends (reuses verify's own checks)."""
-    captured = {}
-
-    def grab(problem):
-        captured["p"] = problem
-        return vmod.verify_torch(problem)
-
-    orig = vmod._backends.resolve
-    vmod._backends.resolve = lambda op, backend, dev: ("torch", grab)
-    try:
-        vmod.verify(logits, trees, backend="torch", **kw)
-    finally:
-        vmod._backends.resolve = orig
-    return captured["p"]
+    """The normalised problem verify() hands to backends."""
+    return vmod.verify_problem(logits, trees, **kw)
 
 
 def test_greedy_golden_two_requests():

@@ -14,8 +14,8 @@ import torch
 from _verify_inputs import max_draw_boost, peaked_logits, random_trees
 
 import verispec
-from verispec import DraftTree
-from verispec.ops import _philox
+from verispec import DraftTree, _backends
+from verispec.ops import _launch, _philox
 from verispec.ops import verify as vmod
 
 HAS_GPU = torch.cuda.is_available()
@@ -35,20 +35,13 @@ def _random_trees(rng, B, V, max_nodes, dup=True):
 
 def _capture(logits, trees, **kw):
     """verify()'s normalised problem, to feed the reference and a backend the very same inputs."""
-    box = {}
-    orig = vmod._backends.resolve
-    vmod._backends.resolve = lambda op, backend, dev: ("torch", lambda p: box.setdefault("p", p) and None)
-    try:
-        vmod.verify(logits, trees, backend="torch", **kw)
-    finally:
-        vmod._backends.resolve = orig
-    return box["p"]
+    return vmod.verify_problem(logits, trees, **kw)
 
 
 def _compare(backend, logits, trees, **kw):
     pr = _capture(logits, trees, **kw)
     ref = vmod.verify_reference(pr)
-    fn = {"triton": vmod.verify_triton, "cuda": vmod.verify_cuda}[backend]
+    fn = _backends._load(_backends.IMPLEMENTATIONS["verify"][backend])
     got = fn(pr)
     for name in ("tokens", "accepted_nodes", "num_accepted"):
         a, b = getattr(ref, name).cpu(), getattr(got, name).cpu()
@@ -153,16 +146,11 @@ def test_real_vocab_sizes(backend, V):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_outputs_fully_written(backend, monkeypatch):
     """Poison every buffer the kernels fill: a missing store shows up as -7777 or NaN."""
-    if backend == "triton":
-        import verispec.triton_kernels.verify as tk
+    def poisoned(*shape, dtype, device):
+        t = torch.empty(*shape, dtype=dtype, device=device)
+        return t.fill_(float("nan") if dtype.is_floating_point else -7777)
 
-        def poisoned(*shape, dtype, device):
-            t = torch.empty(*shape, dtype=dtype, device=device)
-            return t.fill_(float("nan") if dtype.is_floating_point else -7777)
-
-        monkeypatch.setattr(tk, "_alloc", poisoned)
-    else:
-        monkeypatch.setattr(vmod, "_cuda_alloc", lambda *s, dtype, device: torch.full(s, -7777, dtype=dtype, device=device))
+    monkeypatch.setattr(_launch, "workspace", poisoned)
     rng, gen = random.Random(60), torch.Generator().manual_seed(60)
     trees = _random_trees(rng, 5, 30, 6) + [DraftTree.empty()]
     for mode in ("greedy", "exact", "typical"):
@@ -174,7 +162,7 @@ try:
     import triton
     import triton.language as tl
 
-    from verispec.triton_kernels.verify import _exponential, _uniform
+    from verispec.ops.triton.verify import _exponential, _uniform
 except ImportError:  # pragma: no cover - triton is a test dependency
     triton = None
 
@@ -312,7 +300,7 @@ def _compile_all_for_sm90():
 
     from _triton_aot import compile_sm90
 
-    from verispec.triton_kernels import verify as tk
+    from verispec.ops.triton import verify as tk
 
     f, i, l = "*fp32", "*i32", "*i64"
 
@@ -436,7 +424,7 @@ def test_neg_inf_masks_over_whole_blocks(backend):
 def test_triton_split_race_matches_reference(monkeypatch):
     """The GPU's race splits a row into 4096-id chunks (one program each) and merges them; on CPU the
     launcher uses one chunk per row, so force the GPU chunking in the interpreter."""
-    from verispec.triton_kernels import verify as tk
+    from verispec.ops.triton import verify as tk
 
     monkeypatch.setattr(tk, "_RACE_CHUNK", 4096)
     rng, gen = random.Random(31), torch.Generator().manual_seed(31)

@@ -4,7 +4,7 @@ csrc/sampling/verify.cu is compiled with g++ together with csrc/attention/cuda_e
 thread a fiber, barriers and warp exchanges emulated, warps randomly held back) plus the few primitives
 verify.cu needs beyond the attention kernels (blockDim, shfl.down / shfl.idx, __ldg, __umulhi,
 __uint2float_rn), defined in the driver below. The Python glue is the real one
-(`verispec.ops.verify._verify_cuda_launch` makes the same call it makes into `verispec._C`). Integer
+(`verispec.ops.cuda.verify.verify_cuda_launch` makes the same call it makes into `verispec._C`). Integer
 outputs must equal the reference's, draw for draw (same Philox numbers). This checks index arithmetic,
 the walk, reductions, barriers and the Philox device code; only a GPU shows timing, the memory model
 beyond the emulator's and the device libm's last bits.
@@ -23,6 +23,7 @@ from test_verify_backends import _capture, _random_trees
 
 from verispec import DraftTree
 from verispec.ops import verify as vmod
+from verispec.ops.cuda.verify import verify_cuda_launch
 
 DRIVER = r"""
 #include <cuda_runtime.h>
@@ -131,7 +132,7 @@ def emu_C(tmp_path_factory):
 def _compare(C, logits, trees, **kw):
     pr = _capture(logits, trees, **kw)
     ref = vmod.verify_reference(pr)
-    got = vmod._verify_cuda_launch(pr, C, 0)
+    got = verify_cuda_launch(pr, C, 0)
     for name in ("tokens", "accepted_nodes", "num_accepted"):
         a, b = getattr(ref, name), getattr(got, name)
         assert torch.equal(a, b), f"{name}: reference {a.tolist()} vs emulated CUDA {b.tolist()}"
@@ -247,7 +248,7 @@ def test_emulated_harness_can_fail(emu_C, monkeypatch):
     from dataclasses import replace
 
     shifted = replace(pr, offset=pr.offset + 1)
-    got = vmod._verify_cuda_launch(shifted, emu_C, 0)
+    got = verify_cuda_launch(shifted, emu_C, 0)
     assert not torch.equal(ref.tokens, got.tokens)
 
 

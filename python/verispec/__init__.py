@@ -33,7 +33,7 @@ _LAZY = {
     "NoDrafter": "verispec.drafters",
     "RetrievalDrafter": "verispec.drafters",
     "PromptLookupDrafter": "verispec.drafters",
-    "DraftModelDrafter": "verispec.draft_model",
+    "DraftModelDrafter": "verispec.drafters.draft_model",
     # backends
     "backends": "verispec._backends",
     "backend_report": "verispec._backends",

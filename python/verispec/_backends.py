@@ -1,5 +1,8 @@
-"""Backend registry: every op has a `torch` reference and optional `triton` and `cuda` implementations
-with one signature. `resolve(op, backend, device)` returns the implementation to call.
+"""Backend registry: every op has a `torch` reference and optional `triton` and `cuda` implementations,
+registered alike (``verispec/ops/<op>.py``, ``ops/triton/<op>.py``, ``ops/cuda/<op>.py``) and called
+with one contract per op: `verify` backends take a `VerifyProblem` (from `verify_problem`), the
+`tree_attention` and `commit_kv` backends take the op's public signature without ``backend``.
+`resolve(op, backend, device)` returns the implementation to call.
 
 `backend="auto"` picks, in order cuda → triton → torch, the first implementation that is available
 on the tensors' device *and* verified on this device class (see `_verified.py`). A GPU path that has
@@ -20,22 +23,22 @@ from verispec._verified import VERIFIED
 
 BACKENDS = ("cuda", "triton", "torch")
 
-# op -> backend -> "module:function". The functions share the op's public signature.
+# op -> backend -> "module:function".
 IMPLEMENTATIONS: dict[str, dict[str, str]] = {
     "verify": {
         "torch": "verispec.ops.verify:verify_torch",
-        "triton": "verispec.ops.verify:verify_triton",
-        "cuda": "verispec.ops.verify:verify_cuda",
+        "triton": "verispec.ops.triton.verify:verify_triton",
+        "cuda": "verispec.ops.cuda.verify:verify_cuda",
     },
     "tree_attention": {
         "torch": "verispec.ops.tree_attention:tree_attention_torch",
-        "triton": "verispec.ops.tree_attention:tree_attention_triton",
-        "cuda": "verispec.ops.tree_attention:tree_attention_cuda",
+        "triton": "verispec.ops.triton.tree_attention:tree_attention_triton",
+        "cuda": "verispec.ops.cuda.tree_attention:tree_attention_cuda",
     },
     "commit_kv": {
         "torch": "verispec.ops.commit_kv:commit_kv_torch",
-        "triton": "verispec.ops.commit_kv:commit_kv_triton",
-        "cuda": "verispec.ops.commit_kv:commit_kv_cuda",
+        "triton": "verispec.ops.triton.commit_kv:commit_kv_triton",
+        "cuda": "verispec.ops.cuda.commit_kv:commit_kv_cuda",
     },
 }
 

@@ -16,6 +16,7 @@ is empty and a step is plain one-token decoding through the same code path: that
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,15 +24,16 @@ from typing import Any, Optional, Union
 
 import torch
 
-from verispec.drafters import Accepted, Context, NoDrafter
-from verispec.hf.attention import TreeMeta
+from verispec.drafters.base import Accepted, Context, NoDrafter
 from verispec.hf.model import TreeModel
 from verispec.ops.commit_kv import path_rows_from_accepted
-from verispec.ops.tree_buffers import tree_buffers
-from verispec.ops.verify import verify
+from verispec.ops.tree_buffers import TreeBuffers, tree_buffers
+from verispec.ops.verify import VerifyResult, verify
 from verispec.tree import DraftTree, pack_trees
 
 __all__ = ["generate", "GenerateOutput", "GenerateStats"]
+
+PHASES = ("prefill", "draft", "pack", "forward", "verify", "commit", "update")
 
 Prompts = Union[torch.Tensor, Sequence[int], Sequence[Sequence[int]], Sequence[torch.Tensor]]
 
@@ -47,7 +49,10 @@ class GenerateStats:
     new_tokens : tokens generated, all requests together.
     accepted_hist : ``accepted_hist[k]`` = request-steps that accepted ``k`` draft tokens.
     draft_nodes : draft nodes verified, all steps and requests together.
-    time_s : seconds spent in ``prefill``, ``draft``, ``forward``, ``verify``, ``commit`` and ``total``.
+    time_s : seconds per phase: ``prefill``, ``draft`` (drafter.propose), ``pack`` (trees to device
+        tensors), ``forward``, ``verify`` (acceptance and the step's one device-to-host copy), ``commit``
+        (K/V of the accepted paths), ``update`` (bookkeeping, drafter.update, finished requests) and
+        ``total``. Exact per phase on a GPU only with ``generate(..., profile=True)``.
     """
 
     steps: int = 0
@@ -56,8 +61,19 @@ class GenerateStats:
     accepted_hist: list[int] = field(default_factory=list)
     draft_nodes: int = 0
     time_s: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(("prefill", "draft", "forward", "verify", "commit", "total"), 0.0)
+        default_factory=lambda: dict.fromkeys(PHASES + ("total",), 0.0)
     )
+
+    def record(self, accepted: Sequence[Accepted], draft_nodes: int) -> None:
+        """Count one step."""
+        for a in accepted:
+            while len(self.accepted_hist) <= a.num_accepted:
+                self.accepted_hist.append(0)
+            self.accepted_hist[a.num_accepted] += 1
+            self.new_tokens += len(a.tokens)
+        self.steps += 1
+        self.request_steps += len(accepted)
+        self.draft_nodes += draft_nodes
 
     @property
     def tokens_per_step(self) -> float:
@@ -77,7 +93,7 @@ class GenerateStats:
 
     def summary(self) -> str:
         t = self.time_s
-        parts = ", ".join(f"{k} {t[k]:.2f}s" for k in ("prefill", "draft", "forward", "verify", "commit"))
+        parts = ", ".join(f"{k} {t[k]:.2f}s" for k in PHASES)
         return (
             f"{self.new_tokens} tokens in {self.steps} steps: {self.tokens_per_step:.2f} tokens/step, "
             f"{self.tokens_per_second:.1f} tokens/s ({t['total']:.2f}s: {parts}); "
@@ -223,11 +239,13 @@ def _draft_probs(trees: Sequence[DraftTree], tokens: torch.Tensor, V: int, dev) 
 
 
 class _Clock:
-    """Accumulates wall time per phase; on CUDA it synchronises so phases are not blurred."""
+    """Wall time per phase. Synchronises the device at every lap only when profiling (``profile=True``
+    or ``VERISPEC_PROFILE=1``): otherwise GPU work is asynchronous and a phase's time is the host's,
+    blurred into whichever later phase waits for the device; the total is exact either way."""
 
-    def __init__(self, stats: GenerateStats, device: torch.device):
+    def __init__(self, stats: GenerateStats, device: torch.device, profile: bool):
         self.t = stats.time_s
-        self.sync = device.type == "cuda"
+        self.sync = profile and device.type == "cuda"
         self.last = time.perf_counter()
 
     def lap(self, phase: str) -> None:
@@ -236,6 +254,40 @@ class _Clock:
         now = time.perf_counter()
         self.t[phase] += now - self.last
         self.last = now
+
+
+@dataclass
+class _Batch:
+    """One step's draft trees, packed: the flat ragged form for `verify`, the padded verification rows
+    for the forward, and the sizes the host already knows (so nothing below asks the device for them)."""
+
+    flat: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # tokens [N], parents [N], cu_nodes [B+1], int32
+    ids: torch.Tensor  # int64 [B, T]: root then node tokens per request, 0-padded
+    tree_lens: torch.Tensor  # int32 [B]: rows per request (root + nodes)
+    buffers: TreeBuffers
+    max_depth: int
+
+
+def _pack(trees: Sequence[DraftTree], roots: Sequence[int], dev: torch.device, V: int) -> _Batch:
+    """Pack on the host, then copy to the device once (plus the tree buffers, computed there)."""
+    tokens, parents, cu_nodes = pack_trees(trees, device="cpu", vocab_size=V)
+    T = 1 + max(len(t) for t in trees)
+    ids = torch.zeros(len(trees), T, dtype=torch.long)
+    ids[:, 0] = torch.tensor(roots, dtype=torch.long)
+    for b, t in enumerate(trees):
+        ids[b, 1 : 1 + len(t)] = t.tokens
+    max_depth = max(t.max_depth() for t in trees)
+    flat = tuple(x.to(dev, non_blocking=True) for x in (tokens, parents, cu_nodes))
+    tree_lens = (cu_nodes[1:] - cu_nodes[:-1] + 1).to(dev, non_blocking=True)
+    bufs = tree_buffers(flat[1], flat[2], max_rows=T, validate=False)  # pack_trees validated every tree
+    return _Batch(flat, ids.to(dev, non_blocking=True), tree_lens, bufs, max_depth)
+
+
+def _fetch(res: VerifyResult, finite: torch.Tensor) -> tuple[list[int], list[list[int]], list[bool]]:
+    """The step's one device-to-host copy: per request the accepted count, the emitted tokens and
+    whether its logits were all finite."""
+    host = torch.cat([res.num_accepted.view(-1, 1), finite.view(-1, 1).to(torch.int32), res.tokens], dim=1).tolist()
+    return [r[0] for r in host], [r[2:] for r in host], [bool(r[1]) for r in host]
 
 
 # -- the loop -------------------------------------------------------------------------------------------------
@@ -255,6 +307,7 @@ def generate(
     *,
     attention: str = "auto",
     backend: str = "auto",
+    profile: Optional[bool] = None,
 ) -> GenerateOutput:
     """Generate with draft trees verified by the model: output identical to plain decoding.
 
@@ -275,6 +328,8 @@ def generate(
     seed : sampling seed (request ``b`` uses ``seed + b``); None draws one from torch's generator.
     attention : ``"auto"``, ``"tree"`` (verispec.tree_attention) or ``"mask"`` (4D-mask fallback).
     backend : op backend (``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"``).
+    profile : synchronise the device between phases so ``stats.time_s`` attributes GPU time exactly
+        (slower); None = the ``VERISPEC_PROFILE`` environment variable.
 
     Returns
     -------
@@ -299,95 +354,50 @@ def generate(
     eos = _eos_set(model, eos_token_id)
     if seed is None and temperature > 0:
         seed = int(torch.randint(0, 2**62, (1,)).item())
+    if profile is None:
+        profile = os.environ.get("VERISPEC_PROFILE", "") not in ("", "0")
     dev = target.device
 
     stats = GenerateStats()
-    clock = _Clock(stats, dev)
-    B = len(prompts)
+    clock = _Clock(stats, dev, profile)
     seqs = [list(p) for p in prompts]  # prompt + generated; the last token is the next root
-    cache = target.new_cache(B, max(len(p) for p in prompts) + max_new_tokens + 64)
+    cache = target.new_cache(len(prompts), max(len(p) for p in prompts) + max_new_tokens + 64)
     target.prefill(cache, prompts)
     if streamer is not None:
         streamer.put(torch.tensor([prompts[0]]))
-    begin = getattr(drafter, "begin", None)
-    if callable(begin):
-        begin([list(p) for p in prompts])
-    live = list(range(B))  # request ids, in cache row order
+    if callable(getattr(drafter, "begin", None)):
+        drafter.begin([list(p) for p in prompts])
+    live = list(range(len(prompts)))  # request ids, in cache row order
     clock.lap("prefill")
 
     while live:
-        # 1. draft
         trees = drafter.propose([Context(r, seqs[r]) for r in live])
         if len(trees) != len(live):
             raise ValueError(f"{type(drafter).__name__}.propose returned {len(trees)} trees for {len(live)} requests")
-        tokens, parents, cu_nodes = pack_trees(trees, device=dev, vocab_size=V)
-        bufs = tree_buffers(parents, cu_nodes, validate=False)  # pack_trees validated every tree
-        n = len(live)
-        T = bufs.max_rows
-        rows_req, rows_local = bufs.request.long(), bufs.local_rows()
-        node_rows = torch.ones(bufs.num_rows, dtype=torch.bool, device=dev)
-        node_rows[bufs.cu_rows[:-1].long()] = False
-        roots = torch.tensor([seqs[r][-1] for r in live], dtype=torch.long, device=dev)
-        ids = torch.zeros(n, T, dtype=torch.long, device=dev)
-        ids[:, 0] = roots
-        ids[rows_req[node_rows], rows_local[node_rows]] = tokens.long()
-        meta = TreeMeta(
-            prefix_lens=cache.prefix_lens,
-            tree_lens=(cu_nodes[1:] - cu_nodes[:-1] + 1).to(torch.int32),
-            ancestors=bufs.padded_ancestors(n, T),
-            positions=(cache.prefix_lens.view(-1, 1) + bufs.padded_depths(n, T)).to(torch.int32),
-            backend=backend,
-        )
         clock.lap("draft")
-
-        # 2. one forward over every tree row
-        logits = target.forward_tree(cache, ids, meta)[rows_req, rows_local]  # [sum(n_b + 1), V]
+        batch = _pack(trees, [seqs[r][-1] for r in live], dev, V)
+        clock.lap("pack")
+        logits = target.forward_tree(cache, batch.ids, batch.tree_lens, batch.buffers)  # [rows, V]
         clock.lap("forward")
-
-        # 3. verify
-        offsets = torch.tensor([len(seqs[r]) - len(prompts[r]) for r in live], dtype=torch.int64, device=dev)
-        q = _draft_probs(trees, tokens, V, dev) if temperature > 0 else None
-        res = verify(
-            logits, (tokens, parents, cu_nodes), mode="greedy" if temperature == 0 else "exact", draft_probs=q,
-            temperature=temperature, top_k=top_k, top_p=top_p, offset=offsets,
-            seed=None if seed is None else torch.tensor([seed + r for r in live], dtype=torch.int64, device=dev),
-            buffers=bufs, backend=backend, validate=False,
-        )
-        num_acc = res.num_accepted.tolist()
-        emitted = res.tokens.tolist()
+        res = verify(logits, batch.flat, buffers=batch.buffers, max_depth=batch.max_depth, validate=False,
+                     backend=backend, **_sampling(live, seqs, prompts, trees, batch, temperature, top_k, top_p, seed, V))
+        num_acc, emitted, finite = _fetch(res, _finite_requests(logits, batch.buffers, len(live)))
         clock.lap("verify")
-
-        # 4. commit the accepted path's K/V, then bookkeeping
-        cache.commit(path_rows_from_accepted(res.accepted_nodes, res.num_accepted), backend=backend)
-        accepted, keep = [], []
-        for i, r in enumerate(live):
-            k = num_acc[i]
-            new = emitted[i][: k + 1]
-            room = max_new_tokens - (len(seqs[r]) - len(prompts[r]))
-            new = new[:room]
-            stop = next((j for j, t in enumerate(new) if t in eos), None)
-            if stop is not None:
-                new = new[: stop + 1]
-            seqs[r].extend(new)
-            finished = stop is not None or len(new) == room
-            accepted.append(Accepted(r, new, k, finished))
-            if not finished:
-                keep.append(i)
-            while len(stats.accepted_hist) <= k:
-                stats.accepted_hist.append(0)
-            stats.accepted_hist[k] += 1
-            stats.new_tokens += len(new)
-        stats.steps += 1
-        stats.request_steps += n
-        stats.draft_nodes += int(tokens.numel())
+        _raise_if_not_finite(finite, live, stats.steps)
+        cache.commit(path_rows_from_accepted(res.accepted_nodes, res.num_accepted), num_acc, backend=backend)
+        clock.lap("commit")
+        accepted = [_emit(seqs[r], len(prompts[r]), emitted[i][: num_acc[i] + 1], num_acc[i], r, max_new_tokens, eos)
+                    for i, r in enumerate(live)]
+        stats.record(accepted, len(batch.flat[0]))
         drafter.update(accepted)
         if streamer is not None and accepted[0].tokens:
             streamer.put(torch.tensor(accepted[0].tokens))
-        if len(keep) != n:
+        keep = [i for i, a in enumerate(accepted) if not a.finished]
+        if len(keep) != len(live):
             live = [live[i] for i in keep]
             if live:
                 cache.select(keep)
-        clock.lap("commit")
+        clock.lap("update")
 
     if streamer is not None:
         streamer.end()
@@ -395,3 +405,47 @@ def generate(
     out_dev = input_ids.device if isinstance(input_ids, torch.Tensor) else torch.device("cpu")
     sequences = [torch.tensor(s, dtype=torch.long, device=out_dev) for s in seqs]
     return GenerateOutput(sequences, stats, [len(p) for p in prompts])
+
+
+# -- the step's pieces --------------------------------------------------------------------------------------
+def _sampling(live, seqs, prompts, trees, batch: _Batch, temperature, top_k, top_p, seed, V) -> dict[str, Any]:
+    """`verify`'s mode and sampling arguments for this step (greedy needs none)."""
+    if temperature == 0:
+        return {"mode": "greedy"}
+    dev = batch.ids.device
+    return dict(
+        mode="exact", temperature=temperature, top_k=top_k, top_p=top_p,
+        draft_probs=_draft_probs(trees, batch.flat[0], V, dev),
+        # Philox counters: request r's stream is keyed by seed + r and advanced by its tokens so far, so
+        # samples do not depend on batch order or on how many tokens earlier steps accepted.
+        seed=torch.tensor([seed + r for r in live], dtype=torch.int64).to(dev, non_blocking=True),
+        offset=torch.tensor([len(seqs[r]) - len(prompts[r]) for r in live], dtype=torch.int64).to(dev, non_blocking=True),
+    )
+
+
+def _finite_requests(logits: torch.Tensor, bufs: TreeBuffers, B: int) -> torch.Tensor:
+    """bool ``[B]`` on the device: request ``b``'s rows hold no NaN or +inf and are not all -inf (a row's
+    max propagates NaN, is +inf with any +inf and -inf only when every entry is)."""
+    bad_rows = (~torch.isfinite(logits.amax(dim=1))).to(torch.int32)
+    bad = torch.zeros(B, dtype=torch.int32, device=logits.device).index_add_(0, bufs.request.long(), bad_rows)
+    return bad == 0
+
+
+def _raise_if_not_finite(finite: list[bool], live: list[int], step: int) -> None:
+    if not all(finite):
+        r = live[finite.index(False)]
+        raise FloatingPointError(
+            f"verispec.generate: the model produced NaN or infinite logits for request {r} at step {step} "
+            "(check the model's dtype and weights; nothing was emitted for that step)"
+        )
+
+
+def _emit(seq: list[int], prompt_len: int, new: list[int], num_accepted: int, request: int, max_new_tokens: int,
+          eos: set[int]) -> Accepted:
+    """Append one step's tokens to a request (cut at ``max_new_tokens`` and after an EOS token)."""
+    new = new[: max_new_tokens - (len(seq) - prompt_len)]
+    stop = next((j for j, t in enumerate(new) if t in eos), None)
+    if stop is not None:
+        new = new[: stop + 1]
+    seq.extend(new)
+    return Accepted(request, new, num_accepted, stop is not None or len(seq) - prompt_len == max_new_tokens)

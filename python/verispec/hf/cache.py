@@ -9,7 +9,7 @@ the generate loop before each forward:
 
 * `plan_prefill(rows)`: the forward is the prompts of some requests of one length (no padding);
   their K/V go to indices ``0..n-1`` of their rows and attention sees only those (the model's own causal attention runs unchanged);
-* `plan_tree(prefix_lens, T)`: the forward is ``T`` verification rows per request; row ``t`` of request
+* `plan_tree(T)`: the forward is ``T`` verification rows per request; row ``t`` of request
   ``b`` goes to index ``prefix_lens[b] + t`` (the layout `verispec.tree_attention` reads) and attention
   receives the whole buffer, trimmed to the longest request.
 
@@ -18,8 +18,6 @@ and `select` drops finished requests from the batch.
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -152,35 +150,30 @@ class RaggedCache(Cache):
                     setattr(layer, name, new)
         self.capacity = new_cap
 
-    def commit(self, path_rows: torch.Tensor, backend: str = "auto") -> None:
+    def commit(self, path_rows: torch.Tensor, num_accepted: list[int], backend: str = "auto") -> None:
         """Move each request's accepted rows behind its prefix and extend its length.
 
-        path_rows : int32 ``[B, P]``: root row 0 then the accepted nodes' rows, ``-1`` padded.
+        path_rows : int32 ``[B, P]``: root row 0 then the accepted nodes' rows, ``-1`` padded (trusted:
+            built from `verify`'s output, so the host-side checks are skipped).
+        num_accepted : per request the accepted nodes (already on the host), so the host copy of the
+            lengths advances without reading the device.
         """
         keys = [l.keys for l in self.layers if l.is_initialized]
         values = [l.values for l in self.layers if l.is_initialized]
-        self.prefix_lens = commit_kv(keys, values, self.prefix_lens, path_rows, backend=backend)
-        self._host_lens = self.prefix_lens.tolist()
+        self.prefix_lens = commit_kv(keys, values, self.prefix_lens, path_rows, backend=backend, validate=False)
+        self._host_lens = [n + 1 + k for n, k in zip(self._host_lens, num_accepted)]
         self._plan = ("none",)
 
-    def select(self, keep: torch.Tensor | list[int]) -> None:
+    def select(self, keep: list[int]) -> None:
         """Keep only the requests at indices ``keep`` (in that order)."""
-        keep_t = torch.as_tensor(keep, dtype=torch.long, device=self.prefix_lens.device)
+        keep_t = torch.tensor(keep, dtype=torch.long).to(self.prefix_lens.device, non_blocking=True)
         for layer in self.layers:
             if layer.is_initialized:
                 layer.keys = layer.keys.index_select(0, keep_t)
                 layer.values = layer.values.index_select(0, keep_t)
         self.prefix_lens = self.prefix_lens.index_select(0, keep_t)
-        self._host_lens = [self._host_lens[i] for i in keep_t.tolist()]
+        self._host_lens = [self._host_lens[i] for i in keep]
         self.batch_size_ = len(self._host_lens)
-
-    @property
-    def host_lens(self) -> list[int]:
-        return list(self._host_lens)
 
     def reset_plan(self) -> None:
         self._plan = ("none",)
-
-    def kv(self, layer_idx: int) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        layer = self.layers[layer_idx]
-        return layer.keys, layer.values

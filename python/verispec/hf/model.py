@@ -15,6 +15,7 @@ import torch
 
 from verispec.hf.attention import ATTN_NAME, TreeMeta, tree_mask_4d, use_attention
 from verispec.hf.cache import RaggedCache
+from verispec.ops.tree_buffers import TreeBuffers
 
 __all__ = ["TreeModel", "check_model", "model_vocab_size"]
 
@@ -141,9 +142,18 @@ class TreeModel:
         cache.reset_plan()
 
     @torch.inference_mode()
-    def forward_tree(self, cache: RaggedCache, input_ids: torch.Tensor, meta: TreeMeta) -> torch.Tensor:
-        """Logits ``[B, T, V]`` of the padded verification rows ``input_ids [B, T]`` (int64)."""
-        T = input_ids.shape[1]
+    def forward_tree(self, cache: RaggedCache, input_ids: torch.Tensor, tree_lens: torch.Tensor,
+                     buffers: TreeBuffers) -> torch.Tensor:
+        """Logits ``[R, V]`` of every verification row (`TreeBuffers` row order: per request the root,
+        then its nodes) for the padded rows ``input_ids [B, T]`` (int64); no host synchronisation."""
+        B, T = input_ids.shape
+        meta = TreeMeta(
+            prefix_lens=cache.prefix_lens,
+            tree_lens=tree_lens,
+            ancestors=buffers.padded_ancestors(B, T),
+            positions=(cache.prefix_lens.view(-1, 1) + buffers.padded_depths(B, T)).to(torch.int32),
+            backend=self.backend,
+        )
         cache.plan_tree(T)
         position_ids = meta.positions.long()
         if self.attention == "tree":
@@ -155,7 +165,7 @@ class TreeModel:
             with use_attention(self.model, self._mask_impl):
                 out = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=True,
                                  attention_mask=self._masks(meta, kv_len), **{self._cache_kw: cache})
-        return out.logits
+        return out.logits[buffers.request.long(), buffers.local_rows()]
 
     def _masks(self, meta: TreeMeta, kv_len: int):
         cfg = self.config
@@ -170,6 +180,3 @@ class TreeModel:
             return masks
         use_window = window if getattr(cfg, "use_sliding_window", True) else None
         return tree_mask_4d(meta, kv_len, self.dtype, use_window)
-
-    def describe(self) -> str:
-        return f"{type(self.model).__name__} ({self.attention} attention, {self.dtype}, {self.device})"

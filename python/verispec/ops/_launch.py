@@ -3,6 +3,8 @@
 * `launches_on`: kernels (CUDA and Triton alike) launch on the *current* device. With tensors on
   ``cuda:1`` and ``cuda:0`` current (normal under ``device_map="auto"``) a launch would fail or run on
   the wrong device, so each backend entry point makes the tensors' device current for its duration.
+* `workspace`: every buffer a kernel backend fills is allocated through it, so tests can swap in a
+  poisoning allocator and catch entries a kernel never writes (one hook for every backend).
 * `device_table`: small device arrays derived from host integers (per-layer cache pointers or offsets).
   Copying them every call would synchronise the host and break CUDA-graph capture. A plain global LRU
   can evict a table (and its memory be reused) while a captured graph still reads it, so a table is
@@ -35,6 +37,11 @@ def launches_on(device_of: Callable[..., Any]):
         return inner
 
     return wrap
+
+
+def workspace(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Uninitialised output/workspace buffer for a kernel launch (tests replace this function)."""
+    return torch.empty(*shape, dtype=dtype, device=device)
 
 
 _ATTR = "_verispec_device_tables"

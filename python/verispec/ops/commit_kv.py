@@ -19,9 +19,8 @@ from typing import Optional, Union
 import torch
 
 from verispec import _backends
-from verispec.ops._launch import device_table, launches_on
 
-__all__ = ["commit_kv", "commit_kv_torch", "commit_kv_triton", "commit_kv_cuda", "path_rows_from_accepted"]
+__all__ = ["commit_kv", "commit_kv_torch", "path_rows_from_accepted"]
 
 Caches = Union[torch.Tensor, Sequence[torch.Tensor]]
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -148,27 +147,35 @@ def commit_kv_torch(
     path_rows: torch.Tensor,
     *,
     block_table: Optional[torch.Tensor] = None,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Reference KV commit (a loop over layers, vectorised over requests). See `commit_kv`."""
     caches, capacity = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
-    count = _check_values(prefix_lens, path_rows, capacity).to(prefix_lens.device)
-    valid = torch.arange(path_rows.shape[1], device=path_rows.device).view(1, -1) < count.view(-1, 1)
-    b_idx, i_idx = valid.nonzero(as_tuple=True)
-    base = prefix_lens.long()[b_idx]
-    src = base + path_rows.long()[b_idx, i_idx]
-    dst = base + i_idx
-    moved = src != dst
-    b_idx, src, dst = b_idx[moved], src[moved], dst[moved]
-    if b_idx.numel():
-        for cache in _unique(caches):
-            # Advanced indexing gathers the sources into a new tensor before any write: overlap-safe.
-            if block_table is None:
-                cache[b_idx, :, dst] = cache[b_idx, :, src]
-            else:
-                bs = cache.shape[1]
-                table = block_table.long()
-                cache[table[b_idx, dst // bs], dst % bs] = cache[table[b_idx, src // bs], src % bs]
-    return (prefix_lens.long() + count).to(torch.int32)
+    if validate:
+        _check_values(prefix_lens, path_rows, capacity)
+    B, P = path_rows.shape
+    if B == 0 or P == 0 or capacity == 0:
+        return _new_lengths(prefix_lens, path_rows)
+    # Every request moves P entries, no host sync: entry i of the path goes from L + path_rows[i] to
+    # L + i. Past the path's end (the -1 padding) entry i repeats the path's last move, so the extra
+    # writes store the very value the real one stores (duplicate indices, one value: deterministic).
+    count = (path_rows >= 0).to(torch.int64).cumprod(dim=1).sum(dim=1, keepdim=True)  # [B, 1]
+    i = torch.arange(P, device=path_rows.device).view(1, P)
+    last = torch.minimum(i, (count - 1).clamp_min(0))
+    base = prefix_lens.long().view(B, 1)
+    rows = torch.where(count > 0, path_rows.long().gather(1, last), 0)
+    src = (base + rows).clamp(0, capacity - 1)
+    dst = (base + last).clamp(0, capacity - 1)
+    b_idx = torch.arange(B, device=path_rows.device).view(B, 1).expand(B, P)
+    for cache in _unique(caches):
+        # Advanced indexing gathers the sources into a new tensor before any write: overlap-safe.
+        if block_table is None:
+            cache[b_idx, :, dst] = cache[b_idx, :, src]
+        else:
+            bs = cache.shape[1]
+            table = block_table.long()
+            cache[table[b_idx, dst // bs], dst % bs] = cache[table[b_idx, src // bs], src % bs]
+    return _new_lengths(prefix_lens, path_rows)
 
 
 def _unique(caches: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -197,25 +204,6 @@ def _device_of_lens(k_cache, v_cache, prefix_lens, *args, **kwargs):
     return getattr(prefix_lens, "device", None)
 
 
-@launches_on(_device_of_lens)
-def commit_kv_triton(
-    k_cache: Caches,
-    v_cache: Caches,
-    prefix_lens: torch.Tensor,
-    path_rows: torch.Tensor,
-    *,
-    block_table: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """Triton KV commit: one launch for all layers of one shape. See `commit_kv`."""
-    caches, capacity = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
-    if prefix_lens.device.type == "cpu":
-        _check_values(prefix_lens, path_rows, capacity)
-    from verispec.triton_kernels.commit_kv import commit_kv_fwd
-
-    return _commit_groups(caches, prefix_lens, path_rows, block_table,
-                          lambda group, lens, table: commit_kv_fwd(group, lens, path_rows, table))
-
-
 def _commit_groups(caches: list[torch.Tensor], prefix_lens, path_rows, block_table, launch_group) -> torch.Tensor:
     """The kernel backends' glue: ``launch_group(group, prefix_lens, block_table)`` once per group of
     same-shaped caches, with the lengths and block-table rows at unit stride (the kernels read them so);
@@ -225,52 +213,6 @@ def _commit_groups(caches: list[torch.Tensor], prefix_lens, path_rows, block_tab
     for group in _grouped(caches):
         launch_group(group, prefix_lens, block_table)
     return _new_lengths(prefix_lens, path_rows)
-
-
-def _cuda_launch(group: list[torch.Tensor], prefix_lens, path_rows, block_table, capacity: int, stream: int,
-                 launch) -> None:
-    """Turn one group of same-shaped caches into the arguments of ``_C.commit_kv_cuda``."""
-    B, P = path_rows.shape
-    first = group[0]
-    if block_table is not None:  # [blocks, page, Hkv, D] -> (block, head, slot, dim) strides
-        _, page, Hkv, D = first.shape
-        st = (first.stride(0), first.stride(2), first.stride(1), first.stride(3))
-    else:
-        _, Hkv, _, D = first.shape
-        page, st = 0, first.stride()
-    if D * first.element_size() > 1024:
-        _fail(f"backend='cuda' moves rows of at most 1024 bytes, got head dim {D} of {first.dtype}")
-    ptrs = device_table(first, tuple(t.data_ptr() for t in group), "commit_kv")
-    launch(
-        caches=ptrs.data_ptr(), num_caches=len(group), prefix_lens=prefix_lens.data_ptr(),
-        path_rows=path_rows.data_ptr(), block_table=block_table.data_ptr() if block_table is not None else 0,
-        batch=B, path_len=P, kv_heads=Hkv, head_dim=D, elem_size=first.element_size(), stride=st,
-        rows_stride=path_rows.stride(), bt_stride=block_table.stride(0) if block_table is not None else 0,
-        page_size=page, capacity=capacity, stream=stream,
-    )
-
-
-@launches_on(_device_of_lens)
-def commit_kv_cuda(
-    k_cache: Caches,
-    v_cache: Caches,
-    prefix_lens: torch.Tensor,
-    path_rows: torch.Tensor,
-    *,
-    block_table: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """CUDA KV commit: one launch for all layers of one shape. See `commit_kv`. Unverified on GPU."""
-    from verispec import _native
-
-    caches, capacity = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
-    if prefix_lens.device.type != "cuda":
-        _fail(f"backend='cuda' needs CUDA tensors, got {prefix_lens.device}")
-    stream = _native.cuda_stream_handle(prefix_lens.device)
-
-    def launch_group(group, lens, table):
-        _cuda_launch(group, lens, path_rows, table, capacity, stream, _native.native().commit_kv_cuda)
-
-    return _commit_groups(caches, prefix_lens, path_rows, block_table, launch_group)
 
 
 def _new_lengths(prefix_lens: torch.Tensor, path_rows: torch.Tensor) -> torch.Tensor:
@@ -286,6 +228,7 @@ def commit_kv(
     *,
     block_table: Optional[torch.Tensor] = None,
     backend: str = "auto",
+    validate: bool = True,
 ) -> torch.Tensor:
     """Move the accepted path's K/V right after each request's prefix, in every layer, in place.
 
@@ -303,6 +246,10 @@ def commit_kv(
     block_table : int32 ``[B, max_blocks]``, optional
         Selects the paged layout (see `tree_attention`).
     backend : ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``.
+    validate : bool
+        check the path rows' values on the host (it synchronises a GPU stream). With ``False`` the call
+        is free of host synchronisation; malformed rows are then clamped into the cache, never written
+        outside it.
 
     Returns
     -------
@@ -315,4 +262,4 @@ def commit_kv(
     """
     device = prefix_lens.device if isinstance(prefix_lens, torch.Tensor) else "cpu"
     _, impl = _backends.resolve("commit_kv", backend, device)
-    return impl(k_cache, v_cache, prefix_lens, path_rows, block_table=block_table)
+    return impl(k_cache, v_cache, prefix_lens, path_rows, block_table=block_table, validate=validate)

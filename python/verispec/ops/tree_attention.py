@@ -33,13 +33,10 @@ from typing import Optional
 import torch
 
 from verispec import _backends
-from verispec.ops._launch import launches_on
 
 __all__ = [
     "tree_attention",
     "tree_attention_torch",
-    "tree_attention_triton",
-    "tree_attention_cuda",
     "tree_mask_bits",
 ]
 
@@ -287,42 +284,21 @@ def tree_attention_torch(
     return result
 
 
-@launches_on(lambda q, *args, **kwargs: getattr(q, "device", None))
-def tree_attention_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    prefix_lens: torch.Tensor,
-    tree_lens: torch.Tensor,
-    ancestors: torch.Tensor,
-    positions: Optional[torch.Tensor] = None,
-    *,
-    scale: Optional[float] = None,
-    softcap: Optional[float] = None,
-    window: Optional[int] = None,
-    block_table: Optional[torch.Tensor] = None,
-    out: Optional[torch.Tensor] = None,
-    num_splits: Optional[int] = None,
-) -> torch.Tensor:
-    """Triton tree attention (split-KV, GQA-packed), the main GPU path. Same contract as `tree_attention`
-    (``num_splits`` overrides the split-KV heuristic, for benchmarks and tests). Unverified on GPU."""
-    # The length checks are free on the host; on a GPU they would sync.
-    p, positions = _prepare(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window,
-                            block_table, out, check_lengths=q.device.type == "cpu")
-    prefix_lens, tree_lens, block_table = _unit_stride(prefix_lens, tree_lens, block_table)
-    from verispec.triton_kernels.tree_attention import tree_attention_fwd
-
-    if out is None:
-        out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    return tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, out,
-                              num_splits=num_splits)
-
-
 def _unit_stride(prefix_lens, tree_lens, block_table):
     """The kernels index lengths and block-table rows with unit inner stride; copy the rare views."""
     if block_table is not None and block_table.stride(-1) != 1:
         block_table = block_table.contiguous()
     return prefix_lens.contiguous(), tree_lens.contiguous(), block_table
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (cached): the split heuristics size waves by it."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def split_count(programs: int, capacity: int, rows_padded: int, block_n: int, sms: int) -> int:
@@ -338,108 +314,6 @@ def split_count(programs: int, capacity: int, rows_padded: int, block_n: int, sm
     want = math.ceil(2 * sms / max(programs, 1))
     most = min(capacity // (4 * block_n), capacity // (16 * max(rows_padded, 1)), 64)
     return max(1, min(want, most))
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _cuda_num_splits(programs: int, capacity: int, rows_padded: int, device: torch.device) -> int:
-    """Same rule as the Triton launcher (`split_count`): ~2 waves, chunks >= 4 tiles of 64 keys, partials
-    under 1/8 of the K/V traffic."""
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    return split_count(programs, capacity, rows_padded, 64, sms)
-
-
-def _cuda_ready(name: str, t: torch.Tensor, elems: int) -> None:
-    """The CUDA kernel moves 16-byte (q/k/v) or 4-byte (out) vectors along D; say so when it cannot."""
-    bad = t.stride(-1) != 1 or any(s % elems for s in t.stride()[:-1]) or t.data_ptr() % (elems * t.element_size())
-    if bad:
-        _fail(f"backend='cuda' needs {name} with unit stride along D, other strides multiples of {elems} "
-              f"elements and a {elems * t.element_size()}-byte aligned start; got strides {t.stride()} "
-              f"(use backend='triton' or 'torch' for arbitrary layouts)")
-
-
-def _cuda_launch(q, k, v, prefix_lens, tree_lens, ancestors, positions, p: _Problem, block_table, result,
-                 num_splits: int, stream: int, launch) -> None:
-    """Turn validated tensors into the pointer/size/stride arguments of ``_C.tree_attention_cuda``."""
-    anc = ancestors if ancestors.stride(-1) == 1 else ancestors.contiguous()
-    G = p.Hq // p.Hkv
-    m_tiles = (G * p.T + 63) // 64
-    if num_splits > 1:  # partial outputs and log-sum-exps of every split, merged by the combine kernel
-        o_part = torch.empty(p.B * p.Hkv * num_splits * m_tiles * 64 * p.D, dtype=torch.float32, device=q.device)
-        lse_part = torch.empty(p.B * p.Hkv * num_splits * m_tiles * 64, dtype=torch.float32, device=q.device)
-        parts = (o_part.data_ptr(), lse_part.data_ptr())
-    else:
-        parts = (0, 0)
-    if p.paged:  # [blocks, page, Hkv, D] -> (block, head, slot) strides, the kernel's order
-        ks = (k.stride(0), k.stride(2), k.stride(1))
-        vs = (v.stride(0), v.stride(2), v.stride(1))
-        bt_ptr, bt_stride = block_table.data_ptr(), block_table.stride(0)
-    else:
-        ks, vs, bt_ptr, bt_stride = k.stride()[:3], v.stride()[:3], 0, 0
-    use_pos = positions is not None and p.window > 0
-    launch(
-        q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=result.data_ptr(), prefix_lens=prefix_lens.data_ptr(),
-        tree_lens=tree_lens.data_ptr(), ancestors=anc.data_ptr(), positions=positions.data_ptr() if use_pos else 0,
-        block_table=bt_ptr, o_part=parts[0], lse_part=parts[1], batch=p.B, q_heads=p.Hq, kv_heads=p.Hkv,
-        rows=p.T, head_dim=p.D, q_stride=q.stride()[:3], k_stride=ks, v_stride=vs, o_stride=result.stride()[:3],
-        anc_stride=anc.stride()[:2], pos_stride=positions.stride() if use_pos else (0, 0), bt_stride=bt_stride,
-        page_size=p.block_size, capacity=p.capacity, num_splits=num_splits, m_tiles=m_tiles, scale=p.scale,
-        softcap=p.softcap, window=p.window, bf16=q.dtype == torch.bfloat16, stream=stream,
-    )
-
-
-@launches_on(lambda q, *args, **kwargs: getattr(q, "device", None))
-def tree_attention_cuda(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    prefix_lens: torch.Tensor,
-    tree_lens: torch.Tensor,
-    ancestors: torch.Tensor,
-    positions: Optional[torch.Tensor] = None,
-    *,
-    scale: Optional[float] = None,
-    softcap: Optional[float] = None,
-    window: Optional[int] = None,
-    block_table: Optional[torch.Tensor] = None,
-    out: Optional[torch.Tensor] = None,
-    num_splits: Optional[int] = None,
-) -> torch.Tensor:
-    """CUDA tree attention, the hot path: fp16/bf16, D = 64/128/256, GQA, both layouts. Same contract as
-    `tree_attention` (``num_splits`` overrides the split-KV heuristic, for benchmarks and tests).
-    Unverified on GPU."""
-    from verispec import _native
-
-    p, positions = _prepare(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window,
-                            block_table, out, check_lengths=False)
-    if q.device.type != "cuda":
-        _fail(f"backend='cuda' needs CUDA tensors, got {q.device}")
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        _fail(f"backend='cuda' supports float16 and bfloat16, got {q.dtype} (use backend='triton' or 'torch')",
-              TypeError)
-    if p.D not in (64, 128, 256):
-        _fail(f"backend='cuda' supports head dims 64, 128 and 256, got {p.D} (use backend='triton')")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _cuda_ready(name, t, 8)
-    prefix_lens, tree_lens, block_table = _unit_stride(prefix_lens, tree_lens, block_table)
-    result = out
-    if out is None or out.stride(-1) != 1 or any(s % 2 for s in out.stride()[:-1]) or out.data_ptr() % 4:
-        result = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    if p.B == 0 or p.T == 0 or p.Hq == 0:
-        return result if out is None else out
-    G = p.Hq // p.Hkv
-    if num_splits is None:
-        m_tiles = (G * p.T + 63) // 64
-        num_splits = _cuda_num_splits(p.B * p.Hkv * m_tiles, p.capacity, m_tiles * 64, q.device)
-    _cuda_launch(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, result, num_splits,
-                 _native.cuda_stream_handle(q.device), _native.native().tree_attention_cuda)
-    if out is not None and result is not out:
-        out.copy_(result)
-        return out
-    return result
 
 
 def tree_attention(

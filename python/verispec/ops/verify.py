@@ -41,17 +41,16 @@ import torch
 
 from verispec import _backends
 from verispec.ops import _philox
-from verispec.ops._launch import launches_on
 from verispec.ops.tree_buffers import TreeBuffers, tree_buffers
 from verispec.tree import DraftTree, pack_trees, validate_packed
 
 __all__ = [
     "verify",
+    "verify_problem",
+    "VerifyProblem",
     "VerifyResult",
     "VerifyUniforms",
     "verify_torch",
-    "verify_triton",
-    "verify_cuda",
     "verify_reference",
     "filter_thresholds",
 ]
@@ -94,8 +93,9 @@ class VerifyUniforms(NamedTuple):
 
 
 @dataclass(frozen=True)
-class _Problem:
-    """Normalised arguments every backend receives."""
+class VerifyProblem:
+    """Validated, normalised arguments of one `verify` call: what every backend receives
+    (``backend(problem) -> VerifyResult``). Build one with `verify_problem`."""
 
     logits: torch.Tensor  # [R, V], any float dtype, contiguous rows
     tokens: torch.Tensor  # int32 [N]
@@ -240,7 +240,7 @@ def _race(p_res: torch.Tensor, exponential: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------
 
 
-def verify_reference(problem: _Problem) -> VerifyResult:
+def verify_reference(problem: VerifyProblem) -> VerifyResult:
     """Plain per-request walk (the oracle). Same arithmetic as `verify_torch`, one request at a time."""
     pr = problem
     buf = pr.buffers
@@ -303,14 +303,14 @@ def verify_reference(problem: _Problem) -> VerifyResult:
     return VerifyResult(accepted, num, out_tokens)
 
 
-def _accept_u(pr: _Problem, b: int, node: int) -> torch.Tensor:
+def _accept_u(pr: VerifyProblem, b: int, node: int) -> torch.Tensor:
     if pr.uniforms is not None:
         return pr.uniforms.accept[int(pr.cu_nodes[b]) + node].float()
     idx = torch.tensor(node, dtype=torch.int64, device=pr.seed.device)
     return _philox.accept_uniforms(pr.seed[b], pr.offset[b], idx)
 
 
-def _exponentials(pr: _Problem, b: int) -> torch.Tensor:
+def _exponentials(pr: VerifyProblem, b: int) -> torch.Tensor:
     if pr.uniforms is not None:
         return pr.uniforms.exponential[b].float()
     return _philox.residual_exponentials(pr.seed[b : b + 1], pr.offset[b : b + 1], pr.V)[0]
@@ -321,7 +321,7 @@ def _exponentials(pr: _Problem, b: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------
 
 
-def verify_torch(problem: _Problem) -> VerifyResult:
+def verify_torch(problem: VerifyProblem) -> VerifyResult:
     """Vectorised torch walk over all requests at once (any device; no host sync). Each loop step tests
     one candidate child per request, so ``max_rows - 1`` steps cover every tree."""
     pr = problem
@@ -415,89 +415,9 @@ def verify_torch(problem: _Problem) -> VerifyResult:
     return VerifyResult(accepted[:, :D].contiguous(), depth.to(torch.int32), out_tokens[:, : D + 1].contiguous())
 
 
-def _node_request(pr: _Problem) -> torch.Tensor:
+def _node_request(pr: VerifyProblem) -> torch.Tensor:
     n = torch.arange(pr.tokens.numel(), device=pr.cu_nodes.device)
     return torch.searchsorted(pr.cu_nodes[1:].long(), n, right=True)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Kernel backends
-# ----------------------------------------------------------------------------------------------------
-
-
-@launches_on(lambda problem: problem.logits.device)
-def verify_triton(problem: _Problem) -> VerifyResult:
-    """Triton kernels (``triton_kernels/verify.py``)."""
-    from verispec.triton_kernels.verify import verify_triton_launch
-
-    return verify_triton_launch(problem)
-
-
-_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-_MODE_CODES = {"greedy": 0, "exact": 1, "typical": 2}
-# Every buffer the CUDA kernels fill comes from here; tests swap in a poisoning allocator.
-_cuda_alloc = torch.empty
-
-
-@launches_on(lambda problem: problem.logits.device)
-def verify_cuda(problem: _Problem) -> VerifyResult:
-    """CUDA kernels (``csrc/sampling/verify.cu``) through ``verispec._C``: row stats over the logits,
-    the walk (one block per request), the residual / bonus race and the outputs. No host synchronisation."""
-    from verispec import _native
-
-    dev = problem.logits.device
-    if dev.type != "cuda":
-        _fail(f"backend='cuda' needs CUDA tensors, got logits on {dev}")
-    return _verify_cuda_launch(problem, _native.native(), _native.cuda_stream_handle(dev))
-
-
-def _verify_cuda_launch(pr: _Problem, C, stream: int) -> VerifyResult:
-    """Workspaces, outputs and the one call into ``C.verify_cuda`` (``C`` is ``verispec._C``, or the
-    CPU emulation of the kernels in tests/test_verify_cuda_emulated.py)."""
-    logits = pr.logits
-    dev = logits.device
-    if logits.dtype == torch.float64:
-        logits = logits.float()  # the kernels read float32 / float16 / bfloat16
-    buf = pr.buffers
-    R, V = logits.shape
-    B, D = pr.B, pr.max_depth
-    f32, i32 = torch.float32, torch.int32
-    chunk = int(C.verify_race_chunk)
-    splits = (V + chunk - 1) // chunk
-    scale = log2_scale(pr.temperature).contiguous()
-    scale_rows = scale[buf.request.long()].contiguous()
-    thr = pr.threshold.float().contiguous() if pr.threshold is not None else None
-    q = pr.draft_probs.float().contiguous() if pr.draft_probs is not None else None
-    hook_u = pr.uniforms.accept.float().contiguous() if pr.uniforms is not None else None
-    hook_e = pr.uniforms.exponential.float().contiguous() if pr.uniforms is not None else None
-    temp = pr.temperature.float().contiguous()
-    seed, offset = pr.seed.contiguous(), pr.offset.contiguous()
-    work = {
-        "row_max": _cuda_alloc(R, dtype=f32, device=dev),
-        "row_sum": _cuda_alloc(R, dtype=f32, device=dev),
-        "row_entropy": _cuda_alloc(R, dtype=f32, device=dev),
-        "row_argmax": _cuda_alloc(R, dtype=i32, device=dev),
-        "state": _cuda_alloc(B, 5, dtype=i32, device=dev),
-        "state_f": _cuda_alloc(B, dtype=f32, device=dev),
-        "part_key": _cuda_alloc(B, 2, splits, dtype=f32, device=dev),
-        "part_idx": _cuda_alloc(B, 2, splits, dtype=i32, device=dev),
-    }
-    scratch = torch.empty(B * 2 * V, dtype=f32, device=dev) if q is not None else None
-    acc = _cuda_alloc(B, D, dtype=i32, device=dev)
-    num = _cuda_alloc(B, dtype=i32, device=dev)
-    tok = _cuda_alloc(B, D + 1, dtype=i32, device=dev)
-    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    C.verify_cuda(
-        logits.data_ptr(), _DTYPE_CODES[logits.dtype], logits.stride(0), R, B, V, _MODE_CODES[pr.mode],
-        pr.tokens.data_ptr(), pr.cu_nodes.data_ptr(), buf.cu_rows.data_ptr(), buf.first_child.data_ptr(),
-        buf.next_sibling.data_ptr(), temp.data_ptr(), scale.data_ptr(), scale_rows.data_ptr(), ptr(thr),
-        pr.typical_epsilon, pr.typical_delta, ptr(q), q.stride(0) if q is not None else 0, seed.data_ptr(),
-        offset.data_ptr(), ptr(hook_u), ptr(hook_e), *(work[k].data_ptr() for k in ("row_max", "row_sum", "row_entropy", "row_argmax")),
-        ptr(scratch), work["state"].data_ptr(), work["state_f"].data_ptr(), work["part_key"].data_ptr(),
-        work["part_idx"].data_ptr(), splits,
-        acc.data_ptr() if D else 0, num.data_ptr(), tok.data_ptr(), D, stream,
-    )
-    return VerifyResult(acc, num, tok)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -522,7 +442,7 @@ def _per_request(value, B: int, dtype: torch.dtype, dev, what: str, default) -> 
     return torch.full((B,), value, dtype=dtype, device=dev)
 
 
-def verify(
+def verify_problem(
     logits: torch.Tensor,
     trees: TreesArg,
     *,
@@ -538,10 +458,12 @@ def verify(
     buffers: Optional[TreeBuffers] = None,
     max_depth: Optional[int] = None,
     uniforms: Optional[VerifyUniforms] = None,
-    backend: str = "auto",
     validate: bool = True,
-) -> VerifyResult:
-    """Accept the longest valid prefix of every draft tree and emit the next token(s).
+) -> VerifyProblem:
+    """Validate and normalise `verify`'s arguments into the `VerifyProblem` every backend takes.
+
+    `verify` documents the arguments; this is its first half, public so other stacks (and tests) can
+    hand one problem to several backends.
 
     Parameters
     ----------
@@ -572,18 +494,13 @@ def verify(
         makes the call free of host synchronisation (CUDA-graph capturable).
     uniforms : VerifyUniforms, optional
         test hook replacing the Philox numbers.
-    backend : {"auto", "torch", "triton", "cuda"}
     validate : bool
         check trees, shapes, vocabulary and finiteness of the logits (host-synchronising).
 
     Returns
     -------
-    VerifyResult
+    VerifyProblem (`verify` runs it on a backend and returns a `VerifyResult`)
 
-    Example
-    -------
-    Root argmax 7, then 9: the chain [7, 3] gets 7 accepted, 3 rejected and 9 emitted:
-    ``tokens = [[7, 9, -1]]``, ``num_accepted = [1]``, ``accepted_nodes = [[0, -1]]``.
     """
     if mode not in MODES:
         _fail(f"mode must be one of {MODES}, got {mode!r}")
@@ -688,7 +605,7 @@ def verify(
     if logits.stride(1) != 1:
         # Rows may be strided (e.g. a slice of a padded vocabulary); ids must be contiguous.
         logits = logits.contiguous()
-    problem = _Problem(
+    problem = VerifyProblem(
         logits=logits,
         tokens=tokens,
         cu_nodes=cu_nodes,
@@ -704,5 +621,25 @@ def verify(
         typical_delta=float(typical_delta),
         max_depth=int(max_depth),
     )
-    _, fn = _backends.resolve("verify", backend, dev)
+    return problem
+
+
+def verify(logits: torch.Tensor, trees: TreesArg, *, backend: str = "auto", **kwargs) -> VerifyResult:
+    """Accept the longest valid prefix of every draft tree and emit the next token(s).
+
+    Takes `verify_problem`'s arguments (documented there) plus ``backend``
+    (``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``; see `verispec.backends()`).
+
+    Returns
+    -------
+    VerifyResult: ``accepted_nodes`` int32 ``[B, max_depth]``, ``num_accepted`` int32 ``[B]``, ``tokens``
+    int32 ``[B, max_depth + 1]``, all on the logits' device.
+
+    Example
+    -------
+    Root argmax 7, then 9: the chain [7, 3] gets 7 accepted, 3 rejected and 9 emitted:
+    ``tokens = [[7, 9, -1]]``, ``num_accepted = [1]``, ``accepted_nodes = [[0, -1]]``.
+    """
+    problem = verify_problem(logits, trees, **kwargs)
+    _, fn = _backends.resolve("verify", backend, problem.logits.device)
     return fn(problem)

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["measure_row_cost", "pick_budget", "expected_tokens"]
+__all__ = ["measure_row_cost", "pick_budget", "expected_tokens", "cpu_row_cost", "gpu_row_cost"]
 
 ROWS = (1, 2, 3, 4, 5, 6, 8, 12, 16)
 
@@ -80,3 +80,16 @@ def expected_tokens(budget: int) -> float:
 def pick_budget(row_cost: Callable[[int], float], max_budget: int = 15) -> int:
     """The draft budget with the most expected tokens per unit of forward cost."""
     return max(range(1, max_budget + 1), key=lambda b: (expected_tokens(b) / row_cost(b + 1), -b))
+
+
+def cpu_row_cost(rows: int) -> float:
+    """Cost of a CPU forward over ``rows`` rows relative to one row, measured for SmolLM2-135M on a
+    2-core x86 CPU (fp32, MKL): up to 3 rows cost about one; 4..16 rows 1.45..2.0 (BLAS changes kernel at 4)."""
+    if rows <= 3:
+        return 1.0 + 0.025 * (rows - 1)
+    return 1.45 + 0.045 * (rows - 4)
+
+
+def gpu_row_cost(rows: int) -> float:
+    """A GPU forward is memory-bound at these sizes: extra rows are nearly free."""
+    return 1.0 + 0.004 * (rows - 1)

@@ -5,11 +5,18 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_generate_utils import tiny_model
+from _generate_utils import tiny_model
 
-from verispec.drafters import cpu_row_cost, gpu_row_cost
-from verispec.generate_cli import make_drafter
-from verispec.hf.row_cost import ROWS, _Interpolated, expected_tokens, measure_row_cost, pick_budget
+from verispec.cli.generate import make_drafter
+from verispec.cost import (
+    ROWS,
+    _Interpolated,
+    cpu_row_cost,
+    expected_tokens,
+    gpu_row_cost,
+    measure_row_cost,
+    pick_budget,
+)
 
 
 def test_interpolation_between_and_past_the_measured_rows():

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from verispec.generate_cli import add_model_args, make_drafter
+from verispec.cli.generate import add_model_args, make_drafter
 
 HF_GREEDY = "HF generate (greedy)"
 HF_LOOKUP = "HF prompt lookup"
@@ -67,7 +67,7 @@ def run_demo(args: argparse.Namespace) -> int:
     import torch
 
     import verispec
-    from verispec.hf.corpus import humaneval_prompts
+    from verispec.corpus import humaneval_prompts
     from verispec.hf.loading import load_model
 
     n_prompts = args.prompts or (3 if args.quick else 10)

@@ -24,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from verispec.ops import _philox
+from verispec.ops import _launch, _philox
+from verispec.ops.verify import VerifyProblem, VerifyResult, log2_scale
 
 STREAM_ACCEPT: tl.constexpr = tl.constexpr(_philox.STREAM_ACCEPT)
 STREAM_RESIDUAL: tl.constexpr = tl.constexpr(_philox.STREAM_RESIDUAL)
@@ -395,18 +396,14 @@ def _finalize_kernel(
 
 
 _MODES = {"greedy": 0, "exact": 1, "typical": 2}
-# Every buffer the kernels fill comes from here; tests swap in a poisoning allocator to catch unwritten entries.
-_alloc = torch.empty
-
-
 # Test hook: force the race's chunk size (None: 4096 ids on a GPU, the whole row on CPU).
 _RACE_CHUNK = None
 
 
-def verify_triton_launch(problem):
-    """Run the kernels for a validated ``verispec.ops.verify._Problem``; returns a VerifyResult."""
-    from verispec.ops.verify import VerifyResult, log2_scale
-
+@_launch.launches_on(lambda problem: problem.logits.device)
+def verify_triton(problem: VerifyProblem) -> VerifyResult:
+    """The Triton backend of `verispec.verify`: row stats, the tree walk (one program per request), the
+    residual / bonus race split over the vocabulary, and the outputs. No host synchronisation."""
     pr = problem
     buf = pr.buffers
     logits = pr.logits
@@ -417,10 +414,10 @@ def verify_triton_launch(problem):
     f32, i32 = torch.float32, torch.int32
     scale = log2_scale(pr.temperature).contiguous()
     scale_rows = scale[buf.request.long()].contiguous()
-    row_max = _alloc(R, dtype=f32, device=dev)
-    row_sum = _alloc(R, dtype=f32, device=dev)
-    row_ent = _alloc(R, dtype=f32, device=dev)
-    row_arg = _alloc(R, dtype=i32, device=dev)
+    row_max = _launch.workspace(R, dtype=f32, device=dev)
+    row_sum = _launch.workspace(R, dtype=f32, device=dev)
+    row_ent = _launch.workspace(R, dtype=f32, device=dev)
+    row_arg = _launch.workspace(R, dtype=i32, device=dev)
     has_thr = pr.threshold is not None
     thr = pr.threshold.contiguous() if has_thr else row_max
     if R:
@@ -434,11 +431,11 @@ def verify_triton_launch(problem):
     hook = pr.uniforms is not None
     u_hook = pr.uniforms.accept.float().contiguous() if hook else row_max
     e_hook = pr.uniforms.exponential.float().contiguous() if hook else row_max
-    acc = _alloc(B, D, dtype=i32, device=dev)
-    num = _alloc(B, dtype=i32, device=dev)
-    tok = _alloc(B, D + 1, dtype=i32, device=dev)
-    state = _alloc(B, 5, dtype=i32, device=dev)
-    state_f = _alloc(B, dtype=f32, device=dev)
+    acc = _launch.workspace(B, D, dtype=i32, device=dev)
+    num = _launch.workspace(B, dtype=i32, device=dev)
+    tok = _launch.workspace(B, D + 1, dtype=i32, device=dev)
+    state = _launch.workspace(B, 5, dtype=i32, device=dev)
+    state_f = _launch.workspace(B, dtype=f32, device=dev)
     seed, offset = pr.seed.contiguous(), pr.offset.contiguous()
     block = min(1024, triton.next_power_of_2(V))
     _walk_kernel[(B,)](
@@ -453,8 +450,8 @@ def verify_triton_launch(problem):
     if _RACE_CHUNK is not None:  # tests: the GPU's split race, in the interpreter
         chunk = max(block, _RACE_CHUNK)
     S = triton.cdiv(V, chunk)
-    part_key = _alloc(B, 2, S, dtype=f32, device=dev)
-    part_idx = _alloc(B, 2, S, dtype=i32, device=dev)
+    part_key = _launch.workspace(B, 2, S, dtype=f32, device=dev)
+    part_idx = _launch.workspace(B, 2, S, dtype=i32, device=dev)
     if mode != 0:
         _race_kernel[(B, S)](
             logits, logits.stride(0), V, pr.tokens, pr.cu_nodes, buf.cu_rows, buf.first_child, buf.next_sibling,

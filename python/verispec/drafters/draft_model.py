@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from verispec.drafters import Accepted, Context
+from verispec.drafters.base import Accepted, Context
 from verispec.tree import DraftTree
 
 __all__ = ["DraftModelDrafter"]

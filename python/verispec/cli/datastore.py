@@ -10,8 +10,8 @@ import time
 
 
 def _build(args: argparse.Namespace) -> int:
-    from verispec._datastore_tokenize import iter_texts, load_tokenizer, tokenize_documents
     from verispec.datastore import Datastore
+    from verispec.datastore.tokenize import iter_texts, load_tokenizer, tokenize_documents
 
     t0 = time.perf_counter()
     enc = load_tokenizer(args.tokenizer)
@@ -70,7 +70,7 @@ def _query(args: argparse.Namespace) -> int:
     ds = Datastore.open(args.path)
     enc = None
     if args.tokenizer:
-        from verispec._datastore_tokenize import load_tokenizer
+        from verispec.datastore.tokenize import load_tokenizer
 
         enc = load_tokenizer(args.tokenizer)
     if args.ids is not None:
@@ -141,8 +141,3 @@ def register(subparsers) -> None:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_query)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from verispec.cli import main
-
-    sys.exit(main(["datastore", *sys.argv[1:]]))

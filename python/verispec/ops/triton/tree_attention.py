@@ -20,14 +20,15 @@ output and log-sum-exp (base 2) and `_combine_kernel` merges them.
 
 from __future__ import annotations
 
-import functools
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from verispec.ops.tree_attention import split_count
-from verispec.triton_kernels._cache_layout import cache_offsets
+from verispec.ops._launch import launches_on
+from verispec.ops.tree_attention import _prepare, _unit_stride, sm_count, split_count
+from verispec.ops.triton._cache_layout import cache_offsets
 
 LOG2E = 1.4426950408889634
 
@@ -233,16 +234,10 @@ def _pick_blocks(G: int, T: int, D: int, esize: int = 2) -> tuple[int, int, int]
     return block_m, 64, 8 if block_m >= 64 and block_d >= 128 or block_m == 128 else 4
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _num_splits(programs: int, capacity: int, rows_padded: int, block_n: int, device: torch.device) -> int:
     if device.type != "cuda":
         return 1 if capacity < 64 else 2  # the interpreter: exercise the split path at small sizes
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    return split_count(programs, capacity, rows_padded, block_n, sms)
+    return split_count(programs, capacity, rows_padded, block_n, sm_count(device))
 
 
 def tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, out,
@@ -303,3 +298,32 @@ def tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p,
             G=G, D=D, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=8 if block_m * block_d > 8192 else 4,
         )
     return out
+
+
+@launches_on(lambda q, *args, **kwargs: getattr(q, "device", None))
+def tree_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    tree_lens: torch.Tensor,
+    ancestors: torch.Tensor,
+    positions: Optional[torch.Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    softcap: Optional[float] = None,
+    window: Optional[int] = None,
+    block_table: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+    num_splits: Optional[int] = None,
+) -> torch.Tensor:
+    """Triton tree attention (split-KV, GQA-packed), the main GPU path. Same contract as `tree_attention`
+    (``num_splits`` overrides the split-KV heuristic, for benchmarks and tests). Unverified on GPU."""
+    # The length checks are free on the host; on a GPU they would sync.
+    p, positions = _prepare(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window,
+                            block_table, out, check_lengths=q.device.type == "cpu")
+    prefix_lens, tree_lens, block_table = _unit_stride(prefix_lens, tree_lens, block_table)
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    return tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, out,
+                              num_splits=num_splits)

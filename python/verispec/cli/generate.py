@@ -33,14 +33,14 @@ def make_drafter(kind: str, tokenizer, datastore: str | None, budget: int | None
 
     On a CPU the cost of a forward over a few rows depends on the BLAS and the processor (2-3 rows
     cost about one row on one x86 machine and 2-3x on another), so with ``model`` given and no budget
-    the budget comes from timing the model's own layers here (`verispec.hf.row_cost`, under a second);
+    the budget comes from timing the model's own layers here (`verispec.cost`, under a second);
     without ``model``, 2. A GPU forward is memory-bound and extra rows are nearly free: 32.
     """
     from verispec import NoDrafter, PromptLookupDrafter, RetrievalDrafter
 
     cpu = device_type == "cpu"
     if budget is None and cpu and model is not None and kind != "none":
-        from verispec.hf.row_cost import measure_row_cost, pick_budget
+        from verispec.cost import measure_row_cost, pick_budget
 
         cost = measure_row_cost(model)
         budget = pick_budget(cost)
@@ -52,7 +52,7 @@ def make_drafter(kind: str, tokenizer, datastore: str | None, budget: int | None
     if kind == "prompt-lookup":
         return PromptLookupDrafter(num_tokens=max_depth, budget=budget)
     if kind == "retrieval":
-        from verispec.hf.corpus import stdlib_datastore
+        from verispec.corpus import stdlib_datastore
 
         ds = datastore if datastore else stdlib_datastore(tokenizer)
         return RetrievalDrafter(ds, budget=budget, max_depth=max_depth)

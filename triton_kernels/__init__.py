@@ -1,1 +1,0 @@
-"""Triton kernels of verispec (installed as verispec.triton_kernels). Import only where triton is available."""
