@@ -1,4 +1,4 @@
-// Self-registration of binding families, so each op family (datastore, sampling, attention) owns its
+// Self-registration of binding families, so each op family (datastore, verify, tree_attention, commit_kv) owns its
 // own binding file and nobody edits a shared list. A family writes, at namespace scope:
 //   static void bind_datastore(pybind11::module_& m) { ... }
 //   VERISPEC_REGISTER_OPS(datastore, bind_datastore);

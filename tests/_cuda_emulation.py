@@ -1,5 +1,5 @@
 """Shared harness of the CUDA-emulation tests: build driver sources with g++ against
-csrc/attention/cuda_emulation.h and the CUDA headers, and load the result with ctypes.
+csrc/testing/cuda_emulation.h and the CUDA headers, and load the result with ctypes.
 
 Used by test_tree_attention_cuda_emulated.py and test_verify_cuda_emulated.py; each keeps its own
 C++ driver (the extern "C" entry points) and the Python side that calls it.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-EMULATION_HEADER = ROOT / "csrc" / "attention" / "cuda_emulation.h"
+EMULATION_HEADER = ROOT / "csrc" / "testing" / "cuda_emulation.h"
 
 
 def cuda_include() -> Path | None:
@@ -39,7 +39,7 @@ def build_emulated(tmp_path_factory, dirname: str, sources: dict[str, str], lib_
     inc = cuda_include()
     cxx = shutil.which("g++") or shutil.which("c++")
     if inc is None or cxx is None or not EMULATION_HEADER.exists():
-        pytest.skip("needs a C++ compiler, the CUDA headers (cuda_fp16.h) and csrc/attention/cuda_emulation.h "
+        pytest.skip("needs a C++ compiler, the CUDA headers (cuda_fp16.h) and csrc/testing/cuda_emulation.h "
                     "to emulate the kernels")
     d = tmp_path_factory.mktemp(dirname)
     srcs = []

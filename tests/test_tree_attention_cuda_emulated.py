@@ -1,9 +1,9 @@
 """The CUDA kernels' own source, run on the CPU against the float64 oracle.
 
-csrc/attention/tree_attention.cu and commit_kv.cu are compiled with g++ together with
-csrc/attention/cuda_emulation.h, which turns every CUDA thread into a fiber and implements the warp
+csrc/tree_attention/tree_attention.cu is compiled with g++ together with
+csrc/testing/cuda_emulation.h, which turns every CUDA thread into a fiber and implements the warp
 collectives (mma.m16n8k16, ldmatrix, shfl) from the PTX ISA's fragment layouts. The Python glue is
-the real one (`_cuda_launch` builds the same keyword arguments it passes to the pybind launcher), so
+the real one (`verispec.ops.cuda.tree_attention.cuda_launch` builds the same keyword arguments it passes to the pybind launcher), so
 this checks the whole CUDA path except what only hardware can show: timing, memory-model effects
 beyond what the emulator models, and the tensor cores' own rounding. cp.async copies land at a random
 point between issue and the wait_group that retires them, and warps are randomly held back so they
@@ -28,9 +28,9 @@ DRIVER_ATTENTION = r"""
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
-#include "attention/cuda_emulation.h"
+#include "testing/cuda_emulation.h"
 #define VERISPEC_CUDA_EMULATION 1
-#include "attention/tree_attention.cu"
+#include "tree_attention/tree_attention.cu"
 
 using namespace verispec;
 
@@ -88,48 +88,9 @@ extern "C" int emu_tree_attention(
 }
 """
 
-DRIVER_COMMIT = r"""
-#include <cuda_runtime.h>
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
-#include "attention/cuda_emulation.h"
-#define VERISPEC_CUDA_EMULATION 1
-#include "attention/commit_kv.cu"
-
-using namespace verispec;
-
-extern "C" int emu_commit_kv(uint64_t caches, int num_caches, uint64_t prefix_lens, uint64_t path_rows,
-                             uint64_t block_table, int batch, int path_len, int kv_heads, int head_dim,
-                             int elem_size, const int64_t* stride, const int64_t* rows_stride, int64_t bt_stride,
-                             int page_size, int64_t capacity) {
-  CommitKvParams p{};
-  p.caches = reinterpret_cast<const uint64_t*>(caches);
-  p.num_caches = num_caches;
-  p.prefix_lens = reinterpret_cast<const int32_t*>(prefix_lens);
-  p.path_rows = reinterpret_cast<const int32_t*>(path_rows);
-  p.block_table = reinterpret_cast<const int32_t*>(block_table);
-  p.batch = batch; p.path_len = path_len; p.kv_heads = kv_heads; p.head_dim = head_dim;
-  p.elem_size = elem_size;
-  for (int i = 0; i < 4; ++i) p.stride[i] = stride[i];
-  p.rows_stride[0] = rows_stride[0]; p.rows_stride[1] = rows_stride[1];
-  p.bt_stride = bt_stride; p.page_size = page_size; p.capacity = capacity;
-  emu::Dim3 grid{static_cast<unsigned>(batch), static_cast<unsigned>(num_caches * kv_heads), 1};
-  bool ok = emu::launch(grid, kThreads, 0, [&] {
-    switch (elem_size) {
-      case 2: commit_kv_kernel<uint16_t>(p); break;
-      case 4: commit_kv_kernel<uint32_t>(p); break;
-      default: commit_kv_kernel<uint64_t>(p); break;
-    }
-  });
-  return ok ? 0 : 1;
-}
-"""
-
-
 @pytest.fixture(scope="module")
 def emu_lib(tmp_path_factory):
-    return build_emulated(tmp_path_factory, "cuda_emu",
-                          {"attention.cpp": DRIVER_ATTENTION, "commit.cpp": DRIVER_COMMIT},
+    return build_emulated(tmp_path_factory, "cuda_emu", {"attention.cpp": DRIVER_ATTENTION},
                           "libverispec_cuda_emu.so")
 
 
@@ -152,23 +113,6 @@ def attention_launcher(lib):
             c.c_int(kw["window"]), c.c_int(int(kw["bf16"])),
         )
         assert rc == 0, "emulated kernel deadlocked or was misconfigured (see stderr)"
-
-    return launch
-
-
-def commit_launcher(lib):
-    """A stand-in for `_C.commit_kv_cuda` with the same keyword arguments."""
-
-    def launch(**kw):
-        c = ctypes
-        rc = lib.emu_commit_kv(
-            c.c_uint64(kw["caches"]), c.c_int(kw["num_caches"]), c.c_uint64(kw["prefix_lens"]),
-            c.c_uint64(kw["path_rows"]), c.c_uint64(kw["block_table"]),
-            *(c.c_int(kw[n]) for n in ("batch", "path_len", "kv_heads", "head_dim", "elem_size")),
-            _arr(kw["stride"]), _arr(kw["rows_stride"]), c.c_int64(kw["bt_stride"]), c.c_int(kw["page_size"]),
-            c.c_int64(kw["capacity"]),
-        )
-        assert rc == 0
 
     return launch
 
@@ -230,37 +174,6 @@ def test_emulated_cuda_kernel_catches_a_wrong_mask(emu_lib):
         check_close(got, case.expected(), TOL[torch.float16], rtol=TOL[torch.float16])
 
 
-@pytest.mark.parametrize("paged", [False, True])
-def test_emulated_cuda_commit_matches_reference(emu_lib, paged):
-    from test_commit_kv import expected_contiguous, from_paged, make_batch, to_paged
-
-    from verispec.ops.cuda.commit_kv import cuda_launch as _cuda_launch
-
-    rng = random.Random(int(paged))
-    prefix, tree, P = [4, 0, 9], [12, 3, 40], 20  # P > 16: two staging chunks
-    B, H, D, layers = len(prefix), 2, 16, 3
-    S = max(p + t for p, t in zip(prefix, tree)) + 1
-    paths, rows = make_batch(prefix, tree, P, rng)
-    dense = [torch.randn(B, H, S, D).to(torch.bfloat16) for _ in range(2 * layers)]
-    want = [expected_contiguous(c, prefix, paths) for c in dense]
-    table = None
-    if paged:
-        per = (S + 3) // 4
-        perm = torch.randperm(B * per + 1, generator=torch.Generator().manual_seed(2))
-        caches = []
-        for c in dense:
-            pg, table = to_paged(c, 4, perm)
-            caches.append(pg)
-    else:
-        caches = [c.clone() for c in dense]
-
-    capacity = table.shape[1] * 4 if paged else S
-    _cuda_launch(caches, torch.tensor(prefix, dtype=torch.int32), rows, table, capacity, 0, commit_launcher(emu_lib))
-    for got, exp in zip(caches, want):
-        got = from_paged(got, table, S) if paged else got
-        assert torch.equal(got, exp)
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_emulated_cuda_random_sweep(emu_lib, seed):
     rng = random.Random(1000 + seed)
@@ -290,15 +203,3 @@ def test_emulated_cuda_clamps_device_side_lengths(emu_lib, paged_block):
     args, table, out, p = hostile_lengths(case, paged_block)
     _cuda_launch(*args, p, table, out, 2, 0, attention_launcher(emu_lib))
     check_close(out[:1], case.expected()[:1], TOL[torch.float16], rtol=TOL[torch.float16], what="request 0")
-
-
-@pytest.mark.parametrize("rows,L", [([[0, -1, 0]], 9), ([[0, 5]], 8), ([[0, 1, 1, 2]], 6)])
-def test_emulated_cuda_commit_malformed_paths_touch_nothing(emu_lib, rows, L):
-    """The CUDA commit kernel keeps malformed paths inside the request's slots (see moves())."""
-    from verispec.ops.cuda.commit_kv import cuda_launch as _cuda_launch
-
-    cache = torch.randn(1, 2, 10, 16).to(torch.bfloat16)
-    before = cache.clone()
-    _cuda_launch([cache], torch.tensor([L], dtype=torch.int32), torch.tensor(rows, dtype=torch.int32), None, 10, 0,
-                 commit_launcher(emu_lib))
-    assert torch.equal(cache, before)

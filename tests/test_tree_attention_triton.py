@@ -178,63 +178,6 @@ def test_triton_random_sweep(seed):
 # CUDA glue without a GPU: the Python side builds exactly the arguments the pybind launcher takes
 # ---------------------------------------------------------------------------------------------------
 
-_native = pytest.importorskip("verispec._native")
-_HAS_CUDA_BUILD = _native.built_with_cuda()
-
-
-@pytest.mark.skipif(not _HAS_CUDA_BUILD, reason="verispec built without CUDA kernels")
-@pytest.mark.parametrize("paged", [False, True])
-@pytest.mark.parametrize("window", [None, 5])
-def test_cuda_arguments_match_the_binding(paged, window):
-    """Call the real binding with the Python-built arguments and batch forced to 0: every argument is
-    converted and checked, nothing is launched (so this runs on a CPU-only machine)."""
-    from verispec.ops.cuda.tree_attention import cuda_launch as _cuda_launch
-
-    case = Case([9, 20], [4, 7], 8, 2, 128, dtype=torch.float16, seed=1, window=window)
-    args = list(case.args())
-    table = None
-    if paged:
-        args[1], args[2], table = case.paged(16)
-    out = torch.empty_like(case.q)
-    p = _check(*args, None, None, window, table, out)
-    seen = {}
-
-    def launch(**kw):
-        seen.update(kw)
-        _native.native().tree_attention_cuda(**(kw | {"batch": 0}))
-
-    _cuda_launch(*args, p, table, out, 3, 0, launch)
-    assert seen["page_size"] == (16 if paged else 0) and seen["head_dim"] == 128 and seen["num_splits"] == 3
-    assert seen["window"] == (window or 0) and (seen["positions"] != 0) == bool(window)
-    with pytest.raises(ValueError, match="head_dim must be 64, 128 or 256"):
-        _native.native().tree_attention_cuda(**(seen | {"head_dim": 96}))
-
-
-@pytest.mark.skipif(not _HAS_CUDA_BUILD, reason="verispec built without CUDA kernels")
-def test_cuda_commit_arguments_match_the_binding():
-    from verispec.ops.cuda.commit_kv import cuda_launch as _cuda_launch
-
-    caches = [torch.zeros(2, 3, 10, 8, dtype=torch.bfloat16) for _ in range(4)]
-    pl = torch.tensor([1, 2], dtype=torch.int32)
-    rows = torch.tensor([[0, 2], [0, -1]], dtype=torch.int32)
-
-    def launch(**kw):
-        assert kw["num_caches"] == 4 and kw["stride"] == caches[0].stride() and kw["elem_size"] == 2
-        _native.native().commit_kv_cuda(**(kw | {"batch": 0}))  # converts and checks everything, launches nothing
-
-    _cuda_launch(caches, pl, rows, None, 10, 0, launch)
-    with pytest.raises(ValueError, match="element size must be 2, 4 or 8"):
-        _native.native().commit_kv_cuda(0, 1, 0, 0, 0, 0, 1, 1, 8, 3, (0, 0, 0, 1), (1, 1), 0, 0, 10, 0)
-
-
-def test_cuda_backend_errors_on_cpu():
-    from verispec.ops.cuda.tree_attention import tree_attention_cuda
-
-    case = Case([3], [2], 2, 1, 128, dtype=torch.float16)
-    with pytest.raises(ValueError, match="needs CUDA tensors"):
-        tree_attention_cuda(*case.args())
-
-
 def test_triton_strided_lengths_and_block_table():
     """Lengths and block tables that are views with non-unit strides (e.g. a column of a bigger table)."""
     case = Case([30, 7], [9, 12], 4, 2, 16, seed=12)

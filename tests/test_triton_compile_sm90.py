@@ -1,4 +1,5 @@
-"""Every Triton tree-attention and KV-commit variant the launchers pick, compiled for an H100 (no GPU).
+"""Every Triton kernel variant the launchers pick, compiled for an H100 (no GPU): tree attention, KV
+commit and verify.
 
 The launchers run for real on CPU tensors with the kernels swapped for recorders, so the compiled
 variants are exactly the ones a GPU call of the same shapes would launch (tile sizes, warps, flags,
@@ -6,7 +7,6 @@ stride specialisations). Checked: the compile succeeds, the shared memory fits a
 fp16/bf16 kernels do not spill registers beyond a few words (the hot paths; fp32 may spill, see
 _pick_blocks). Also passes with Triton 3.6 (the GPU image's version): PYTHONPATH to a
 ``pip install --target DIR triton==3.6.0``.
-The verify kernels have the same check in tests/test_verify_backends.py.
 """
 
 from __future__ import annotations
@@ -122,3 +122,49 @@ def test_tree_attention_and_commit_compile_for_sm90():
     assert not too_big, f"shared memory beyond an sm_90 block: {too_big[:3]}"
     spilling = [r for r in rows if r["spill_bytes"] > SPILL_TOLERANCE and r["dtype"] != "float32"]
     assert not spilling, f"fp16/bf16 variants spill registers: {spilling[:3]}"
+
+
+def test_verify_compiles_for_sm90():
+    """The interpreter accepts code the compiler rejects (loop-carried types, branches): compile every
+    kernel variant for an H100 (no GPU needed) so a GPU session does not meet the first compile error,
+    and check that none spills registers or outgrows an sm_90 block's shared memory. The signatures are
+    written out by hand because the launcher's GPU constants (the race chunk) differ from its CPU ones."""
+    rows = [json.loads(line) for line in run_in_child("test_triton_compile_sm90", "_compile_all_for_sm90").splitlines()
+            if line.startswith("{")]
+    assert {r["name"] for r in rows} == {"_row_stats_kernel", "_walk_kernel", "_race_kernel", "_finalize_kernel"}
+    assert not [r for r in rows if r["spill_bytes"] > SPILL_TOLERANCE], rows
+    assert not [r for r in rows if r["shared"] > SM90_MAX_SHARED], rows
+
+
+def _compile_all_for_sm90():
+    import dataclasses
+
+    from _triton_aot import compile_sm90
+
+    from verispec.ops.triton import verify as tk
+
+    f, i, l = "*fp32", "*i32", "*i64"
+
+    def build(fn, params, constexprs):
+        print(json.dumps(dataclasses.asdict(compile_sm90(fn, params, constexprs))), flush=True)
+
+    stats = [("L", "*bf16"), ("stride_l", "i32"), ("V", "i32"), ("SCALE", f), ("THR", f), ("MAX", f), ("SUM", f),
+             ("ENT", f), ("ARGMAX", i)]
+    for thr, need_sum, ent in [(False, False, False), (True, True, False), (False, True, True)]:
+        build(tk._row_stats_kernel, stats, dict(HAS_THR=thr, NEED_SUM=need_sum, NEED_ENT=ent, BLOCK=2048))
+    walk = [("L", "*fp16"), ("stride_l", "i32"), ("V", "i32"), ("TOK", i), ("CU_NODES", i), ("CU_ROWS", i),
+            ("FIRST", i), ("NEXT", i), ("TEMP", f), ("SCALE", f), ("THR", f), ("MAX", f), ("SUM", f), ("ENT", f),
+            ("ARGMAX", i), ("Q", f), ("stride_q", "i32"), ("SCRATCH", f), ("SEED", l), ("OFFSET", l), ("U_HOOK", f),
+            ("ACC_OUT", i), ("TOK_OUT", i), ("STATE", i), ("STATE_F", f), ("D", "i32"), ("eps", "fp32"),
+            ("delta", "fp32")]
+    for mode, q, thr, hook in [(0, False, False, False), (1, False, True, False), (1, True, True, True), (2, False, False, False)]:
+        build(tk._walk_kernel, walk, dict(MODE=mode, HAS_Q=q, HAS_THR=thr, HOOK=hook, BLOCK=1024))
+    race = [("L", "*bf16"), ("stride_l", "i32"), ("V", "i32"), ("TOK", i), ("CU_NODES", i), ("CU_ROWS", i),
+            ("FIRST", i), ("NEXT", i), ("SCALE", f), ("THR", f), ("MAX", f), ("SUM", f), ("ARGMAX", i), ("Q", f),
+            ("stride_q", "i32"), ("SCRATCH", f), ("SEED", l), ("OFFSET", l), ("E_HOOK", f), ("STATE", i),
+            ("STATE_F", f), ("PART_KEY", f), ("PART_IDX", i), ("S", "i32")]
+    for thr, q, hook in [(False, False, False), (True, True, True), (False, True, False)]:
+        build(tk._race_kernel, race, dict(HAS_THR=thr, HAS_Q=q, HOOK=hook, CHUNK=4096, BLOCK=1024))
+    fin = [("ARGMAX", i), ("STATE", i), ("PART_KEY", f), ("PART_IDX", i), ("S", "i32"), ("ACC_OUT", i),
+           ("NUM_OUT", i), ("TOK_OUT", i), ("D", "i32")]
+    build(tk._finalize_kernel, fin, dict(BLOCK_S=64, BLOCK_D=128))

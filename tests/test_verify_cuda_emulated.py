@@ -1,6 +1,6 @@
 """The CUDA verify kernels' own source, run on the CPU against the per-request torch reference.
 
-csrc/sampling/verify.cu is compiled with g++ together with csrc/attention/cuda_emulation.h (every CUDA
+csrc/verify/verify.cu is compiled with g++ together with csrc/testing/cuda_emulation.h (every CUDA
 thread a fiber, barriers and warp exchanges emulated, warps randomly held back) plus the few primitives
 verify.cu needs beyond the attention kernels (blockDim, shfl.down / shfl.idx, __ldg, __umulhi,
 __uint2float_rn), defined in the driver below. The Python glue is the real one
@@ -30,7 +30,7 @@ DRIVER = r"""
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <climits>
-#include "attention/cuda_emulation.h"
+#include "testing/cuda_emulation.h"
 
 // What verify.cu uses beyond the attention kernels.
 #define blockDim (::emu::st().block_dim)
@@ -53,7 +53,7 @@ inline uint32_t __umulhi(uint32_t a, uint32_t b) { return static_cast<uint32_t>(
 inline float __uint2float_rn(uint32_t x) { return static_cast<float>(x); }
 
 #define VERISPEC_CUDA_EMULATION 1
-#include "sampling/verify.cu"
+#include "verify/verify.cu"
 
 using namespace verispec;
 

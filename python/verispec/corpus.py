@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["cache_dir", "stdlib_sources", "stdlib_datastore", "humaneval_prompts"]
+__all__ = ["cache_dir", "stdlib_root", "stdlib_sources", "stdlib_datastore", "humaneval_prompts"]
 
 # Directories of the standard library that are not library code (or are someone else's).
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test", "idlelib", "turtledemo"}
@@ -31,9 +31,13 @@ def cache_dir() -> Path:
     return d
 
 
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
 def stdlib_sources(include_tests: bool = False) -> list[Path]:
     """The standard library's ``.py`` files (sorted, so the corpus is the same on every run)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+    root = stdlib_root()
     skip = _SKIP_DIRS - ({"test", "tests", "idle_test"} if include_tests else set())
     out = []
     for d, dirs, files in os.walk(root):

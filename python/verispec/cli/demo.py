@@ -40,20 +40,6 @@ class Row:
         return self.tokens / self.steps if self.steps else 0.0
 
 
-class _ForwardCounter:
-    """Counts the model's forward calls (Hugging Face's steps, prompt lookup included)."""
-
-    def __init__(self, model):
-        self.n = 0
-        self.handle = model.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args):
-        self.n += 1
-
-    def close(self):
-        self.handle.remove()
-
-
 def _check_mark() -> str:
     enc = getattr(sys.stdout, "encoding", None) or "ascii"
     try:
@@ -68,6 +54,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     import verispec
     from verispec.corpus import humaneval_prompts
+    from verispec.hf.baseline import hf_generate
     from verispec.hf.loading import load_model
 
     n_prompts = args.prompts or (3 if args.quick else 10)
@@ -88,19 +75,7 @@ def run_demo(args: argparse.Namespace) -> int:
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     def hf(ids_list, **kw):
-        ids = torch.tensor([ids_list], device=device)
-        counter = _ForwardCounter(model)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        try:
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
-                                 pad_token_id=pad, **kw)
-        finally:
-            counter.close()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return out[0].tolist(), time.perf_counter() - t, counter.n
+        return hf_generate(model, ids_list, max_new, pad_token_id=pad, **kw)
 
     # Warm up every path once (first calls pay for lazy initialisation), outside the measurement.
     hf(prompts[0][:8])

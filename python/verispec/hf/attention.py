@@ -24,7 +24,7 @@ from typing import Any, Optional
 import torch
 from transformers import AttentionInterface
 
-from verispec.ops.tree_attention import tree_attention
+from verispec.ops.tree_attention import tree_attention, tree_mask_bits
 
 __all__ = ["ATTN_NAME", "TreeMeta", "verispec_attention_forward", "use_attention", "tree_mask_4d"]
 
@@ -123,16 +123,6 @@ def use_attention(model: torch.nn.Module, name: Optional[str]):
             c._attn_implementation_internal = old
 
 
-def ancestor_matrix(ancestors: torch.Tensor, n: int) -> torch.Tensor:
-    """bool ``[B, T, n]``: entry ``[b, t, u]`` is whether tree row ``u`` is ``t`` or an ancestor of ``t``.
-
-    ancestors : uint32 ``[B, T, W]``.
-    """
-    words = ancestors.view(torch.int32).long() & 0xFFFFFFFF
-    u = torch.arange(n, device=ancestors.device)
-    return ((words[..., u // 32] >> (u % 32)) & 1).bool()
-
-
 def tree_mask_4d(
     meta: TreeMeta, kv_len: int, dtype: torch.dtype, window: Optional[int] = None
 ) -> torch.Tensor:
@@ -148,7 +138,7 @@ def tree_mask_4d(
     j = torch.arange(kv_len, device=dev).view(1, 1, kv_len)
     t = torch.arange(T, device=dev).view(1, T, 1)
     u = j - L  # tree row of cache index j
-    anc = ancestor_matrix(meta.ancestors, T)  # [B, T, T]
+    anc = tree_mask_bits(meta.ancestors, T)  # [B, T, T]
     in_tree = (u >= 0) & (u < meta.tree_lens.long().view(B, 1, 1))
     anc_vis = torch.gather(anc, 2, u.clamp(0, T - 1).expand(B, T, kv_len))
     visible = (j < L) | (in_tree & anc_vis)

@@ -1,5 +1,5 @@
 """Philox4x32-10 in plain torch (int64 lanes emulating uint32), bit-identical to the Triton and CUDA
-versions in ``triton_kernels/philox.py`` and ``csrc/sampling/philox.cuh``.
+versions in ``ops/triton/verify.py`` and ``csrc/verify/philox.cuh``.
 
 Randomness in verispec is stateless: every number is a pure function of
 ``(seed, offset, index, stream)``. The 64-bit ``seed`` is the Philox key; the counter is

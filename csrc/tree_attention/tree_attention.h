@@ -1,5 +1,5 @@
-// Tree attention and KV commit launchers: plain pointers, sizes and a stream (no torch headers).
-// Semantics are those of verispec.tree_attention / verispec.commit_kv (python/verispec/ops/*.py).
+// Tree attention launcher: plain pointers, sizes and a stream (no torch headers).
+// Semantics are those of verispec.tree_attention (python/verispec/ops/tree_attention.py).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -38,22 +38,5 @@ struct TreeAttentionParams {
 
 // Grid (m_tiles, B * Hkv, num_splits) + a combine pass when num_splits > 1. head_dim: 64, 128 or 256.
 cudaError_t tree_attention_launch(const TreeAttentionParams& p, cudaStream_t stream);
-
-struct CommitKvParams {
-  const uint64_t* caches;     // [num_caches] device array of cache base pointers (same shape/strides)
-  int num_caches;
-  const int32_t* prefix_lens; // [B]
-  const int32_t* path_rows;   // [B, P], -1 padded
-  const int32_t* block_table; // [B, max_blocks] or null
-  int batch, path_len, kv_heads, head_dim, elem_size;  // elem_size 2, 4 or 8 bytes
-  int64_t stride[4];          // contiguous: b, h, s, d;  paged: block, h, slot, d
-  int64_t rows_stride[2];     // path_rows b, p
-  int64_t bt_stride;
-  int page_size;              // 0 = contiguous
-  int64_t capacity;
-};
-
-// Grid (B, num_caches * Hkv): one block walks one request's path for one cache and head.
-cudaError_t commit_kv_launch(const CommitKvParams& p, cudaStream_t stream);
 
 }  // namespace verispec

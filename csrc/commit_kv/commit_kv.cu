@@ -11,7 +11,7 @@
 
 #include <cstdint>
 
-#include "attention/tree_attention.h"
+#include "commit_kv/commit_kv.h"
 
 namespace verispec {
 namespace {

@@ -19,7 +19,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "attention/tree_attention.h"
+#include "tree_attention/tree_attention.h"
 
 namespace verispec {
 namespace {
@@ -59,7 +59,7 @@ struct Pack<__nv_bfloat16> {
 
 #ifdef VERISPEC_CUDA_EMULATION
 // Tests run this file on a CPU: the PTX wrappers become the emulated warp collectives of
-// attention/cuda_emulation.h (see tests/test_tree_attention_cuda_emulated.py).
+// testing/cuda_emulation.h (see tests/test_tree_attention_cuda_emulated.py).
 template <typename T>
 void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
   emu::mma(c, a, b0, b1, std::is_same<T, __nv_bfloat16>::value);

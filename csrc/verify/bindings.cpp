@@ -1,4 +1,4 @@
-// pybind11 wrappers of the verify launchers (csrc/sampling/verify.cu). Python (verispec/ops/verify.py,
+// pybind11 wrappers of the verify launchers (csrc/verify/verify.cu). Python (verispec/ops/verify.py,
 // verify_cuda) validates dtypes, devices, shapes and contiguity and passes raw pointers; this layer
 // re-checks the sizes the kernels index with and turns launch failures into Python exceptions.
 #ifdef VERISPEC_WITH_CUDA
@@ -10,7 +10,7 @@
 #include "common/binding_utils.h"
 #include "common/cuda_check.h"
 #include "registry.h"
-#include "sampling/verify.h"
+#include "verify/verify.h"
 
 namespace py = pybind11;
 
@@ -24,7 +24,7 @@ LogitsDtype to_dtype(int code) {
   return static_cast<LogitsDtype>(code);
 }
 
-// One call launches the four kernels (row stats, walk, race, finalize); see csrc/sampling/verify.h for
+// One call launches the four kernels (row stats, walk, race, finalize); see csrc/verify/verify.h for
 // the meaning and shape of every pointer. 0 stands for an absent optional tensor.
 void verify_binding(std::uintptr_t logits, int dtype, int64_t stride_row, int rows, int batch, int vocab, int mode,
                     std::uintptr_t tokens, std::uintptr_t cu_nodes, std::uintptr_t cu_rows,
@@ -94,11 +94,11 @@ void verify_binding(std::uintptr_t logits, int dtype, int64_t stride_row, int ro
   check_cuda(verify_launch(p, as_stream(stream)), "verify");
 }
 
-void bind_sampling(py::module_& m) {
+void bind_verify(py::module_& m) {
   m.attr("verify_race_chunk") = kRaceChunk;
   m.def("verify_cuda", &verify_binding,
         "Acceptance (verify): row stats, tree walk, residual / bonus race and outputs, four launches on one "
-        "stream. Tensors as data pointers (ints); see csrc/sampling/verify.h.",
+        "stream. Tensors as data pointers (ints); see csrc/verify/verify.h.",
         py::arg("logits"), py::arg("dtype"), py::arg("stride_row"), py::arg("rows"), py::arg("batch"),
         py::arg("vocab"), py::arg("mode"), py::arg("tokens"), py::arg("cu_nodes"), py::arg("cu_rows"),
         py::arg("first_child"), py::arg("next_sibling"), py::arg("temperature"), py::arg("scale"),
@@ -114,5 +114,5 @@ void bind_sampling(py::module_& m) {
 }  // namespace
 }  // namespace verispec
 
-VERISPEC_REGISTER_OPS(sampling, verispec::bind_sampling);
+VERISPEC_REGISTER_OPS(verify, verispec::bind_verify);
 #endif  // VERISPEC_WITH_CUDA

@@ -16,8 +16,8 @@
 #include <climits>
 #include <cmath>
 
-#include "sampling/philox.cuh"
-#include "sampling/verify.h"
+#include "verify/philox.cuh"
+#include "verify/verify.h"
 
 namespace verispec {
 namespace {
