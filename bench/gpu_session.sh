@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session for verispec: build with the CUDA kernels for sm_90, run every GPU test, time every
-# GPU path, and leave the evidence under $OUT in at most 8 files. Written for the lent H100 machine
-# (no internet, python3 with torch/triton/pytest preinstalled); docs/gpu.md gives the exact call.
+# GPU path, and leave the evidence under $OUT. Written for the lent H100 machine (no internet, python3
+# with torch/triton/pytest preinstalled); CONTRIBUTING.md ("GPU sessions") gives the exact call.
 #
 #   bash bench/gpu_session.sh               # "all": build, GPU tests, backend test files, then benchmarks while time lasts
 #   bash bench/gpu_session.sh bench         # build, then the benchmarks only (the second call)
@@ -13,9 +13,10 @@
 # PYTHON (default python3), VS_CUDA_ARCHS (default 90), VS_SKIP_BUILD=1 (use the verispec already
 # importable: for dry runs on a CPU machine, where every GPU test skips and the benches run their CPU checks).
 #
-# $OUT afterwards: session.log (everything, live), session.json (versions, GPU, build, steps, source
-# manifest), junit.xml (one suite per test step), bench_results.json (every benchmark's rows),
-# summary.md (the report), raw.tar.gz (per-step logs and the bench scripts' own files).
+# $OUT afterwards: session.log (everything, live), steps.tsv (each step's outcome), env.json (versions,
+# GPU, build, source digest), <step>.json and <step>.xml per test step (pytest --evidence-json: each
+# test's op, backend and outcome; junit), bench/<step>/ (the bench scripts' own JSON and markdown),
+# summary.md (tools/gpu_evidence.py summary), logs.tar.gz (per-step logs).
 # Every step runs under `timeout` inside the overall budget; a failing step never stops the session.
 # Nothing here changes the GPU's settings (clocks, power, persistence, MIG) or resets it.
 set -u -o pipefail
@@ -62,14 +63,12 @@ write_meta() {
     "$MODE" "$STEPS" "$BUDGET" "$BUILD_MODE" "$START" "$(($(date +%s) - START))" "$ARCHS" >"$WORK/meta.json"
 }
 
-pack() {
+pack() {  # everything else already lies in $OUT: the logs, the step table and the summary
   write_meta
-  if ! timeout 60 "$PY" bench/collect_gpu_results.py pack "$WORK" "$OUT" >>"$WORK/logs/pack.log" 2>&1; then
-    # fallback: the raw files themselves, so nothing is lost if the packer breaks
-    say "packing failed (see raw.tar.gz:logs/pack.log); copying raw files"
-    cp "$WORK"/*.xml "$OUT"/ 2>/dev/null
-    tar -czf "$OUT/raw.tar.gz" -C "$WORK" --exclude=site . 2>/dev/null
-  fi
+  cp "$WORK/steps.tsv" "$WORK/meta.json" "$OUT"/ 2>/dev/null
+  tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs meta.json 2>/dev/null
+  timeout 60 "$PY" tools/gpu_evidence.py summary "$OUT" --out "$OUT/summary.md" >>"$WORK/logs/pack.log" 2>&1 ||
+    say "summary failed (see logs.tar.gz:logs/pack.log)"
 }
 
 # step NAME MAX_SECONDS MIN_SECONDS COMMAND...: runs COMMAND under timeout within the budget, logs it
@@ -154,11 +153,11 @@ if "$PY" -c "import pytest_timeout" >/dev/null 2>&1; then
 fi
 
 run_step() {
-  local b=$WORK/bench
+  local b=$OUT/bench
   case $1 in
     gpu_tests)
       step gpu_tests 330 60 "${PYTEST[@]}" tests -m gpu --continue-on-collection-errors \
-        --junitxml="$WORK/gpu_tests.xml" ;;
+        --junitxml="$OUT/gpu_tests.xml" --evidence-json="$OUT/gpu_tests.json" ;;
     backend_tests)
       # Tests without the gpu mark that do use the GPU when one is visible: every verify backend test
       # (they put their tensors on the GPU), the build facts, one Llama-3-8B-sized tree attention call.
@@ -166,7 +165,7 @@ run_step() {
       # Triton: they need the interpreter, which conftest turns on only without a GPU; CI runs them.)
       step backend_tests 240 45 "${PYTEST[@]}" -m "not gpu" tests/test_verify_backends.py \
         tests/test_backends.py tests/test_native_module.py bench/bench_tree_attention.py::test_gpu_llama3_shape \
-        --continue-on-collection-errors --junitxml="$WORK/backend_tests.xml" ;;
+        --continue-on-collection-errors --junitxml="$OUT/backend_tests.xml" --evidence-json="$OUT/backend_tests.json" ;;
     bench_tests)
       if ((HAVE_BENCH_PLUGIN == 0)); then
         say "=== bench_tests: SKIPPED (pytest-benchmark not installed)"
@@ -178,7 +177,7 @@ run_step() {
       # each test also checks the GPU backends' tokens against the torch backend.
       step bench_tests 120 40 "${PYTEST[@]}" bench/bench_verify.py -k "64-4-128256" --benchmark-enable \
         --benchmark-json="$b/bench_tests/pytest_benchmark.json" --benchmark-columns=min,median,max,rounds \
-        --junitxml="$WORK/bench_tests.xml" ;;
+        --junitxml="$OUT/bench_tests.xml" --evidence-json="$OUT/bench_tests.json" ;;
     verify_quick)
       mkdir -p "$b/verify_quick"
       step verify_quick 150 40 "$PY" bench/bench_verify.py --quick --out "$b/verify_quick" ;;
@@ -213,7 +212,7 @@ finish() {
   say "=== done: mode $MODE, $(($(date +%s) - START))s of ${BUDGET}s"
   nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>&1 | tee -a "$LOG"
   pack
-  cat "$OUT/summary.md" 2>/dev/null | head -c 9000
+  cat "$WORK/steps.tsv" "$OUT/summary.md" 2>/dev/null | head -c 9000
   echo
   ls -la "$OUT"
 }
@@ -242,7 +241,7 @@ case $BUILD_MODE in
   target-*) export PYTHONPATH="$VS_SITE${PYTHONPATH:+:$PYTHONPATH}" ;;
 esac
 say "build mode: $BUILD_MODE"
-step env 90 0 "$PY" bench/collect_gpu_results.py env "$WORK/env.json"
+step env 90 0 "$PY" tools/gpu_evidence.py env "$OUT/env.json"
 
 for s in $STEPS; do
   run_step "$s"
