@@ -1,5 +1,6 @@
 """Helpers shared by the kernel benchmarks (bench_commit_kv.py, bench_tree_attention.py, bench_verify.py):
-the measured copy bandwidth they judge against, device facts, and the stamped result files.
+the stamped result files. The measured copy bandwidth, device facts and timers come from
+``verispec.bench._common`` (shared with ``verispec bench``).
 
 Imported as ``_gpu_common`` (the bench scripts' directory is on ``sys.path`` both when run as scripts and
 under pytest).
@@ -10,13 +11,16 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
-import subprocess
-import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
+
+from verispec.bench._common import commit_hash as _commit_hash
+from verispec.bench._common import copy_bandwidth, device_info, wall_timer
+
+__all__ = ["ROOT", "RESULTS", "announce_device", "commit_hash", "copy_bandwidth", "device_info", "result_header",
+           "result_stem", "wall_timer", "write_json"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -24,40 +28,11 @@ RESULTS = ROOT / "bench" / "results"
 
 def commit_hash() -> str:
     """Short hash of the checkout's HEAD, or "unknown" outside git."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def copy_bandwidth(device="cuda", *, nbytes: int = 1 << 30, timer: Optional[Callable[[Callable], float]] = None,
-                   ) -> float:
-    """Measured device-to-device copy bandwidth in GB/s (bytes read + bytes written per second) of an
-    ``nbytes`` buffer; ``timer(fn)`` gives milliseconds (default: triton's do_bench median, warmup 10, rep 200)."""
-    if timer is None:
-        from triton.testing import do_bench
-
-        def timer(fn):
-            return do_bench(fn, warmup=10, rep=200, return_mode="median")
-
-    src = torch.empty(nbytes // 2, dtype=torch.int16, device=device)
-    dst = torch.empty_like(src)
-    ms = timer(lambda: dst.copy_(src))
-    return 2 * nbytes / (ms * 1e-3) / 1e9
-
-
-def device_info(device) -> tuple[str, int]:
-    """(name, SMs) of a CUDA device; (processor, CPU count) on CPU."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return props.name, props.multi_processor_count
-    return platform.processor() or "cpu", os.cpu_count()
+    return _commit_hash(ROOT)
 
 
 def announce_device(name: str, bandwidth: float, sms: Optional[int] = None) -> None:
-    """The line collect_gpu_results.py reads device and bandwidth back from when a run is cut short."""
+    """The first line of every kernel bench's output: the device and the bandwidth it is judged against."""
     print(f"device: {name}{f' ({sms} SMs)' if sms is not None else ''}, measured copy bandwidth {bandwidth:.0f} GB/s")
 
 
@@ -84,10 +59,3 @@ def write_json(stem: Path, result: dict) -> Path:
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, path)
     return path
-
-
-def wall_timer(fn: Callable) -> float:
-    """Milliseconds of one call: a stand-in for do_bench when the tests drive the sweeps on CPU."""
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 from pathlib import Path
 from typing import Callable, Optional
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -30,70 +30,9 @@ if not torch.cuda.is_available():
 import _gpu_common as common  # noqa: E402
 
 import verispec  # noqa: E402
+from verispec.bench.commit_kv import HKV, LAYERS, D, check_backends, make_case, torch_loop  # noqa: E402
 
-LAYERS, HKV, D, TREE = 32, 8, 128, 64
-
-
-def make_case(B: int, P: int, L: int, device, dtype=torch.bfloat16, layers: int = LAYERS, hkv: int = HKV,
-              d: int = D, paged: bool = False, seed: int = 0):
-    rng = random.Random(seed)
-    S = L + TREE
-    rows = torch.full((B, P), -1, dtype=torch.int32)
-    moved = 0
-    for b in range(B):
-        path = [0] + sorted(rng.sample(range(1, TREE), P - 1))
-        rows[b, :P] = torch.tensor(path, dtype=torch.int32)
-        moved += sum(1 for i, r in enumerate(path) if r != i)
-    if paged:
-        page = 16
-        per = (S + page - 1) // page
-        table = torch.randperm(B * per, generator=torch.Generator().manual_seed(seed)).view(B, per).to(torch.int32)
-        shape = (B * per, page, hkv, d)
-    else:
-        table, shape = None, (B, hkv, S, d)
-    # Drawn on the device: 64 Llama-sized caches are ~10^10 numbers, minutes of CPU randn per shape.
-    g = torch.Generator(device=device).manual_seed(seed)
-    ks = [torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(layers)]
-    vs = [torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(layers)]
-    pl = torch.full((B,), L, dtype=torch.int32, device=device)
-    nbytes = 2 * 2 * layers * moved * hkv * d * ks[0].element_size()
-    return ks, vs, pl, rows.to(device), (table.to(device) if table is not None else None), nbytes
-
-
-def torch_loop(ks, vs, pl, rows, table):
-    """The per-layer baseline: index gather + scatter per tensor (contiguous layout only)."""
-    B, P = rows.shape
-    valid = rows >= 0
-    b_idx = torch.arange(B, device=rows.device).view(-1, 1).expand(B, P)[valid]
-    src = (pl.view(-1, 1) + rows)[valid].long()
-    dst = (pl.view(-1, 1) + torch.arange(P, device=rows.device).view(1, -1))[valid].long()
-
-    def run():
-        for c in ks + vs:
-            c[b_idx, :, dst] = c[b_idx, :, src]
-
-    return run
-
-
-def check_backends(device, backends=("triton", "cuda")) -> dict[str, str]:
-    """Each backend against the torch reference on small caches (both layouts), exact equality."""
-    report = {}
-    for be in backends:
-        try:
-            for paged in (False, True):
-                ref = make_case(4, 8, 300, device, layers=4, paged=paged, seed=11)
-                got = make_case(4, 8, 300, device, layers=4, paged=paged, seed=11)
-                want_lens = verispec.commit_kv(ref[0], ref[1], ref[2], ref[3], block_table=ref[4], backend="torch")
-                lens = verispec.commit_kv(got[0], got[1], got[2], got[3], block_table=got[4], backend=be)
-                same = torch.equal(lens.cpu(), want_lens.cpu()) and all(
-                    torch.equal(x, y) for x, y in zip(got[0] + got[1], ref[0] + ref[1]))
-                if not same:
-                    raise AssertionError(f"{'paged' if paged else 'contiguous'} caches differ from the reference")
-            report[be] = "ok"
-        except Exception as exc:
-            report[be] = f"{type(exc).__name__}: {str(exc)[:160]}"
-    return report
-
+pytestmark = pytest.mark.op("commit_kv")
 
 def run_gpu(out_dir: Path, quick: bool, *, device=None, timer=None, bandwidth=None, shapes=None,
             dims=None) -> dict:

@@ -2,7 +2,7 @@
 retriever derived from REST's DraftRetriever) vs REST's published drafting rule re-implemented
 over our index (mode="rest"), side by side in one run on the same tokenized corpus.
 
-Corpus: the Python standard library (bench/_corpus.py), SmolLM2 tokenizer; ~3% of the files are
+Corpus: the Python standard library (verispec/bench/_corpus.py), SmolLM2 tokenizer; ~3% of the files are
 held out and replayed as "model output": at each step the drafter proposes a tree from the true
 context, the longest tree path matching the true continuation is accepted, plus one bonus token
 (Spec-Bench counting: plain decoding = 1.0 tokens/step).
@@ -32,25 +32,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _corpus import load_corpus  # noqa: E402
-
-# name -> how the worker drafts. Our configs span draft sizes; "rest" is REST's rule on our index.
-OURS = {
-    "verispec tree b8": dict(budget=8, max_depth=8),
-    "verispec tree b16": dict(budget=16, max_depth=10),
-    "verispec tree b24": dict(budget=24, max_depth=12),
-    "verispec tree b32": dict(budget=32, max_depth=12),
-    "verispec tree b24, min_count=1": dict(budget=24, max_depth=12, min_count=1),
-    "verispec tree b24, backoff=4": dict(budget=24, max_depth=12, min_count=1, backoff=4, backoff_prior=4.0),
-    "verispec chain d12": dict(budget=12, max_depth=12, mode="chain"),
-    "REST rule (our index)": dict(budget=64, max_depth=10, max_match=16, min_match=2, mode="rest",
-                                  rest_max_matches=5000),
-}
-PEER = {
-    "draftretriever choices=16": dict(choices=16),
-    "draftretriever choices=32": dict(choices=32),
-    "draftretriever choices=64": dict(choices=64),
-}
+from verispec.bench._corpus import load_corpus  # noqa: E402
+from verispec.bench.datastore import OURS, PEER, accepted_len_paths, accepted_len_tree, replay  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -59,59 +42,6 @@ def rss_mib() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def accepted_len_tree(tokens: list, parents: list, truth: list, i: int) -> int:
-    kids: dict[int, dict[int, int]] = {}
-    for j, (t, p) in enumerate(zip(tokens, parents)):
-        kids.setdefault(p, {}).setdefault(t, j)
-    cur, n = -1, 0
-    while i + n < len(truth):
-        nxt = kids.get(cur, {}).get(truth[i + n])
-        if nxt is None:
-            break
-        cur, n = nxt, n + 1
-    return n
-
-
-def accepted_len_paths(paths: list, truth: list, i: int) -> tuple[int, int]:
-    best, prefixes = 0, set()
-    for p in paths:
-        n = 0
-        for k, t in enumerate(p):
-            if t < 0:
-                break
-            prefixes.add(tuple(p[:k + 1]))
-            if n == k and i + k < len(truth) and truth[i + k] == t:
-                n += 1
-        best = max(best, n)
-    return best, len(prefixes)
-
-
-def replay(draft, docs: list[list[int]], max_tokens: int) -> dict:
-    lat, steps, emitted, nodes, cpu = [], 0, 0, 0, 0.0
-    for doc in docs:
-        i = 1
-        while i < len(doc) and emitted < max_tokens:
-            ctx = doc[max(0, i - 32):i]
-            c0 = time.process_time()
-            t0 = time.perf_counter()
-            out = draft(ctx)
-            lat.append(time.perf_counter() - t0)
-            cpu += time.process_time() - c0
-            acc, size = out(doc, i)
-            step = min(acc + 1, len(doc) - i)
-            i += step
-            emitted += step
-            steps += 1
-            nodes += size
-        if emitted >= max_tokens:
-            break
-    lat_us = np.array(lat) * 1e6
-    return {"steps": steps, "tokens": emitted, "tokens_per_step": emitted / steps, "avg_draft": nodes / steps,
-            "cpu_mean_us": cpu / steps * 1e6,
-            "lat_median_us": float(np.median(lat_us)), "lat_p99_us": float(np.percentile(lat_us, 99)),
-            "lat_mean_us": float(lat_us.mean())}
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -27,24 +27,7 @@ import time
 
 import torch
 
-
-class WrongDrafts:
-    """Wraps a drafter and shifts every draft token by one: the same trees, never accepted."""
-
-    def __init__(self, inner, vocab: int):
-        self.inner, self.vocab = inner, vocab
-
-    def begin(self, prompts):
-        self.inner.begin(prompts)
-
-    def propose(self, contexts):
-        from verispec import DraftTree
-
-        return [DraftTree((t.tokens.long() + 1) % self.vocab, t.parents, t.scores, validate=False)
-                for t in self.inner.propose(contexts)]
-
-    def update(self, accepted):
-        self.inner.update(accepted)
+from verispec.bench.generate import WrongDrafts  # shared with `verispec bench`
 
 
 def main(argv=None) -> int:

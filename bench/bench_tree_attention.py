@@ -31,12 +31,11 @@ import argparse
 import math
 import os
 import platform
-import random
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():  # the Triton kernels run in the interpreter on CPU
@@ -44,244 +43,25 @@ if not torch.cuda.is_available():  # the Triton kernels run in the interpreter o
 
 import _gpu_common as common  # noqa: E402
 
-import verispec  # noqa: E402
-from verispec.ops.tree_attention import _check, tree_attention_torch  # noqa: E402
+import verispec.bench.tree_attention as suite  # noqa: E402
+from verispec.bench.tree_attention import (  # noqa: E402  (inputs and peers shared with `verispec bench`)
+    BOUNDS,
+    DEFAULT_PEERS,
+    PEERS,
+    TUNED,
+    Problem,
+    _args,
+    _as_bhtd,
+    build,
+    impl_flex,
+    impl_sdpa_causal,
+    impl_sdpa_dense,
+    impl_verispec,
+    reference,
+)
+from verispec.ops.tree_attention import tree_attention_torch  # noqa: E402
 
-# ---------------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Problem:
-    B: int
-    L: int
-    T: int
-    Hq: int = 32
-    Hkv: int = 8
-    D: int = 128
-    dtype: torch.dtype = torch.bfloat16
-    tensors: dict = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return f"B={self.B} L={self.L} T={self.T}"
-
-    def floor_bytes(self) -> int:
-        """Bytes any exact implementation must move: K/V of every visible key, Q in, O out."""
-        e = torch.tensor([], dtype=self.dtype).element_size()
-        kv = 2 * self.B * self.Hkv * (self.L + self.T) * self.D * e
-        qo = 2 * self.B * self.Hq * self.T * self.D * e
-        return kv + qo
-
-
-def random_parents(n: int, rng: random.Random) -> list[int]:
-    """A drafter-like tree: mostly extends a recent node, sometimes branches near the root."""
-    parents = []
-    for i in range(n):
-        parents.append(-1 if i == 0 or rng.random() < 0.1 else rng.randrange(max(-1, i - 4), i))
-    return parents
-
-
-def build(pr: Problem, device: torch.device, seed: int = 0) -> Problem:
-    rng = random.Random(seed)
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    B, L, T, Hq, Hkv, D = pr.B, pr.L, pr.T, pr.Hq, pr.Hkv, pr.D
-    S = L + T
-    W = (T + 31) // 32
-    anc = torch.zeros(B, T, W, dtype=torch.int64)
-    pos = torch.zeros(B, T, dtype=torch.int32)
-    dense = torch.zeros(B, T, S, dtype=torch.bool)
-    dense[:, :, :L] = True
-    for b in range(B):
-        rp = [-1] + [p + 1 for p in random_parents(T - 1, rng)]
-        for t in range(T):
-            u, depth = t, -1
-            while u >= 0:
-                anc[b, t, u // 32] |= 1 << (u % 32)
-                dense[b, t, L + u] = True
-                u, depth = rp[u], depth + 1
-            pos[b, t] = L + depth
-    anc = torch.where(anc >= 2**31, anc - 2**32, anc).to(torch.int32).view(torch.uint32)
-    q = torch.randn(B, Hq, T, D, generator=g).to(pr.dtype)
-    k = torch.randn(B, Hkv, S, D, generator=g).to(pr.dtype)
-    v = torch.randn(B, Hkv, S, D, generator=g).to(pr.dtype)
-    t = dict(q=q, k=k, v=v, prefix_lens=torch.full((B,), L, dtype=torch.int32),
-             tree_lens=torch.full((B,), T, dtype=torch.int32), ancestors=anc, positions=pos, dense=dense)
-    pr.tensors = {name: x.to(device) for name, x in t.items()}
-    return pr
-
-
-# ---------------------------------------------------------------------------------------------------
-# Implementations: each returns a zero-argument callable producing [B, Hq, T, D]
-# ---------------------------------------------------------------------------------------------------
-
-
-def _args(pr: Problem):
-    t = pr.tensors
-    return t["q"], t["k"], t["v"], t["prefix_lens"], t["tree_lens"], t["ancestors"], t["positions"]
-
-
-def impl_verispec(backend: str, num_splits: Optional[int] = None, config=None):
-    def make(pr: Problem) -> Callable[[], torch.Tensor]:
-        args = _args(pr)
-        out = torch.empty_like(pr.tensors["q"])
-        if backend == "triton" and (num_splits is not None or config is not None):
-            from verispec.ops.triton.tree_attention import tree_attention_fwd
-
-            p = _check(*args, None, None, None, None, out)
-            return lambda: tree_attention_fwd(*args, p, None, out, num_splits=num_splits, config=config)
-        return lambda: verispec.tree_attention(*args, out=out, backend=backend)
-
-    return make
-
-
-TUNE_MIN_L = 16384  # where the bandwidth target is judged; each config is a ~2 s compile on the device
-SM90_SHARED = 232448
-
-
-def impl_triton_tuned(pr: Problem):
-    """Best of a small sweep of Triton tile configs (tuning aid; not in the default peer list).
-    The winning config is reported in the row's entry as ``config``. Shapes below ``TUNE_MIN_L`` are
-    skipped (None), and configs whose Q tile plus K/V stages cannot fit an sm_90 block are not tried."""
-    from triton.testing import do_bench
-
-    from verispec.ops.triton.tree_attention import _pick_blocks, tree_attention_fwd
-
-    if pr.L < TUNE_MIN_L:
-        return None
-    args = _args(pr)
-    out = torch.empty_like(pr.tensors["q"])
-    p = _check(*args, None, None, None, None, out)
-    block_m = _pick_blocks(pr.Hq // pr.Hkv, pr.T, pr.D)[0]
-    best = None
-    for block_n in (32, 64, 128):
-        for warps in (4, 8):
-            for stages in (2, 3):
-                if (block_m + 2 * stages * block_n) * pr.D * 2 > SM90_SHARED:
-                    continue
-                cfg = (block_m, block_n, warps, stages)
-                fn = lambda cfg=cfg: tree_attention_fwd(*args, p, None, out, config=cfg)  # noqa: E731
-                try:
-                    ms = do_bench(fn, warmup=5, rep=20, return_mode="median")
-                except Exception:  # out of shared memory / registers for this config
-                    continue
-                if best is None or ms < best[0]:
-                    best = (ms, cfg, fn)
-    if best is None:
-        raise RuntimeError("no Triton config ran")
-    TUNED[pr.label] = best[1]
-    return best[2]
-
-
-TUNED: dict[str, tuple] = {}
-
-
-def impl_sdpa_dense(pr: Problem):
-    F = torch.nn.functional
-    q, k, v = pr.tensors["q"], pr.tensors["k"], pr.tensors["v"]
-    mask = pr.tensors["dense"][:, None]
-    try:
-        F.scaled_dot_product_attention(q[:1, :, :1], k[:1], v[:1], attn_mask=mask[:1, :, :1], enable_gqa=True)
-        return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-    except (RuntimeError, TypeError):  # no GQA support: repeat K/V the way HF's repeat_kv does, inside the timing
-        rep = pr.Hq // pr.Hkv
-        return lambda: F.scaled_dot_product_attention(
-            q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), attn_mask=mask)
-
-
-def impl_sdpa_causal(pr: Problem):
-    from torch.nn.attention.bias import causal_lower_right
-
-    F = torch.nn.functional
-    q, k, v = pr.tensors["q"], pr.tensors["k"], pr.tensors["v"]
-    bias = causal_lower_right(pr.T, pr.L + pr.T)
-    try:
-        F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
-        return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
-    except (RuntimeError, TypeError, ValueError):
-        rep = pr.Hq // pr.Hkv
-        kr, vr = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)  # outside the timing: a bound
-        return lambda: F.scaled_dot_product_attention(q, kr, vr, attn_mask=bias)
-
-
-_FLEX = {}
-
-
-def _flex_parts(pr: Problem):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    if "fn" not in _FLEX:
-        compiled = pr.tensors["q"].device.type == "cuda"
-        if compiled:
-            # One static compile per shape: a full sweep has dozens, past Dynamo's default limit of 8
-            # (after which it silently runs flex eagerly and the timing means nothing).
-            import torch._dynamo.config as dynamo_config
-
-            for knob in ("recompile_limit", "cache_size_limit"):
-                if hasattr(dynamo_config, knob):
-                    setattr(dynamo_config, knob, max(getattr(dynamo_config, knob), 128))
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
-    dense = pr.tensors["dense"]
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return dense[b, q_idx, kv_idx]
-
-    def block_mask():
-        return create_block_mask(mask_mod, pr.B, None, pr.T, pr.L + pr.T, device=dense.device)
-
-    return _FLEX["fn"], block_mask
-
-
-def impl_flex(rebuild: bool):
-    def make(pr: Problem):
-        fn, block_mask = _flex_parts(pr)
-        q, k, v = pr.tensors["q"], pr.tensors["k"], pr.tensors["v"]
-        if rebuild:
-            return lambda: fn(q, k, v, block_mask=block_mask(), enable_gqa=True)
-        bm = block_mask()
-        return lambda: fn(q, k, v, block_mask=bm, enable_gqa=True)
-
-    return make
-
-
-def impl_flashinfer(pr: Problem):
-    import flashinfer  # noqa: F401  (ImportError: reported as unavailable)
-
-    B, T, S, Hq, Hkv, D = pr.B, pr.T, pr.L + pr.T, pr.Hq, pr.Hkv, pr.D
-    dev = pr.tensors["q"].device
-    q = pr.tensors["q"].transpose(1, 2).reshape(B * T, Hq, D).contiguous()
-    k = pr.tensors["k"].transpose(1, 2).reshape(B * S, Hkv, D).contiguous()
-    v = pr.tensors["v"].transpose(1, 2).reshape(B * S, Hkv, D).contiguous()
-    ws = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device=dev)
-    wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD")
-    qo_indptr = torch.arange(0, B + 1, dtype=torch.int32, device=dev) * T
-    kv_indptr = torch.arange(0, B + 1, dtype=torch.int32, device=dev) * S
-    wrapper.plan(qo_indptr, kv_indptr, Hq, Hkv, D, custom_mask=pr.tensors["dense"].reshape(-1), q_data_type=pr.dtype)
-    return lambda: wrapper.run(q, k, v)
-
-
-# Output layout of each peer relative to verispec's [B, Hq, T, D].
-def _as_bhtd(name: str, out: torch.Tensor, pr: Problem) -> torch.Tensor:
-    if name == "flashinfer":
-        return out.view(pr.B, pr.T, pr.Hq, pr.D).transpose(1, 2)
-    return out
-
-
-PEERS: dict[str, Callable] = {
-    "verispec_triton": impl_verispec("triton"),
-    "verispec_cuda": impl_verispec("cuda"),
-    "sdpa_dense": impl_sdpa_dense,
-    "flex": impl_flex(rebuild=False),
-    "flex+mask": impl_flex(rebuild=True),
-    "flashinfer": impl_flashinfer,
-    "sdpa_causal": impl_sdpa_causal,
-    "verispec_triton_tuned": impl_triton_tuned,  # opt in with --peers
-}
-DEFAULT_PEERS = [name for name in PEERS if name != "verispec_triton_tuned"]
-# Peers that time a different computation on the same shapes: SDPA causal attention (the practical
-# lower bound) sees a causal triangle, not the tree. Their output is checked for NaN/inf only.
-BOUNDS = {"sdpa_causal"}
+pytestmark = pytest.mark.op("tree_attention")
 
 # ---------------------------------------------------------------------------------------------------
 # Measurement
@@ -292,12 +72,6 @@ def time_ms(fn: Callable[[], torch.Tensor]) -> float:
     from triton.testing import do_bench
 
     return float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
-
-
-def reference(pr: Problem) -> torch.Tensor:
-    """fp32 oracle on the device (the float64 comparison lives in tests/; this guards the benchmark)."""
-    a = [x.float() if x.is_floating_point() else x for x in _args(pr)]
-    return tree_attention_torch(*a)
 
 
 def run_gpu(shapes: list[tuple[int, int, int]], peers: list[str], out_dir: Path, *, device=None, dims=None,
@@ -503,7 +277,7 @@ def test_triton_tuning_sweep_on_cpu(tmp_path, monkeypatch):
         return 1.0
 
     monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
-    monkeypatch.setattr(sys.modules[__name__], "TUNE_MIN_L", 16)
+    monkeypatch.setattr(suite, "TUNE_MIN_L", 16)
     res = run_gpu([(1, 20, 2), (1, 8, 2)], ["verispec_triton_tuned"], tmp_path, device="cpu",
                   dims=dict(Hq=2, Hkv=1, D=16, dtype=torch.float32), timer=lambda fn: 1.0, bandwidth=1.0)
     entry = res["rows"][0]["impls"]["verispec_triton_tuned"]
@@ -520,9 +294,8 @@ def test_causal_bound_is_timed_not_judged(tmp_path):
     assert "ms" in entry and "error" not in entry, entry
 
 
+@pytest.mark.backend("triton")
 def test_gpu_llama3_shape(benchmark=None):
-    import pytest
-
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     pr = build(Problem(8, 16384, 64), torch.device("cuda"))

@@ -37,69 +37,11 @@ if not torch.cuda.is_available():
 import _gpu_common as common  # noqa: E402
 import pytest  # noqa: E402
 
-import verispec  # noqa: E402
-from verispec.ops.tree_buffers import tree_buffers  # noqa: E402
+from verispec.bench.verify import BS, CASES, KS, VS, make_case, run_flashinfer, run_verispec  # noqa: E402
+
+pytestmark = pytest.mark.op("verify")
 
 GPU = torch.cuda.is_available()
-BS, KS, VS = (1, 8, 64, 256), (4, 8, 16, 64), (32000, 128256, 151936)
-CASES = ("greedy", "exact_chain", "exact_tree")
-
-
-def make_case(case: str, B: int, K: int, V: int, device, dtype=torch.bfloat16, seed: int = 0) -> dict:
-    """Inputs for one benchmark case, generated on `device` (large shapes never touch host memory)."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    if case == "exact_tree":
-        fan = min(4, K)
-        parents = [-1] * fan + [j - fan for j in range(fan, K)]  # four interleaved chains
-    else:
-        parents = list(range(-1, K - 1))
-    par = torch.tensor(parents, dtype=torch.int32).repeat(B).to(device)
-    cu = (torch.arange(B + 1, dtype=torch.int32) * K).to(device)
-    logits = torch.randn(B * (K + 1), V, generator=g, device=device).mul_(2).to(dtype)
-    c = {"B": B, "K": K, "V": V, "case": case, "logits": logits, "parents": par, "cu": cu}
-    if case == "exact_chain":
-        q = torch.softmax(torch.randn(B * K, V, generator=g, device=device).mul_(2), dim=1)
-        c["draft_probs"] = q
-        c["tokens"] = torch.multinomial(q, 1, generator=g).squeeze(1).to(torch.int32)
-    else:
-        # drafts that often match the target's argmax so walks go deep
-        rows = logits.view(B, K + 1, V)
-        want = rows[:, :K].float().argmax(-1)
-        noise = torch.randint(0, V, (B, K), generator=g, device=device)
-        keep = torch.rand(B, K, generator=g, device=device) < 0.7
-        c["tokens"] = torch.where(keep, want, noise).reshape(-1).to(torch.int32)
-    c["buffers"] = tree_buffers(par, cu, max_rows=K + 1, validate=False)
-    c["max_depth"] = K if case != "exact_tree" else (K + fan - 1) // fan
-    c["seed"] = torch.arange(B, device=device)
-    c["offset"] = torch.zeros(B, dtype=torch.int64, device=device)
-    return c
-
-
-def run_verispec(c: dict, backend: str) -> Callable[[], verispec.VerifyResult]:
-    mode = "greedy" if c["case"] == "greedy" else "exact"
-    kw = dict(mode=mode, buffers=c["buffers"], max_depth=c["max_depth"], validate=False, backend=backend,
-              seed=c["seed"], offset=c["offset"], draft_probs=c.get("draft_probs"))
-    flat = (c["tokens"], c["parents"], c["cu"])
-    return lambda: verispec.verify(c["logits"], flat, **kw)
-
-
-def run_flashinfer(c: dict, include_softmax: bool) -> Optional[Callable]:
-    try:
-        from flashinfer.sampling import chain_speculative_sampling
-    except Exception:
-        return None
-    B, K, V = c["B"], c["K"], c["V"]
-    q = c["draft_probs"].view(B, K, V)
-    ids = c["tokens"].view(B, K)
-    probs = torch.softmax(c["logits"].float(), dim=-1).view(B, K + 1, V)
-
-    def fn():
-        p = torch.softmax(c["logits"].float(), dim=-1).view(B, K + 1, V) if include_softmax else probs
-        return chain_speculative_sampling(q, ids, p)
-
-    return fn
-
-
 def copy_bandwidth() -> float:
     from triton.testing import do_bench
 

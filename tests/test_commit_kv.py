@@ -11,6 +11,8 @@ import verispec
 import verispec._backends as verispec_backends
 from verispec.ops.commit_kv import path_rows_from_accepted
 
+pytestmark = pytest.mark.op("commit_kv")
+
 BACKENDS = ["torch", "triton"]
 
 

@@ -17,6 +17,8 @@ import torch
 import verispec
 from verispec.ops.tree_attention import tree_attention_torch
 
+pytestmark = [pytest.mark.op("tree_attention"), pytest.mark.backend("torch")]
+
 # ---------------------------------------------------------------------------------------------------
 # Case construction (independent of verispec's own helpers)
 # ---------------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from test_tree_attention import TOL, Case, check_close
 
 from verispec.ops.tree_attention import _check
 
+pytestmark = [pytest.mark.op("tree_attention"), pytest.mark.backend("cuda")]
+
 DRIVER_ATTENTION = r"""
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>

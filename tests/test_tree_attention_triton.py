@@ -14,6 +14,8 @@ from test_tree_attention import TOL, Case, check_close, run
 from verispec.ops.tree_attention import _check
 from verispec.ops.triton.tree_attention import tree_attention_fwd
 
+pytestmark = [pytest.mark.op("tree_attention"), pytest.mark.backend("triton")]
+
 CPU_SHAPES = [
     # prefix lens, node counts, Hq, Hkv, D, kinds
     ([0], [0], 1, 1, 16, ["chain"]),

@@ -6,6 +6,8 @@ import torch
 from verispec import DraftTree, pack_trees
 from verispec.ops.tree_buffers import tree_buffers, tree_buffers_reference
 
+pytestmark = [pytest.mark.op("tree_buffers"), pytest.mark.backend("torch")]
+
 FIELDS = ("depth", "parent", "first_child", "next_sibling", "request", "cu_rows")
 
 

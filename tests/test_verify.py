@@ -11,6 +11,8 @@ from verispec import DraftTree, pack_trees
 from verispec.ops import verify as vmod
 from verispec.ops.tree_buffers import tree_buffers
 
+pytestmark = pytest.mark.op("verify")
+
 
 def _logits_with_argmax(argmaxes, V, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)

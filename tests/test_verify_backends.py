@@ -18,6 +18,8 @@ from verispec import DraftTree, _backends
 from verispec.ops import _launch, _philox
 from verispec.ops import verify as vmod
 
+pytestmark = pytest.mark.op("verify")
+
 HAS_GPU = torch.cuda.is_available()
 BACKENDS = [
     pytest.param("triton", id="triton"),

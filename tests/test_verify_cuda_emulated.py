@@ -25,6 +25,8 @@ from verispec import DraftTree
 from verispec.ops import verify as vmod
 from verispec.ops.cuda.verify import verify_cuda_launch
 
+pytestmark = [pytest.mark.op("verify"), pytest.mark.backend("cuda")]
+
 DRIVER = r"""
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>

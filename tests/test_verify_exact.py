@@ -21,6 +21,8 @@ from verispec.ops import _philox
 from verispec.ops import verify as vmod
 from verispec.ops.tree_buffers import tree_buffers
 
+pytestmark = pytest.mark.op("verify")
+
 P_MIN = 1e-4  # fail when the fit is this unlikely; every test below also shows a broken sampler failing
 
 

@@ -1,4 +1,4 @@
-"""The wheel users install: build it here, install it into a fresh virtual environment whose PATH has
+"""The wheel users install (the only place the test suite builds one): build it here, install it into a fresh virtual environment whose PATH has
 no compiler, then import it, run `verispec info` and a CPU smoke test of every op (tools/wheel_smoke.py).
 
 Cost: the wheel is built with VERISPEC_CUDA=OFF (C++ only: the CUDA sources are compiled by the main
@@ -50,11 +50,16 @@ def wheel(tmp_path_factory) -> Path:
 
 
 def test_wheel_contents(wheel):
+    """The native core inside the package, the Triton kernels as verispec.ops.triton (never a top-level
+    `triton_kernels`, a name another project owns), the benchmark suite, and no sources."""
     names = zipfile.ZipFile(wheel).namelist()
-    assert any(n.startswith("verispec/_C") and n.endswith(".so") for n in names), "no native module"
-    for want in ("verispec/cli/bench.py", "verispec/bench/report.py", "verispec/bench/verify.py"):
+    assert any(n.startswith("verispec/_C.") and n.endswith(".so") for n in names), "no native module"
+    for op in ("verify", "tree_attention", "commit_kv"):
+        assert f"verispec/ops/triton/{op}.py" in names and f"verispec/ops/cuda/{op}.py" in names
+    for want in ("verispec/__init__.py", "verispec/cli/bench.py", "verispec/bench/report.py"):
         assert want in names, f"{want} missing from the wheel"
-    assert not [n for n in names if n.startswith(("tests/", "bench/", "csrc/"))], "sources leaked into the wheel"
+    leaked = [n for n in names if n.startswith(("tests/", "bench/", "csrc/", "triton_kernels/"))]
+    assert not leaked, f"leaked into the wheel: {leaked[:5]}"
 
 
 def test_auditwheel_show(wheel):

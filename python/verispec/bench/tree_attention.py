@@ -102,7 +102,7 @@ def impl_verispec(backend: str, num_splits: Optional[int] = None, config=None):
         args = _args(pr)
         out = torch.empty_like(pr.tensors["q"])
         if backend == "triton" and (num_splits is not None or config is not None):
-            from verispec.triton_kernels.tree_attention import tree_attention_fwd
+            from verispec.ops.triton.tree_attention import tree_attention_fwd
 
             p = _check(*args, None, None, None, None, out)
             return lambda: tree_attention_fwd(*args, p, None, out, num_splits=num_splits, config=config)
@@ -121,7 +121,7 @@ def impl_triton_tuned(pr: Problem):
     """Best of a small sweep of Triton tile configs (tuning aid; not in the default peer list).
     The winning config is reported in the row's entry as ``config``. Shapes below ``TUNE_MIN_L`` are
     skipped (None), and configs whose Q tile plus K/V stages cannot fit an sm_90 block are not tried."""
-    from verispec.triton_kernels.tree_attention import _pick_blocks, tree_attention_fwd
+    from verispec.ops.triton.tree_attention import _pick_blocks, tree_attention_fwd
 
     if pr.L < TUNE_MIN_L:
         return None

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "demo": "verispec.cli.demo",
     "generate": "verispec.cli.generate",
     "datastore": "verispec.cli.datastore",
+    "bench": "verispec.cli.bench",
 }
 
 DESCRIPTION = """\
@@ -30,6 +31,7 @@ examples:
   verispec generate --prompt "def fib(n):" --check
   verispec datastore build --tokenizer model_dir --input corpus/ --out code.vsds
   verispec info                               build, devices and backends
+  verispec bench --quick                      benchmark tables for this device, beside the installed peers
 
 run `verispec COMMAND --help` for a command's options."""
 
