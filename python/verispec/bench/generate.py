@@ -93,4 +93,4 @@ def run(ctx: Context) -> dict:
                                      "identical": f"{same}/{n_prompts}"}}
     return {"op": "generate", "rows": [row], "floor": None,
             "notes": [f"model {type(model).__name__} (SmolLM2-135M-Instruct, {model.dtype}), greedy; drafter "
-                      f"{example!r}; time: ms per generated token"]}
+                      f"{example!r}; time: ms per generated token over the whole run (total time / tokens), not a median"]}

@@ -191,7 +191,10 @@ def plot(result: dict, out_dir: str) -> list[Path]:
         ax.set_yticklabels([row["shape"] for row in rows], fontsize=8)
         ax.invert_yaxis()
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels collide
+        # 1-2-5 ticks in plain numbers: a sweep often spans less than a decade, where decade labels say nothing
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("median ms (log scale; shorter is faster)")
         where = "CPU" if r.get("device") == "CPU" else result["device"]["name"]
         ax.set_title(f"{op} on {where} ({result['date'][:10]}, {result['commit']})", fontsize=10)
