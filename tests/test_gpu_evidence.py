@@ -78,11 +78,12 @@ def test_justified_only_with_clean_evidence(tmp_path, repo):
     d = _evidence(tmp_path / "ev", repo, [("verify", "triton", True, "passed"), ("verify", "triton", False, "passed"),
                                           ("verify", "cuda", True, "passed"), ("verify", "cuda", True, "failed"),
                                           ("commit_kv", "triton", True, "skipped"),
-                                          ("commit_kv", "triton", True, "passed")])
+                                          ("commit_kv", "triton", True, "passed"), ("-", "-", False, "failed")])
     text, entries = ge.summary([d], repo=repo)
     assert len(entries) == 1 and entries[0].startswith('("verify", "triton"): {"sm_90"')
     assert "| verify | cuda | sm_90 | 1 | 1 |" in text and "1 failed" in text
     assert "1 gpu-marked skipped" in text and "identical to HEAD" in text
+    assert "Other failures (no GPU op/backend declared):\n- t6: m" in text
 
 
 def test_source_mismatch_bench_error_and_cpu_build_block(tmp_path, repo):

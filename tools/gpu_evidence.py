@@ -199,6 +199,10 @@ def summary(dirs: list[Path], rev: str = "HEAD", repo: Path = ROOT) -> tuple[str
     fails = [f for v in verdicts(found) for f in v["failures"]]
     if fails:
         lines += ["", "Failures:"] + [f"- {f}" for f in fails]
+    other = [f"{t['id']}: {t['message']}" for run in found["tests"] for t in run["tests"]
+             if t["outcome"] in ("failed", "error") and (t["op"] == "-" or t["backend"] not in GPU_BACKENDS)]
+    if other:  # tests that declare no GPU op/backend: no verdict depends on them, but nothing is hidden
+        lines += ["", "Other failures (no GPU op/backend declared):"] + [f"- {f}" for f in other]
     for b in found["bench"]:
         lines.append(f"- benchmark file {Path(b['_file']).name}: {b.get('bench') or 'verispec bench'}, "
                      f"commit {b.get('commit')}, {b.get('date')}")
