@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 
@@ -39,6 +40,11 @@ def pytest_collection_finish(session):
 
 
 _EVIDENCE: list = []
+_STATE: dict = {"path": None, "written": 0.0, "header": None}
+
+
+def pytest_configure(config):
+    _STATE["path"] = config.getoption("--evidence-json", default=None)
 
 
 def pytest_runtest_logreport(report):
@@ -54,32 +60,46 @@ def pytest_runtest_logreport(report):
                           "gpu": "gpu" in report.keywords, "when": report.when,
                           "outcome": "error" if report.failed and report.when != "call" else report.outcome,
                           "duration_s": round(report.duration, 3), "message": message})
+        if _STATE["path"] and time.monotonic() - _STATE["written"] > 2:
+            _write(complete=False)  # a run killed by a timeout still leaves what it saw
 
 
-def pytest_sessionfinish(session, exitstatus):
-    path = session.config.getoption("--evidence-json")
-    if not path:
-        return
-
+def _header() -> dict:
     import torch
 
     gpu = torch.cuda.is_available()
-    device = torch.cuda.get_device_name(0) if gpu else None
-    cap = "sm_{}{}".format(*torch.cuda.get_device_capability(0)) if gpu else None
     try:
         from verispec import _native
 
         built_with_cuda = _native.built_with_cuda()
     except Exception:
         built_with_cuda = None
-    root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True).stdout.strip()
     except OSError:
         head = ""
-    out = {"kind": "verispec-test-evidence", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-               timespec="seconds"), "device": device, "device_class": cap, "built_with_cuda": built_with_cuda,
-           "torch": torch.__version__, "python": platform.python_version(), "commit": head or os.environ.get("VS_COMMIT") or None,
-           "exitstatus": int(exitstatus), "tests": _EVIDENCE}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(out, indent=1))
+    return {"kind": "verispec-test-evidence",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name(0) if gpu else None,
+            "device_class": "sm_{}{}".format(*torch.cuda.get_device_capability(0)) if gpu else None,
+            "built_with_cuda": built_with_cuda, "torch": torch.__version__, "python": platform.python_version(),
+            "commit": head or os.environ.get("VS_COMMIT") or None}
+
+
+def _write(complete: bool, exitstatus=None) -> None:
+    """Atomic rewrite: readers never see half a file."""
+    if _STATE["header"] is None:
+        _STATE["header"] = _header()
+    path = Path(_STATE["path"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = {**_STATE["header"], "complete": complete, "exitstatus": exitstatus, "tests": _EVIDENCE}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, path)
+    _STATE["written"] = time.monotonic()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _STATE["path"]:
+        _write(complete=True, exitstatus=int(exitstatus))

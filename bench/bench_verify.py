@@ -58,6 +58,8 @@ def sweep(out_dir: Path, quick: bool) -> dict:
     shapes = [(c, 64, 4, 128256) for c in CASES] + [("greedy", 1, 4, 32000), ("exact_chain", 256, 16, 151936)] \
         if quick else [(c, B, K, V) for c in CASES for B in BS for K in KS for V in VS]
     rows = []
+    result = {**common.result_header("verify", name, bw), "logits": "bf16", "rows": rows}
+    stem = common.result_stem(out_dir, result, minutes=False)
     for case, B, K, V in shapes:
         R = B * (K + 1)
         if R * V * 2 > 12 * 2**30:  # keep the inputs (and FlashInfer's float32 copies) in memory
@@ -81,10 +83,9 @@ def sweep(out_dir: Path, quick: bool) -> dict:
                 row["impls"][name] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
         rows.append(row)
         print(json.dumps(row), flush=True)
+        common.write_json(stem, result)  # after every shape: a sweep cut short keeps what it measured
         del c
         torch.cuda.empty_cache()
-    result = {**common.result_header("verify", name, bw), "logits": "bf16", "rows": rows}
-    stem = common.result_stem(out_dir, result, minutes=False)
     common.write_json(stem, result)
     print(f"wrote {stem}.json")
     return result

@@ -33,13 +33,28 @@ def test_plugin_records_declared_op_and_backend(tmp_path):
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(t), f"--evidence-json={out}",
                     f"--junitxml={tmp_path / 'j.xml'}"], cwd=tmp_path, capture_output=True)
     ev = json.loads(out.read_text())
-    assert ev["kind"] == "verispec-test-evidence"
+    assert ev["kind"] == "verispec-test-evidence" and ev["complete"] is True
     got = {(x["id"].split("::")[1], x["op"], x["backend"], x["gpu"], x["outcome"]) for x in ev["tests"]}
     assert got == {("test_param[torch]", "verify", "torch", False, "passed"),
                    ("test_param[cuda]", "verify", "cuda", False, "failed"),
                    ("test_marked", "verify", "triton", True, "passed")}
     assert "boom" in next(x["message"] for x in ev["tests"] if x["outcome"] == "failed")
     assert 'name="op" value="verify"' in (tmp_path / "j.xml").read_text()
+
+
+def test_plugin_leaves_evidence_when_pytest_dies(tmp_path):
+    """A run killed mid-way (a step's timeout) keeps the tests it finished, marked incomplete."""
+    t = tmp_path / "test_y.py"
+    t.write_text("import os, pytest\npytestmark = pytest.mark.op('commit_kv')\n"
+                 "def test_a():\n    pass\ndef test_b():\n    os._exit(3)\n")
+    shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n  op(name): x\n")
+    out = tmp_path / "ev.json"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(t),
+                          f"--evidence-json={out}"], cwd=tmp_path, capture_output=True)
+    assert run.returncode == 3
+    ev = json.loads(out.read_text())
+    assert ev["complete"] is False and [x["id"].split("::")[1] for x in ev["tests"]] == ["test_a"]
 
 
 def _git(repo, *args):
@@ -97,6 +112,15 @@ def test_source_mismatch_bench_error_and_cpu_build_block(tmp_path, repo):
     d2 = _evidence(tmp_path / "ev2", repo, [("verify", "triton", True, "passed")])
     text, entries = ge.summary([d2], repo=repo)
     assert entries == [] and "differs from HEAD in 1 files: csrc/k.cu" in text
+
+
+def test_a_run_killed_before_the_end_blocks_every_verdict(tmp_path, repo):
+    d = _evidence(tmp_path / "ev", repo, [("verify", "triton", True, "passed")])
+    run = json.loads((d / "gpu_tests.json").read_text())
+    run["complete"] = False  # what the plugin leaves when pytest is killed mid-run
+    (d / "gpu_tests.json").write_text(json.dumps(run))
+    text, entries = ge.summary([d], repo=repo)
+    assert entries == [] and "1 test run(s) killed before the end" in text
 
 
 def test_cli_summary_and_missing_folder(tmp_path, repo, capsys):

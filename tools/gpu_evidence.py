@@ -8,8 +8,8 @@ bench/bench_*.py result files) and print their own tables. This tool only reads 
     python tools/gpu_evidence.py env OUT.json          # on the GPU machine: device, build, source digest
     python tools/gpu_evidence.py summary DIR [DIR...]   # here: per op/backend verdicts, _verified.py entries
 
-A pair (op, backend) is justified on a device class (sm_90, ...) when at least one of its ``gpu``-marked
-tests passed there, none of its tests failed or errored, none of its ``gpu``-marked tests was skipped,
+A pair (op, backend) is justified on a device class (sm_90, ...) when every test run finished, at least
+one of its ``gpu``-marked tests passed there, none of its tests failed or errored, none of its ``gpu``-marked tests was skipped,
 no benchmark saw a wrong output from it, for ``cuda`` the build had the CUDA kernels, and the device's
 source files (csrc, python/verispec, CMakeLists.txt, pyproject.toml) are byte-identical
 to ``--rev`` (default HEAD) of this checkout. The tool never edits python/verispec/_verified.py.
@@ -144,6 +144,7 @@ def verdicts(found: dict[str, list]) -> list[dict]:
             if t["outcome"] in ("failed", "error"):
                 failures[key].append(f"{t['id']}: {t['message']}")
     bench_bad = bench_problems(found["bench"])
+    unfinished = [r.get("date") for r in found["tests"] if r.get("complete") is False]
     out = []
     for (op, be, cls), n in sorted(tally.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         why = []
@@ -159,6 +160,8 @@ def verdicts(found: dict[str, list]) -> list[dict]:
             why.append(f"{len(bench_bad[(op, be)])} benchmark errors")
         if be == "cuda" and not cuda_built:
             why.append("built without the CUDA kernels")
+        if unfinished:
+            why.append(f"{len(unfinished)} test run(s) killed before the end")
         out.append({"op": op, "backend": be, "device_class": cls, "counts": dict(n), "blocked_by": why,
                     "failures": failures[(op, be, cls)][:5] + bench_bad.get((op, be), [])[:5]})
     return out
