@@ -91,6 +91,18 @@ def test_failing_op_is_recorded_and_the_others_still_run(monkeypatch):
     assert "not run: RuntimeError: kernel exploded" in report.markdown(r)
 
 
+@pytest.mark.parametrize("missing, key", [("draftretriever", "skipped"), ("verispec.ops.renamed", "error")])
+def test_missing_peer_skips_but_a_broken_verispec_import_is_an_error(monkeypatch, missing, key):
+    import verispec.bench.verify as bv
+
+    def run(ctx):
+        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+
+    monkeypatch.setattr(bv, "run", run)
+    r = report.run_suite(["verify"], fake_ctx())["ops"]["verify"]
+    assert set(r) == {"op", key, "device"} and missing in r[key]
+
+
 def test_plots(kernels_result, tmp_path):
     pytest.importorskip("matplotlib")
     paths = report.plot(kernels_result, str(tmp_path))
