@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+pytestmark = [pytest.mark.op("commit_kv"), pytest.mark.backend("cuda")]
+
 _native = pytest.importorskip("verispec._native")
 _HAS_CUDA_BUILD = _native.built_with_cuda()
 

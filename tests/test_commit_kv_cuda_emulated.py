@@ -11,6 +11,8 @@ import pytest
 import torch
 from _cuda_emulation import build_emulated
 
+pytestmark = [pytest.mark.op("commit_kv"), pytest.mark.backend("cuda")]
+
 DRIVER_COMMIT = r"""
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>

@@ -10,6 +10,8 @@ from test_tree_attention import Case
 
 from verispec.ops.tree_attention import _check
 
+pytestmark = [pytest.mark.op("tree_attention"), pytest.mark.backend("cuda")]
+
 _native = pytest.importorskip("verispec._native")
 _HAS_CUDA_BUILD = _native.built_with_cuda()
 
