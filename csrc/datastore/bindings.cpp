@@ -5,8 +5,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
+
 #include <algorithm>
 #include <cstring>
+#include <limits>
+#include <memory>
 #include <thread>
 
 #include "datastore/pool.h"
@@ -26,6 +30,48 @@ using I64 = py::array_t<int64_t, py::array::c_style>;
 // element 0 in the caller's context) or as Python lists / tuples, read here directly (cheaper than
 // a numpy round trip for the few tokens a query needs): only the last `keep` elements, and
 // `offset` is then added to their positions. Range checks happen here, where they cost nanoseconds.
+// Every integer that crosses from Python goes through here: a TypeError for non-integers and a
+// ValueError naming the argument and its range otherwise (pybind's own conversion would answer
+// 2**63 or -1 for an unsigned parameter with an "incompatible function arguments" wall).
+int64_t int_arg(py::handle o, const char* name, int64_t lo, int64_t hi) {
+  if (PyBool_Check(o.ptr()) || !PyIndex_Check(o.ptr()))
+    throw py::type_error(std::string(name) + " must be an int, got " + Py_TYPE(o.ptr())->tp_name);
+  py::object idx = py::reinterpret_steal<py::object>(PyNumber_Index(o.ptr()));
+  if (!idx) throw py::error_already_set();
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(idx.ptr(), &overflow);
+  if (overflow || v < lo || v > hi)
+    throw py::value_error(std::string(name) + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                          "], got " + std::string(py::str(idx)));
+  return int64_t(v);
+}
+
+constexpr int64_t kI64Max = std::numeric_limits<int64_t>::max();
+
+// Signals reach Python code only between bytecodes: while a long native call runs, Ctrl-C (and
+// SIGTERM, which datastore.py turns into KeyboardInterrupt during builds) would wait for it to end.
+// A PyStop polls for them from the calling thread (taking the GIL if it was released, at most
+// every 20 ms); when a handler raises, the native loops stop and the exception is re-raised.
+struct PyStop {
+  std::unique_ptr<py::error_already_set> error;
+  Stop stop{[this] {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() == 0) return false;
+    error = std::make_unique<py::error_already_set>();
+    return true;
+  }};
+
+  template <class F>
+  auto run(F&& f) -> decltype(f(static_cast<const Stop*>(nullptr))) {
+    try {
+      return f(&stop);
+    } catch (const Interrupted&) {
+      if (error) throw py::error_already_set(*error);
+      throw;
+    }
+  }
+};
+
 void check_id(int64_t v, int64_t pos, const std::string& what) {
   if (v < 0)
     throw std::invalid_argument(what + ": position " + std::to_string(pos) + " has negative token id " + std::to_string(v));
@@ -57,7 +103,11 @@ std::vector<uint32_t> context_ids(py::handle obj, int64_t offset, int64_t keep, 
         if (!idx) throw py::error_already_set();
         v = PyLong_AsLongLongAndOverflow(idx.ptr(), &overflow);
       }
-      if (overflow) v = overflow < 0 ? -1 : int64_t(1) << 62;
+      if (overflow)  // beyond int64: report the number itself
+        throw py::value_error(what + ": position " + std::to_string(pos) +
+                              (overflow < 0 ? " has negative token id " + std::string(py::str(item))
+                                            : " has token id " + std::string(py::str(item)) +
+                                                  " > 4294967294 (the largest storable id)"));
       check_id(v, pos, what);
       out[size_t(i - start)] = uint32_t(v);
     }
@@ -75,20 +125,26 @@ std::vector<uint32_t> context_ids(py::handle obj, int64_t offset, int64_t keep, 
   return out;
 }
 
-DraftParams make_params(int64_t budget, int64_t max_depth, int64_t max_match, int64_t min_count, int64_t min_match,
-                        double min_score, int mode, int64_t rest_max_matches, int64_t backoff, double backoff_prior) {
+DraftParams make_params(py::handle budget, py::handle max_depth, py::handle max_match, py::handle min_count,
+                        py::handle min_match, double min_score, py::handle mode, py::handle rest_max_matches,
+                        py::handle backoff, double backoff_prior) {
   DraftParams p;
-  p.budget = budget;
-  p.max_depth = max_depth;
-  p.max_match = max_match;
-  p.min_count = min_count;
-  p.min_match = min_match;
+  p.budget = int_arg(budget, "budget", 0, kMaxBudget);
+  p.max_depth = int_arg(max_depth, "max_depth", 0, kMaxDepth);
+  p.max_match = int_arg(max_match, "max_match", 1, kMaxMatch);
+  p.min_count = int_arg(min_count, "min_count", 1, kI64Max);
+  p.min_match = int_arg(min_match, "min_match", 1, kI64Max);
+  if (!(min_score >= 0.0 && min_score <= 1.0))
+    throw py::value_error("min_score must be in [0, 1], got " + std::to_string(min_score));
   p.min_score = min_score;
-  if (mode < 0 || mode > 2) throw std::invalid_argument("mode must be 0 (tree), 1 (chain) or 2 (rest)");
-  p.mode = DraftMode(mode);
-  p.rest_max_matches = rest_max_matches;
-  if (backoff < 0 || !(backoff_prior > 0)) throw std::invalid_argument("backoff must be >= 0 and backoff_prior > 0");
-  p.backoff = backoff;
+  p.mode = DraftMode(int_arg(mode, "mode", 0, 2));
+  p.rest_max_matches = int_arg(rest_max_matches, "rest_max_matches", 1, kMaxRestWork);
+  if (p.mode == DraftMode::kRest && p.rest_max_matches * std::max<int64_t>(p.max_depth, 1) > kMaxRestWork)
+    throw py::value_error("REST drafting reads rest_max_matches x max_depth tokens; " + std::to_string(p.rest_max_matches) +
+                          " x " + std::to_string(p.max_depth) + " is above the limit of " + std::to_string(kMaxRestWork));
+  p.backoff = int_arg(backoff, "backoff", 0, kI64Max);
+  if (!(backoff_prior > 0) || !std::isfinite(backoff_prior))
+    throw py::value_error("backoff_prior must be finite and > 0, got " + std::to_string(backoff_prior));
   p.backoff_prior = backoff_prior;
   return p;
 }
@@ -151,14 +207,14 @@ py::dict header_dict(const FileHeader& h) {
 void bind_datastore(py::module_& m) {
   m.def(
       "build_datastore_file",
-      [](const U32& tokens, const U64& offsets, uint64_t vocab, const std::string& path, py::object progress) {
-        const Corpus c = corpus_of(tokens, offsets, vocab);
+      [](const U32& tokens, const U64& offsets, py::handle vocab, const std::string& path, py::object progress) {
+        const Corpus c = corpus_of(tokens, offsets, uint64_t(int_arg(vocab, "vocab_size", 1, 0xFFFFFFFFll)));
         const Progress p = wrap_progress(progress);
-        FileHeader h;
-        {
+        PyStop ps;
+        const FileHeader h = ps.run([&](const Stop* stop) {
           py::gil_scoped_release nogil;
-          h = build_file(c, path, p);
-        }
+          return build_file(c, path, p, stop);
+        });
         return header_dict(h);
       },
       py::arg("tokens"), py::arg("offsets"), py::arg("vocab_size"), py::arg("path"), py::arg("progress") = py::none(),
@@ -167,17 +223,17 @@ void bind_datastore(py::module_& m) {
   py::class_<Datastore, std::shared_ptr<Datastore>>(m, "DatastoreCore")
       .def_static(
           "open",
-          [](const std::string& path, bool prefetch) {
+          [](const std::string& path, bool prefetch, bool load) {
             py::gil_scoped_release nogil;
-            auto d = Datastore::open(path);
+            auto d = Datastore::open(path, load);
             if (prefetch) d->file()->populate_in_background();
             return d;
           },
-          py::arg("path"), py::arg("prefetch") = false)
+          py::arg("path"), py::arg("prefetch") = false, py::arg("load") = false)
       .def_static(
           "in_memory",
-          [](const U32& tokens, const U64& offsets, uint64_t vocab) {
-            const Corpus c = corpus_of(tokens, offsets, vocab);
+          [](const U32& tokens, const U64& offsets, py::handle vocab) {
+            const Corpus c = corpus_of(tokens, offsets, uint64_t(int_arg(vocab, "vocab_size", 1, 0xFFFFFFFFll)));
             py::gil_scoped_release nogil;
             return Datastore::in_memory(c);
           },
@@ -186,8 +242,10 @@ void bind_datastore(py::module_& m) {
           "draft",
           [](const Datastore& d, py::object ctx, int64_t offset, const DraftParams& p) {
             const std::vector<uint32_t> ids = context_ids(ctx, offset, p.max_match, "context");
+            d.check_file();
             // A single query takes microseconds: releasing the GIL would cost more than it frees.
-            return to_python(d.draft(ids.data(), ids.size(), p));
+            PyStop ps;
+            return to_python(ps.run([&](const Stop* stop) { return d.draft(ids.data(), ids.size(), p, stop); }));
           })
       .def(
           "draft_batch",
@@ -199,15 +257,21 @@ void bind_datastore(py::module_& m) {
             for (size_t b = 0; b < ctxs.size(); ++b)
               in.push_back(context_ids(ctxs[b], offsets[b], p.max_match, "context " + std::to_string(b)));
             std::vector<DraftResult> out(in.size());
-            {
+            d.check_file();
+            PyStop ps;
+            ps.run([&](const Stop* stop) {
               py::gil_scoped_release nogil;
-              auto one = [&](size_t i) { out[i] = d.draft(in[i].data(), in[i].size(), p); };
+              // Each query checks first: on the calling thread that polls for Ctrl-C (every 20 ms).
+              auto one = [&](size_t i) {
+                stop->check();
+                out[i] = d.draft(in[i].data(), in[i].size(), p, stop);
+              };
               if (threads == 1) {
                 for (size_t i = 0; i < in.size(); ++i) one(i);
               } else {
                 ThreadPool::instance().parallel_for(in.size(), one);
               }
-            }
+            });
             if (packed) {  // one ragged batch: flat tokens / parents / scores + cu_nodes [B+1]
               std::vector<int32_t> cu(out.size() + 1, 0);
               for (size_t b = 0; b < out.size(); ++b) cu[b + 1] = cu[b] + int32_t(out[b].tokens.size());
@@ -231,18 +295,25 @@ void bind_datastore(py::module_& m) {
             for (const auto& r : out) res.append(to_python(r));
             return py::object(res);
           })
-      .def("count", [](const Datastore& d, const U32& pat) { return d.count(pat.data(), uint64_t(pat.size())); })
+      .def("count",
+           [](const Datastore& d, const U32& pat) {
+             d.check_file();
+             return d.count(pat.data(), uint64_t(pat.size()));
+           })
       .def("longest_match",
-           [](const Datastore& d, py::object ctx, int64_t offset, int64_t keep) {
+           [](const Datastore& d, py::object ctx, int64_t offset, py::handle keep_arg) {
              int64_t m;
              uint64_t c;
+             const int64_t keep = int_arg(keep_arg, "max_match", 1, kMaxMatch);
              const std::vector<uint32_t> ids = context_ids(ctx, offset, keep, "context");
+             d.check_file();
              d.longest_match(ids.data(), ids.size(), m, c);
              return py::make_tuple(m, c);
            })
       .def("continuations",
            [](const Datastore& d, const U32& pat) {
              py::dict out;
+             d.check_file();
              for (const auto& [t, c] : d.continuations(pat.data(), uint64_t(pat.size()))) out[py::int_(t)] = c;
              return out;
            })
@@ -261,24 +332,38 @@ void bind_datastore(py::module_& m) {
           "save",
           [](const Datastore& d, const std::string& path, py::object progress) {
             const Progress p = wrap_progress(progress);
-            FileHeader h;
-            {
+            d.check_file();
+            PyStop ps;
+            const FileHeader h = ps.run([&](const Stop* stop) {
               py::gil_scoped_release nogil;
-              h = d.save(path, p);
-            }
+              return d.save(path, p, stop);
+            });
             return header_dict(h);
           },
           py::arg("path"), py::arg("progress") = py::none())
       .def("populate",
            [](const Datastore& d) {
-             py::gil_scoped_release nogil;
-             if (d.file()) d.file()->populate();
+             d.check_file();
+             bool ok = true;
+             {
+               py::gil_scoped_release nogil;
+               if (d.file()) ok = d.file()->populate();
+             }
+             if (!ok) d.check_file();  // the kernel refused a page: raise if the file changed
            })
-      .def("verify",
-           [](const Datastore& d, int threads) {
-             py::gil_scoped_release nogil;
-             if (d.file()) d.file()->verify(threads);
-           })
+      .def(
+          "verify",
+          [](const Datastore& d, py::handle threads_arg, py::object progress) {
+            const int threads = int(int_arg(threads_arg, "threads", 1, 256));
+            if (!d.file()) return;
+            const Progress p = wrap_progress(progress);
+            PyStop ps;
+            ps.run([&](const Stop* stop) {
+              py::gil_scoped_release nogil;
+              d.file()->verify(threads, p, stop);
+            });
+          },
+          py::arg("threads"), py::arg("progress") = py::none())
       .def("info",
            [](const Datastore& d) {
              py::dict info;
@@ -289,6 +374,7 @@ void bind_datastore(py::module_& m) {
              if (d.file()) {
                py::dict f = header_dict(d.file()->header());
                f["path"] = d.file()->path();
+               f["loaded"] = d.file()->loaded();
                info["file"] = f;
              } else {
                info["file"] = py::none();
@@ -296,7 +382,10 @@ void bind_datastore(py::module_& m) {
              return info;
            })
       .def("set_cache",
-           [](const Datastore& d, size_t capacity, uint64_t min_count) { d.cache().configure(capacity, min_count); })
+           [](const Datastore& d, py::handle capacity, py::handle min_count) {
+             d.cache().configure(size_t(int_arg(capacity, "capacity", 0, int64_t(1) << 32)),
+                                 uint64_t(int_arg(min_count, "min_count", 1, kI64Max)));
+           })
       .def("cache_info",
            [](const Datastore& d) {
              py::dict i;
@@ -309,26 +398,40 @@ void bind_datastore(py::module_& m) {
       .def_property_readonly("num_tokens", &Datastore::num_tokens)
       .def_property_readonly("num_docs", &Datastore::num_docs)
       .def_property_readonly("num_segments", &Datastore::num_segments)
-      .def("text_slice", &Datastore::text_slice)
-      .def("suffix_array", &Datastore::suffix_array);
+      .def("text_slice",
+           [](const Datastore& d, py::handle seg, py::handle begin, py::handle end) {
+             d.check_file();
+             return d.text_slice(uint64_t(int_arg(seg, "segment", 0, kI64Max)), uint64_t(int_arg(begin, "begin", 0, kI64Max)),
+                                 uint64_t(int_arg(end, "end", 0, kI64Max)));
+           })
+      .def("suffix_array", [](const Datastore& d, py::handle seg) {
+        d.check_file();
+        return d.suffix_array(uint64_t(int_arg(seg, "segment", 0, kI64Max)));
+      });
 
   py::class_<PromptIndex>(m, "PromptIndexCore")
-      .def(py::init([](const U32& tokens, uint64_t vocab, uint64_t window, uint64_t min_sorted) {
-             return new PromptIndex(tokens.data(), uint64_t(tokens.size()), vocab, window, min_sorted);
+      .def(py::init([](const U32& tokens, py::handle vocab, py::handle window, py::handle min_sorted) {
+             return new PromptIndex(tokens.data(), uint64_t(tokens.size()),
+                                    uint64_t(int_arg(vocab, "vocab_size", 0, 0xFFFFFFFFll)),
+                                    uint64_t(int_arg(window, "window", 1, 2 * kMaxMatch + kMaxDepth)),
+                                    uint64_t(int_arg(min_sorted, "min_sorted", 0, kI64Max)));
            }),
            py::arg("tokens"), py::arg("vocab_size"), py::arg("window"), py::arg("min_sorted"))
       .def("extend", [](PromptIndex& p, const U32& t) { p.extend(t.data(), uint64_t(t.size())); })
       .def("draft",
            [](PromptIndex& pi, const DraftParams& p) {
-             return to_python(pi.draft(p));
+             PyStop ps;
+             return to_python(ps.run([&](const Stop* stop) { return pi.draft(p, stop); }));
            })
       .def("draft_context",
            [](PromptIndex& pi, py::object ctx, int64_t offset, const DraftParams& p) {
              const std::vector<uint32_t> ids = context_ids(ctx, offset, p.max_match, "context");
-             return to_python(pi.draft_context(ids.data(), ids.size(),
-                                               p));
+             PyStop ps;
+             return to_python(ps.run([&](const Stop* stop) { return pi.draft_context(ids.data(), ids.size(), p, stop); }));
            })
-      .def("rebuild", &PromptIndex::rebuild)
+      .def("rebuild", [](PromptIndex& pi, py::handle window) {
+        pi.rebuild(uint64_t(int_arg(window, "window", 1, 2 * kMaxMatch + kMaxDepth)));
+      })
       .def("__len__", &PromptIndex::size)
       .def_property_readonly("sorted_until", &PromptIndex::sorted_until)
       .def_property_readonly("vocab_size", &PromptIndex::vocab_size)
@@ -345,6 +448,15 @@ void bind_datastore(py::module_& m) {
       .def_readonly("max_match", &DraftParams::max_match)
       .def_readonly("budget", &DraftParams::budget);
 
+  py::register_exception<FileChanged>(m, "DatastoreChangedError", PyExc_RuntimeError);
+  py::register_exception_translator([](std::exception_ptr e) {
+    try {
+      if (e) std::rethrow_exception(e);
+    } catch (const Interrupted&) {  // a stop without a Python exception behind it (not expected)
+      PyErr_SetString(PyExc_KeyboardInterrupt, "interrupted");
+    }
+  });
+  m.def("_datastore_remove_stale_temporaries", [](const std::string& path) { return remove_stale_temporaries(path); });
   m.def("_datastore_force_wide_index", [](bool on) { g_force_wide_index = on; });
   m.def("_datastore_successor_min_count", [](uint64_t n) {
     const uint64_t old = g_successor_min_count;

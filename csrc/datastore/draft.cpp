@@ -46,7 +46,12 @@ struct Node {
 
 class Index {
  public:
-  Index(const Source& src) : src_(src), segs_(src.segments), S_(src.segments.size()) {}
+  Index(const Source& src, const Stop* stop = nullptr)
+      : src_(src), segs_(src.segments), S_(src.segments.size()), ticker_(stop) {}
+
+  // Long loops (a tail scan, REST's continuations, a big tree) call this: it throws Interrupted
+  // when the caller asked to stop (Ctrl-C), checking every few thousand steps.
+  void tick() { ticker_.tick(); }
 
   // --- matching ------------------------------------------------------------------------------
   // For every tail end e in [tail.start + 1, n - 1]: the longest l <= len with
@@ -66,6 +71,7 @@ class Index {
     tail_match_.resize(t->n - 1 - t->start);
     const uint32_t last = ctx[len - 1];
     for (uint64_t e = t->start + 1; e <= t->n - 1; ++e) {
+      ticker_.tick();
       uint64_t l = 0;
       if (t->text[e - 1] == last) {
         const uint64_t lim = std::min<uint64_t>(len, e - t->start);
@@ -188,6 +194,7 @@ class Index {
         }
         uint64_t g = q.lo, done = q.lo;  // [q.lo, done) is delimited already
         while (g < q.hi) {
+          ticker_.tick();
           const uint64_t t = seg.tok_at(g, k);
           if (t == seg.end_marker) break;  // markers sort last: the rest of the range ended here
           const uint64_t lo = g == done ? g : seg.lower_from(done, g, k, t);
@@ -270,6 +277,7 @@ class Index {
   std::vector<std::vector<uint32_t>> mapped_;  // per segment with a token map: the mapped context
   std::vector<Range> counted_;  // ranges of the last count() call, for pattern length counted_m_
   uint64_t counted_m_ = 0;
+  StopTicker ticker_;
 };
 
 // Step 1 of the rule; returns 0 when nothing usable matches.
@@ -453,6 +461,7 @@ void draft_tree(Index& ix, const Ranking& rk, const DraftParams& p, DraftResult&
 
   expand(0, -1, first_kd(0));
   while (out.tokens.size() < budget && !heap.empty()) {
+    ix.tick();
     const HeapEntry e = heap.top();
     heap.pop();
     if (e.token < 0) {  // pseudo: the best remaining candidate may be an undiscovered child
@@ -532,6 +541,7 @@ void draft_rest(Index& ix, const uint32_t* ctx, uint64_t len, const DraftParams&
       const uint64_t pos = seg.pos(k) + span;
       std::vector<uint32_t> c;
       for (uint64_t d = 0; d < depth; ++d) {
+        ix.tick();
         const uint64_t t = seg.tok(pos + d);
         if (t == seg.end_marker) break;
         c.push_back(seg.to_token(t));
@@ -548,7 +558,10 @@ void draft_rest(Index& ix, const uint32_t* ctx, uint64_t len, const DraftParams&
       any = true;
       const uint64_t pos = t.start + 1 + j;  // end of the match = start of the continuation
       std::vector<uint32_t> c;
-      for (uint64_t d = 0; d < depth && pos + d < t.n; ++d) c.push_back(t.text[pos + d]);
+      for (uint64_t d = 0; d < depth && pos + d < t.n; ++d) {
+        ix.tick();
+        c.push_back(t.text[pos + d]);
+      }
       conts.push_back(std::move(c));
     }
     parts += any;
@@ -566,6 +579,7 @@ void draft_rest(Index& ix, const uint32_t* ctx, uint64_t len, const DraftParams&
   std::vector<int64_t> stack;
   const std::vector<uint32_t>* prev = nullptr;
   for (const auto& c : conts) {
+    ix.tick();
     uint64_t l = 0;
     if (prev)
       while (l < c.size() && l < prev->size() && c[l] == (*prev)[l]) ++l;
@@ -657,10 +671,11 @@ std::string cache_key(const DraftParams& p, const uint32_t* suffix, uint64_t m) 
 }
 }  // namespace
 
-DraftResult draft(const Source& src, const uint32_t* ctx, uint64_t len, const DraftParams& p, DraftCache* cache) {
+DraftResult draft(const Source& src, const uint32_t* ctx, uint64_t len, const DraftParams& p, DraftCache* cache,
+                  const Stop* stop) {
   DraftResult out;
   if (len == 0 || p.budget <= 0 || p.max_depth <= 0) return out;
-  Index ix(src);
+  Index ix(src, stop);
   ix.scan_tail(ctx, len);
   if (p.mode == DraftMode::kRest) {
     draft_rest(ix, ctx, len, p, out);

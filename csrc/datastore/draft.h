@@ -8,10 +8,20 @@
 #include <vector>
 
 #include "datastore/segment.h"
+#include "datastore/stop.h"
 
 namespace verispec::ds {
 
 enum class DraftMode : int { kTree = 0, kChain = 1, kRest = 2 };
+
+// Bounds on draft parameters, checked where they enter from Python (bindings.cpp). They keep every
+// query's work and memory bounded and the arithmetic on them (max_match + max_depth, ...) exact.
+constexpr int64_t kMaxBudget = int64_t(1) << 20;    // draft nodes
+constexpr int64_t kMaxDepth = int64_t(1) << 16;     // tokens along one path
+constexpr int64_t kMaxMatch = int64_t(1) << 16;     // context tokens looked up
+// REST reads rest_max_matches continuations of max_depth tokens and keeps them all: at most this
+// many tokens (64 MiB, about 0.1 s).
+constexpr int64_t kMaxRestWork = int64_t(1) << 24;
 
 struct DraftParams {
   int64_t budget = 32;        // maximum number of draft nodes
@@ -79,8 +89,9 @@ class DraftCache {
 };
 
 // ctx[0..len) are the last `len` context tokens (len <= max_match), already validated.
+// `stop` (optional) makes long queries interruptible: they throw Interrupted once it is requested.
 DraftResult draft(const Source& src, const uint32_t* ctx, uint64_t len, const DraftParams& p,
-                  DraftCache* cache = nullptr);
+                  DraftCache* cache = nullptr, const Stop* stop = nullptr);
 
 // Exact number of occurrences of pat[0..m) (tail: only those followed by another token).
 uint64_t count_pattern(const Source& src, const uint32_t* pat, uint64_t m);

@@ -103,8 +103,48 @@ Layout layout_for(uint64_t map_entries, uint64_t text_len, unsigned token_bits, 
   return l;
 }
 
-std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+namespace {
+
+const char* file_kind(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO";
+  if (S_ISSOCK(m)) return "a socket";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  return "not a regular file";
+}
+
+// Reads exactly `bytes` at `offset`; false on a short read (the file shrank).
+bool read_fully(int fd, uint8_t* dst, uint64_t bytes, uint64_t offset) {
+  while (bytes) {
+    const ssize_t r = pread(fd, dst, std::min<uint64_t>(bytes, uint64_t(1) << 30), off_t(offset));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw std::runtime_error(std::string("read failed: ") + std::strerror(errno));
+    if (r == 0) return false;
+    dst += r;
+    offset += uint64_t(r);
+    bytes -= uint64_t(r);
+  }
+  return true;
+}
+
+bool same_time(const struct timespec& a, const struct timespec& b) {
+  return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+}
+
+}  // namespace
+
+std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, bool load) {
+  // The type is checked before opening: open() on a FIFO blocks until a writer appears.
+  struct stat pre{};
+  if (::stat(path.c_str(), &pre) != 0) {
+    const int e = errno;
+    throw std::runtime_error("cannot open datastore " + path + ": " + std::strerror(e));
+  }
+  if (!S_ISREG(pre.st_mode))
+    throw std::invalid_argument("datastore " + path + " is " + file_kind(pre.st_mode) + ", not a regular file");
+  // O_NONBLOCK: should the path turn into a FIFO between stat and open, open still returns.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     const int e = errno;
     const std::string msg = "cannot open datastore " + path + ": " + std::strerror(e);
@@ -112,11 +152,14 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   }
   struct FdGuard {
     int fd;
-    ~FdGuard() { ::close(fd); }
+    ~FdGuard() {
+      if (fd >= 0) ::close(fd);
+    }
   } guard{fd};
   struct stat st{};
   if (fstat(fd, &st) != 0) throw std::runtime_error("cannot stat " + path + ": " + std::strerror(errno));
-  if (!S_ISREG(st.st_mode)) throw std::invalid_argument(path + " is not a regular file");
+  if (!S_ISREG(st.st_mode))
+    throw std::invalid_argument("datastore " + path + " is " + file_kind(st.st_mode) + ", not a regular file");
   const uint64_t size = uint64_t(st.st_size);
   const std::string where = "datastore " + path + ": ";
   FileHeader h{};
@@ -131,10 +174,12 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
                                 std::to_string(kFormatVersion) + " (rebuild the datastore or upgrade verispec)");
   if (fnv1a64(&h, offsetof(FileHeader, header_checksum)) != h.header_checksum)
     throw std::invalid_argument(where + "header checksum mismatch (corrupt header)");
-  // Stored values (ids, or ranks into the token map) must leave the all-ones marker free.
+  // Stored values (ids, or ranks into the token map) must leave the all-ones marker free, and
+  // ids are 32-bit with all-ones reserved: a larger vocab_size cannot come from a build.
   const uint64_t max_stored = h.map_entries ? h.map_entries : h.vocab_size;
   if (h.header_bytes != kHeaderBytes || h.token_bits < 1 || h.token_bits > 32 || h.offset_bits < 1 || h.offset_bits > 57 ||
       h.text_len != h.num_tokens + h.num_docs || h.num_docs == 0 || h.num_tokens == 0 || h.vocab_size == 0 ||
+      h.vocab_size > (uint64_t(1) << 32) - 1 || h.num_tokens > h.text_len ||
       h.map_entries > h.vocab_size || h.map_entries > h.num_tokens || max_stored >= (uint64_t(1) << h.token_bits) ||
       (h.text_len - 1) >> h.offset_bits)
     throw std::invalid_argument(where + "inconsistent header fields (corrupt file)");
@@ -157,15 +202,31 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   if (size != h.file_bytes)
     throw std::invalid_argument(where + "file is " + std::to_string(size) + " bytes but the header says " +
                                 std::to_string(h.file_bytes) + (size < h.file_bytes ? " (truncated)" : " (trailing data)"));
-  void* p = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) throw std::runtime_error(where + "mmap failed: " + std::strerror(errno));
-  // Queries touch a few cache lines at scattered places: read-ahead would only waste memory.
-  // (no MADV_RANDOM: it also disables fault-around, making every first touch of a page its own fault)
   std::shared_ptr<MappedFile> f(new MappedFile());
   f->path_ = path;
   f->header_ = h;
-  f->base_ = static_cast<const uint8_t*>(p);
   f->size_ = size;
+  if (load) {
+    // Private memory: nothing that happens to the file later can reach the queries. The file is
+    // read in full and then checked to be the one whose header was read (same size and time).
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::runtime_error(where + "cannot allocate " + std::to_string(size) + " bytes to load it: " + std::strerror(errno));
+    f->base_ = static_cast<const uint8_t*>(p);
+    f->loaded_ = true;
+    struct stat after{};
+    if (!read_fully(fd, static_cast<uint8_t*>(p), size, 0) || fstat(fd, &after) != 0 || uint64_t(after.st_size) != size ||
+        !same_time(after.st_mtim, st.st_mtim) || std::memcmp(p, &h, sizeof h) != 0)
+      throw FileChanged(where + "the file changed while it was being loaded");
+  } else {
+    void* p = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) throw std::runtime_error(where + "mmap failed: " + std::strerror(errno));
+    f->base_ = static_cast<const uint8_t*>(p);
+    f->fd_ = fd;
+    guard.fd = -1;  // the file keeps it, for check_unchanged
+    f->mtime_ = st.st_mtim;
+  }
+  // Queries touch a few cache lines at scattered places: read-ahead would only waste memory.
+  // (no MADV_RANDOM: it also disables fault-around, making every first touch of a page its own fault)
   // O(1) structural checks that keep every later read in bounds: the text ends with a marker
   // (so scans stop), and the document table spans the text.
   const Segment s = f->segment();
@@ -179,6 +240,18 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
 MappedFile::~MappedFile() {
   if (populate_thread_.joinable()) populate_thread_.join();  // it reads the mapping
   if (base_) munmap(const_cast<uint8_t*>(base_), size_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void MappedFile::check_unchanged() const {
+  if (loaded_) return;
+  struct stat st{};
+  if (fstat(fd_, &st) != 0) throw FileChanged("datastore " + path_ + ": cannot stat the open file: " + std::strerror(errno));
+  if (uint64_t(st.st_size) != size_ || !same_time(st.st_mtim, mtime_))
+    throw FileChanged("datastore " + path_ + " was changed in place after it was opened (now " +
+                      std::to_string(uint64_t(st.st_size)) + " bytes, was " + std::to_string(size_) +
+                      "); its mapping is no longer safe to read. Reopen it, and replace live datastore files by "
+                      "renaming a new file over them (or open with mode=\"load\")");
 }
 
 void MappedFile::populate_in_background() {
@@ -205,19 +278,92 @@ Segment MappedFile::segment() const {
   return s;
 }
 
-void MappedFile::populate() const {
+bool MappedFile::populate() const {
+  if (loaded_) return true;
 #ifdef MADV_POPULATE_READ
-  if (madvise(const_cast<uint8_t*>(base_), size_, MADV_POPULATE_READ) == 0) return;
+  if (madvise(const_cast<uint8_t*>(base_), size_, MADV_POPULATE_READ) == 0) return true;
+  // EFAULT: a page lies past the end of a file that shrank; touching it would raise SIGBUS.
+  if (errno != EINVAL) return false;
 #endif
+  // Older kernels: touch every page (after one more look at the file, the best we can do there).
+  struct stat st{};
+  if (fstat(fd_, &st) != 0 || uint64_t(st.st_size) != size_) return false;
   madvise(const_cast<uint8_t*>(base_), size_, MADV_WILLNEED);
   volatile uint8_t sink = 0;
   for (uint64_t off = 0; off < size_; off += 4096) sink ^= base_[off];
   (void)sink;
+  return true;
 }
 
-void MappedFile::verify(int threads) const {
+namespace {
+
+// The suffix array is a permutation of the token positions in increasing suffix order (markers
+// are the largest symbol, all equal; the end of the text is smaller than any symbol). Checked in
+// linear time as Burkhardt and Kaerkkaeinen check suffix arrays: with rank[p] = 1 + the index of
+// text position p in the array (0 for markers), entries are distinct iff no rank is set twice, and
+// neighbours at positions i, j are in order iff t[i] < t[j], or t[i] == t[j] and the suffix at
+// i + 1 precedes the one at j + 1, which the ranks decide (skipping markers both suffixes share).
+// Comparing neighbours token by token instead could cost the square of a repeated document's
+// length. Extra memory: the ranks, packed like the suffix array.
+template <class Tell>
+void verify_suffix_array(const Segment& s, const std::string& where, const Tell& tell, StopTicker& ticker) {
+  const uint64_t n = s.num_suffixes, text_len = s.text_len;
+  const unsigned rank_bits = bits_for(n);
+  std::vector<uint8_t> rank(packed_bytes(text_len, rank_bits), 0);
+  const uint64_t step = std::max<uint64_t>(n / 100, 1 << 16);
+  tell("suffix array: positions", 0.0);
+  for (uint64_t k = 0; k < n; ++k) {
+    ticker.tick();
+    if (k % step == 0 && k) tell("suffix array: positions", double(k) / double(n));
+    const uint64_t p = packed_get(s.sa, k, s.offset_bits);
+    if (p >= text_len)
+      throw std::invalid_argument(where + "suffix array entry " + std::to_string(k) + " points outside the text (corrupt file)");
+    if (s.tok(p) == s.end_marker)
+      throw std::invalid_argument(where + "suffix array entry " + std::to_string(k) + " points at a marker (corrupt file)");
+    if (packed_get(rank.data(), p, rank_bits) != 0)
+      throw std::invalid_argument(where + "suffix array entry " + std::to_string(k) + " repeats text position " +
+                                  std::to_string(p) + " (not a permutation; corrupt file)");
+    packed_put(rank.data(), p, rank_bits, k + 1);
+  }
+  // n distinct token positions out of the n the text holds: a permutation.
+  const auto rank_of = [&](uint64_t p) { return packed_get(rank.data(), p, rank_bits); };
+  // Does the suffix at p sort before the one at q (p != q, both in [0, text_len])?
+  const auto before = [&](uint64_t p, uint64_t q) {
+    for (;; ++p, ++q) {
+      ticker.tick();
+      if (p == text_len) return true;
+      if (q == text_len) return false;
+      const uint64_t rp = rank_of(p), rq = rank_of(q);
+      if (rp && rq) return rp < rq;
+      if (rp || rq) return rp != 0;  // a token sorts before a marker
+    }
+  };
+  tell("suffix array: order", 0.0);
+  for (uint64_t k = 0; k + 1 < n; ++k) {
+    ticker.tick();
+    if (k % step == 0 && k) tell("suffix array: order", double(k) / double(n));
+    const uint64_t i = packed_get(s.sa, k, s.offset_bits), j = packed_get(s.sa, k + 1, s.offset_bits);
+    const uint64_t a = s.tok(i), b = s.tok(j);
+    if (a > b || (a == b && !before(i + 1, j + 1)))
+      throw std::invalid_argument(where + "suffix array entries " + std::to_string(k) + " and " + std::to_string(k + 1) +
+                                  " are out of order (corrupt file)");
+  }
+  tell("suffix array", 1.0);
+}
+
+}  // namespace
+
+void MappedFile::verify(int threads, const std::function<void(const std::string&, double)>& progress,
+                        const Stop* stop) const {
+  check_unchanged();
   const FileHeader& h = header_;
   const std::string where = "datastore " + path_ + ": ";
+  StopTicker ticker(stop);
+  const auto tell = [&](const char* phase, double f) {
+    ticker.check();
+    if (progress) progress(phase, f);
+  };
+  tell("checksums", 0.0);
   const TextCoding tc = coding_of(h);
   const Layout l = layout_for(h.map_entries, h.text_len, h.token_bits, tc, h.num_tokens, h.offset_bits, h.num_docs);
   if (section_checksum(base_ + l.map_offset, l.map_bytes, threads) != h.map_checksum)
@@ -265,19 +411,26 @@ void MappedFile::verify(int threads) const {
                                     std::to_string(b) + " (corrupt file)");
     }
   }
+  tell("text", 0.0);
   const uint64_t* d = doc_starts();
-  for (uint64_t i = 0; i < h.num_docs; ++i)
+  for (uint64_t i = 0; i < h.num_docs; ++i) {
+    ticker.tick();
     if (d[i + 1] <= d[i] || s.tok(d[i + 1] - 1) != s.end_marker)
       throw std::invalid_argument(where + "document " + std::to_string(i) + " is malformed (corrupt file)");
+  }
+  uint64_t markers = 0;
   for (uint64_t i = 0; i < h.text_len; ++i) {
+    ticker.tick();
     const uint64_t t = s.tok(i);
+    markers += t == s.end_marker;
     if (t != s.end_marker && t >= max_stored)
       throw std::invalid_argument(where + "text position " + std::to_string(i) + " holds a value outside the " +
                                   (h.map_entries ? "token map" : "vocabulary") + " (corrupt file)");
   }
-  for (uint64_t k = 0; k < h.num_tokens; ++k)
-    if (s.tok(s.pos(k)) == s.end_marker)
-      throw std::invalid_argument(where + "suffix array entry " + std::to_string(k) + " points at a marker (corrupt file)");
+  if (markers != h.num_docs)
+    throw std::invalid_argument(where + "text holds " + std::to_string(markers) + " document end markers for " +
+                                std::to_string(h.num_docs) + " documents (corrupt file)");
+  verify_suffix_array(s, where, tell, ticker);
   // Successor lists against the suffix array: inside a head's range the second tokens are sorted,
   // so runs whose first and last entries hold the listed token and which tile the range up to the
   // suffixes "a <end>" (sorted last) are exactly the listed counts.
@@ -303,6 +456,7 @@ void MappedFile::verify(int threads) const {
   }
   if (tc.succ_heads && s.succ_begin[tc.succ_heads] != tc.succ_entries)
     throw std::invalid_argument(bad_succ + " (entry count, corrupt file)");
+  tell("done", 1.0);
 }
 
 }  // namespace verispec::ds

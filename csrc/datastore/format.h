@@ -13,13 +13,18 @@
 //                      exception directory, exceptions, successor lists (textcode.h)
 // Sections start at 64-byte boundaries; packed sections carry 8 bytes of padding.
 #pragma once
+#include <sys/types.h>
+
 #include <cstdint>
+#include <ctime>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
 #include <string>
 
 #include "datastore/segment.h"
+#include "datastore/stop.h"
 #include "datastore/textcode.h"
 
 namespace verispec::ds {
@@ -75,11 +80,20 @@ Layout layout_for(uint64_t map_entries, uint64_t text_len, unsigned token_bits, 
 // The text coding a header describes (version 1: direct).
 TextCoding coding_of(const FileHeader& h);
 
-// A datastore file mapped read-only. Opening reads and checks the header only, so it costs the
-// same for any corpus size; pages come in on demand and are shared by every process mapping it.
+// The file a mapped datastore reads was changed in place (truncated, rewritten) after it was
+// opened: reading it could kill the process with SIGBUS, and its data no longer matches the header.
+struct FileChanged : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A datastore file mapped read-only (or, with load = true, read into private memory). Opening
+// reads and checks the header only, so mapping costs the same for any corpus size; pages come in
+// on demand and are shared by every process mapping it. A mapping breaks when the file is changed
+// in place, so check_unchanged() runs before every batch of queries (docs/datastore.md, "Replacing
+// a live file").
 class MappedFile {
  public:
-  static std::shared_ptr<MappedFile> open(const std::string& path);
+  static std::shared_ptr<MappedFile> open(const std::string& path, bool load = false);
   const FileHeader& header() const { return header_; }
   Segment segment() const;
   const uint64_t* doc_starts() const { return reinterpret_cast<const uint64_t*>(base_ + header_.docs_offset); }
@@ -88,11 +102,19 @@ class MappedFile {
   }
   const uint8_t* base() const { return base_; }
   const std::string& path() const { return path_; }
-  // Full check: section checksums, document table, every suffix-array entry. O(corpus).
-  void verify(int threads) const;
+  bool loaded() const { return loaded_; }
+  // Throws FileChanged when the mapped file's size or modification time differ from when it was
+  // opened (one fstat; nothing to check for a loaded file).
+  void check_unchanged() const;
+  // Full check: section checksums, document table, the suffix array (a permutation of the token
+  // positions, in suffix order), successor lists. O(corpus) time; extra memory one packed array
+  // the size of the suffix array. `progress` hears (phase, fraction); `stop` interrupts it.
+  void verify(int threads, const std::function<void(const std::string&, double)>& progress = nullptr,
+              const Stop* stop = nullptr) const;
   // Map every page now (MADV_POPULATE_READ, or touching each page on older kernels), so first
-  // queries do not pay page faults. O(file); optional.
-  void populate() const;
+  // queries do not pay page faults. O(file); optional. False when the kernel reported that the
+  // file shrank under the mapping (no page is touched then).
+  bool populate() const;
   // The same on a background thread (queries may run meanwhile); the destructor waits for it.
   // A second call while one runs does nothing.
   void populate_in_background();
@@ -104,6 +126,9 @@ class MappedFile {
   FileHeader header_{};
   const uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
+  bool loaded_ = false;
+  int fd_ = -1;  // kept open (mapped files only) for check_unchanged
+  struct timespec mtime_{};
   std::mutex populate_mu_;
   std::thread populate_thread_;
 };

@@ -1,6 +1,9 @@
 #include "datastore/store.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -279,7 +282,13 @@ std::string parent_dir(const std::string& path) {
 namespace {
 
 template <class I>
-FileHeader build_file_impl(const Corpus& c, const std::string& path, const Progress& progress) {
+FileHeader build_file_impl(const Corpus& c, const std::string& path, const Progress& progress_in, const Stop* stop) {
+  // Every phase report (on this thread, including the suffix sorter's) is also where a requested
+  // stop takes effect: the temporary file is then removed like after any other failure.
+  const Progress progress = [&](const std::string& phase, double f) {
+    if (stop) stop->check();
+    if (progress_in) progress_in(phase, f);
+  };
   report(progress, "preparing symbols", 0.0);
   Prepared<I> prep;
   prepare(c, prep);
@@ -296,6 +305,8 @@ FileHeader build_file_impl(const Corpus& c, const std::string& path, const Progr
   uint8_t* base = nullptr;
   bool fd_open = true;
   try {
+    // Held until the file is closed: tells remove_stale_temporaries that this one is in use.
+    flock(fd, LOCK_EX | LOCK_NB);
     // Reserve the blocks now: a full disk must fail here, not as SIGBUS on a mapped write.
     if (int e = posix_fallocate(fd, 0, off_t(l.file_bytes)))
       throw std::runtime_error("cannot write datastore " + path + ": " + std::strerror(e) + " (reserving " +
@@ -382,9 +393,44 @@ std::shared_ptr<MemSegment> build_mem_impl(const Corpus& c) {
 
 }  // namespace
 
-FileHeader build_file(const Corpus& c, const std::string& path, const Progress& progress) {
+FileHeader build_file(const Corpus& c, const std::string& path, const Progress& progress, const Stop* stop) {
   check_corpus(c);
-  return wide_index(c) ? build_file_impl<uint64_t>(c, path, progress) : build_file_impl<uint32_t>(c, path, progress);
+  remove_stale_temporaries(path);
+  return wide_index(c) ? build_file_impl<uint64_t>(c, path, progress, stop)
+                       : build_file_impl<uint32_t>(c, path, progress, stop);
+}
+
+int remove_stale_temporaries(const std::string& path) {
+  const std::string dir = parent_dir(path);
+  const auto slash = path.find_last_of('/');
+  const std::string prefix = (slash == std::string::npos ? path : path.substr(slash + 1)) + ".tmp-";
+  DIR* d = opendir(dir.c_str());
+  if (!d) return 0;
+  int removed = 0;
+  while (const dirent* e = readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    // "<pid>-<counter>", digits only
+    const std::string rest = name.substr(prefix.size());
+    const auto dash = rest.find('-');
+    if (dash == std::string::npos || dash == 0 || dash + 1 == rest.size() || dash > 9 ||
+        rest.find_first_not_of("0123456789-") != std::string::npos || rest.find('-', dash + 1) != std::string::npos)
+      continue;
+    const long pid = std::stol(rest.substr(0, dash));
+    if (pid <= 0 || pid == long(getpid())) continue;
+    if (kill(pid_t(pid), 0) == 0 || errno != ESRCH) continue;  // alive (or not ours to signal)
+    const std::string full = dir + "/" + name;
+    const int fd = ::open(full.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) continue;
+    struct stat st{};
+    // A lock held means a live build (perhaps in another PID namespace): leave it.
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+        ::unlink(full.c_str()) == 0)
+      ++removed;
+    ::close(fd);
+  }
+  closedir(d);
+  return removed;
 }
 
 Segment MemSegment::view() const {
@@ -419,9 +465,9 @@ void unpack_documents(const Segment& s, std::vector<uint32_t>& tokens, std::vect
 }
 
 // ---------------------------------------------------------------------------------------------
-std::shared_ptr<Datastore> Datastore::open(const std::string& path) {
+std::shared_ptr<Datastore> Datastore::open(const std::string& path, bool load) {
   auto d = std::make_shared<Datastore>();
-  d->file_ = MappedFile::open(path);
+  d->file_ = MappedFile::open(path, load);
   d->vocab_size_ = d->file_->header().vocab_size;
   return d;
 }
@@ -440,9 +486,9 @@ Source Datastore::source_locked() const {
   return s;
 }
 
-DraftResult Datastore::draft(const uint32_t* ctx, uint64_t len, const DraftParams& p) const {
+DraftResult Datastore::draft(const uint32_t* ctx, uint64_t len, const DraftParams& p, const Stop* stop) const {
   std::shared_lock<std::shared_mutex> lk(mu_);
-  return ds::draft(source_locked(), ctx, len, p, &cache_);
+  return ds::draft(source_locked(), ctx, len, p, &cache_, stop);
 }
 
 uint64_t Datastore::count(const uint32_t* pat, uint64_t m) const {
@@ -507,7 +553,7 @@ void Datastore::merge() {
   cache_.clear();  // counts changed; no query runs while we hold the lock
 }
 
-FileHeader Datastore::save(const std::string& path, const Progress& progress) const {
+FileHeader Datastore::save(const std::string& path, const Progress& progress, const Stop* stop) const {
   std::vector<uint32_t> tokens;
   std::vector<uint64_t> offsets{0};
   {
@@ -516,7 +562,7 @@ FileHeader Datastore::save(const std::string& path, const Progress& progress) co
     for (const Segment& s : source_locked().segments) unpack_documents(s, tokens, offsets);
   }
   Corpus c{tokens.data(), tokens.size(), offsets.data(), offsets.size() - 1, vocab_size_};
-  return build_file(c, path, progress);
+  return build_file(c, path, progress, stop);
 }
 
 uint64_t Datastore::num_tokens() const {
@@ -647,19 +693,19 @@ Source PromptIndex::source(Tail& tail) const {
   return src;
 }
 
-DraftResult PromptIndex::draft(const DraftParams& p) {
+DraftResult PromptIndex::draft(const DraftParams& p, const Stop* stop) {
   maybe_rebuild(p);
   Tail tail;
   const Source src = source(tail);
   const uint64_t len = std::min<uint64_t>(n_, uint64_t(std::max<int64_t>(p.max_match, 1)));
-  return ds::draft(src, text_.data() + n_ - len, len, p);
+  return ds::draft(src, text_.data() + n_ - len, len, p, nullptr, stop);
 }
 
-DraftResult PromptIndex::draft_context(const uint32_t* ctx, uint64_t len, const DraftParams& p) {
+DraftResult PromptIndex::draft_context(const uint32_t* ctx, uint64_t len, const DraftParams& p, const Stop* stop) {
   maybe_rebuild(p);
   Tail tail;
   const Source src = source(tail);
-  return ds::draft(src, ctx, len, p);
+  return ds::draft(src, ctx, len, p, nullptr, stop);
 }
 
 }  // namespace verispec::ds

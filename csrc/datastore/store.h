@@ -30,8 +30,14 @@ struct Corpus {
 };
 
 // Build a datastore file atomically: written to "<path>.tmp-<pid>-<n>", then renamed over path.
-// On any failure the temporary file is removed and nothing exists at path that was not there before.
-FileHeader build_file(const Corpus& c, const std::string& path, const Progress& progress);
+// On any failure (or `stop`) the temporary file is removed and nothing exists at path that was not
+// there before. Temporaries of earlier builds of the same path whose process is gone (killed
+// mid-build) are removed first.
+FileHeader build_file(const Corpus& c, const std::string& path, const Progress& progress, const Stop* stop = nullptr);
+
+// Removes "<path>.tmp-<pid>-<n>" files left by builds whose process no longer exists and which no
+// process holds locked (a build holds its temporary locked). Returns how many it removed.
+int remove_stale_temporaries(const std::string& path);
 
 // An in-memory segment (documents added online).
 struct MemSegment {
@@ -49,10 +55,16 @@ void unpack_documents(const Segment& s, std::vector<uint32_t>& tokens, std::vect
 
 class Datastore {
  public:
-  static std::shared_ptr<Datastore> open(const std::string& path);
+  // load: read the file into private memory instead of mapping it (MappedFile::open).
+  static std::shared_ptr<Datastore> open(const std::string& path, bool load = false);
   static std::shared_ptr<Datastore> in_memory(const Corpus& c);
 
-  DraftResult draft(const uint32_t* ctx, uint64_t len, const DraftParams& p) const;
+  // Throws FileChanged when the mapped file was changed in place since it was opened; the
+  // bindings call it before every batch of queries.
+  void check_file() const {
+    if (file_) file_->check_unchanged();
+  }
+  DraftResult draft(const uint32_t* ctx, uint64_t len, const DraftParams& p, const Stop* stop = nullptr) const;
   uint64_t count(const uint32_t* pat, uint64_t m) const;
   void longest_match(const uint32_t* ctx, uint64_t len, int64_t& m, uint64_t& count) const;
   std::vector<std::pair<uint32_t, uint64_t>> continuations(const uint32_t* pat, uint64_t m) const;
@@ -64,7 +76,7 @@ class Datastore {
   // Merge all in-memory segments into one.
   void merge();
   // Write everything (base + added documents) as one file.
-  FileHeader save(const std::string& path, const Progress& progress) const;
+  FileHeader save(const std::string& path, const Progress& progress, const Stop* stop = nullptr) const;
 
   uint64_t vocab_size() const { return vocab_size_; }
   uint64_t num_tokens() const;
@@ -93,8 +105,8 @@ class PromptIndex {
  public:
   PromptIndex(const uint32_t* tokens, uint64_t n, uint64_t vocab_size, uint64_t window, uint64_t min_sorted);
   void extend(const uint32_t* tokens, uint64_t n);
-  DraftResult draft(const DraftParams& p);
-  DraftResult draft_context(const uint32_t* ctx, uint64_t len, const DraftParams& p);
+  DraftResult draft(const DraftParams& p, const Stop* stop = nullptr);
+  DraftResult draft_context(const uint32_t* ctx, uint64_t len, const DraftParams& p, const Stop* stop = nullptr);
   uint64_t size() const { return n_; }
   uint64_t sorted_until() const { return sa_count_ ? sa_limit_ : 0; }
   const uint32_t* data() const { return text_.data(); }
