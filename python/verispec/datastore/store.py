@@ -12,11 +12,15 @@ uint32 arrays the core reads, and wraps results as `verispec.DraftTree`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
+import stat
 import sys
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import numpy as np
@@ -25,7 +29,15 @@ import torch
 from verispec._native import native
 from verispec.tree import DraftTree
 
-__all__ = ["Datastore", "PromptIndex", "DraftArrays", "MAX_TOKEN_ID"]
+__all__ = ["Datastore", "PromptIndex", "DraftArrays", "DatastoreChangedError", "MAX_TOKEN_ID"]
+
+try:
+    #: Raised by queries on a datastore whose file was changed in place (truncated, overwritten)
+    #: after it was opened. A RuntimeError; reopen the file (docs/datastore.md, "Replacing a live file").
+    DatastoreChangedError: type = native().DatastoreChangedError
+except ImportError:  # pragma: no cover - broken install: every native call raises anyway
+    class DatastoreChangedError(RuntimeError):  # type: ignore[no-redef]
+        pass
 
 #: Largest token id a datastore can hold; 2**32 - 1 marks document ends in the file.
 MAX_TOKEN_ID = 2**32 - 2
@@ -79,6 +91,8 @@ def _ids(x: Any, what: str, vocab_size: Optional[int] = None, *, offset: int = 0
             raise TypeError(f"{what} must be a sequence of integer token ids: {exc}") from None
         if arr.size == 0:
             arr = arr.astype(np.int64)
+        if arr.dtype.kind not in "iu" and arr.ndim == 1:
+            _check_big_ids(x, what, offset)  # numpy made floats or objects of ints beyond 64 bits
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{what} must hold integer token ids, got dtype {arr.dtype}")
     if arr.ndim != 1:
@@ -99,6 +113,18 @@ def _ids(x: Any, what: str, vocab_size: Optional[int] = None, *, offset: int = 0
                 raise ValueError(f"{what}: position {i + offset} has token id {int(arr[i])} > {MAX_TOKEN_ID} (the largest storable id)")
             raise ValueError(f"{what}: position {i + offset} has token id {int(arr[i])}, outside the vocabulary of size {vocab_size}")
     return np.ascontiguousarray(arr, dtype=np.uint32)
+
+
+def _check_big_ids(seq: Sequence[Any], what: str, offset: int) -> None:
+    """Python ints beyond int64 make numpy fall back to float64 or object arrays: report the
+    first one out of range as it is (not rounded, wrapped or clamped)."""
+    for i, v in enumerate(seq):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            return  # the caller's dtype check reports it
+        if v < 0:
+            raise ValueError(f"{what}: position {i + offset} has negative token id {v}")
+        if v > MAX_TOKEN_ID:
+            raise ValueError(f"{what}: position {i + offset} has token id {v} > {MAX_TOKEN_ID} (the largest storable id)")
 
 
 def _context(ctx: Any, keep: int) -> tuple[Any, int]:
@@ -123,9 +149,12 @@ def _context(ctx: Any, keep: int) -> tuple[Any, int]:
             len(ctx)
         except TypeError:
             raise TypeError(f"context must be a 1-D sequence of token ids, got {type(ctx).__name__}") from None
-        ctx = np.asarray(ctx)
+        seq, ctx = ctx, np.asarray(ctx)
         if ctx.size == 0:
             return [], 0
+        if ctx.dtype.kind not in "iu" and ctx.ndim == 1:
+            start = max(0, ctx.shape[0] - keep)
+            _check_big_ids([seq[i] for i in range(start, ctx.shape[0])], "context", start)
     if ctx.dtype.kind not in "iu":
         raise TypeError(f"context must hold integer token ids, got dtype {ctx.dtype}")
     if ctx.ndim != 1:
@@ -164,7 +193,9 @@ def _check_params(budget: int, max_depth: int, max_match: int, min_count: int, m
         raise ValueError(f"min_score must be in [0, 1], got {min_score}")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
-    if isinstance(backoff, bool) or not isinstance(backoff, (int, np.integer)) or backoff < 0:
+    if isinstance(backoff, bool) or not isinstance(backoff, (int, np.integer)):
+        raise TypeError(f"backoff must be an int, got {type(backoff).__name__}")
+    if backoff < 0:
         raise ValueError(f"backoff must be an int >= 0, got {backoff!r}")
     if not float(backoff_prior) > 0:
         raise ValueError(f"backoff_prior must be > 0, got {backoff_prior}")
@@ -288,9 +319,47 @@ def _check_out_path(path: str) -> str:
         raise FileNotFoundError(f"cannot write datastore {path}: directory {parent} does not exist")
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot write datastore {path}: it is a directory")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        # the atomic rename would silently replace a FIFO, socket or device node
+        raise ValueError(f"cannot write datastore {path}: it exists and is not a regular file")
     if not os.access(parent, os.W_OK):
         raise PermissionError(f"cannot write datastore {path}: directory {parent} is not writable")
     return path
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """While a file is being written: SIGTERM stops the build the way Ctrl-C does (the native
+    loops notice it, the temporary file is removed), then the process ends by SIGTERM as it would
+    have without us. Only a default SIGTERM disposition, and only on the main thread (where Python
+    runs signal handlers), is taken over; an application's own handler is left alone."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    class _Terminated(KeyboardInterrupt):
+        pass
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise _Terminated("SIGTERM")
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise  # only if SIGTERM is blocked in this thread
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_OPEN_MODES = ("mmap", "load")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,8 +403,9 @@ class Datastore:
         report = _Reporter(progress, "datastore build")
         tokens, offsets, vocab = _collect(docs, vocab_size, report)
         t0 = time.perf_counter()
-        info = native().build_datastore_file(tokens, offsets, vocab, path,
-                                             report if (report.show or report.cb) else None)
+        with _terminate_cleanly():
+            info = native().build_datastore_file(tokens, offsets, vocab, path,
+                                                 report if (report.show or report.cb) else None)
         if report.show:
             secs = time.perf_counter() - t0
             report(f"wrote {path}: {info['num_tokens']:,} tokens, {info['file_bytes'] / info['num_tokens']:.2f} "
@@ -343,20 +413,30 @@ class Datastore:
         return cls.open(path)
 
     @classmethod
-    def open(cls, path: Union[str, os.PathLike], verify: bool = False, prefetch: bool = False) -> Datastore:
-        """Memory-map an existing datastore file (O(1): only the header is read and checked).
+    def open(cls, path: Union[str, os.PathLike], verify: bool = False, prefetch: bool = False,
+             mode: str = "mmap") -> Datastore:
+        """Open an existing datastore file.
 
-        `verify=True` also checks every section's checksum and every suffix-array entry (O(corpus)).
-        `prefetch=True` maps every page on a background thread (as `prefetch()`, without waiting:
-        about 20 ms for a 300 MB file here), so early queries do not pay page faults; use it
-        when the file fits in memory and queries start right away.
+        `mode="mmap"` (default) memory-maps it in O(1) (only the header is read and checked); pages
+        are shared by every process mapping the file. Such a file must never be changed in place
+        while open (replace it by renaming a new file over it): every query first checks that its
+        size and modification time are unchanged and raises `DatastoreChangedError` otherwise,
+        but a change in the middle of a query cannot be caught and kills the process (SIGBUS).
+        `mode="load"` reads the whole file into private memory instead (O(file) time and memory):
+        nothing done to the file afterwards can affect the datastore.
+        `verify=True` also runs `verify()` (O(corpus)).
+        `prefetch=True` (mmap mode) maps every page on a background thread (as `prefetch()`,
+        without waiting: about 20 ms for a 300 MB file here), so early queries do not pay page
+        faults; use it when the file fits in memory and queries start right away.
         Raises FileNotFoundError, or ValueError naming the problem for truncated, corrupt, foreign
-        or wrong-version files.
+        or wrong-version files and for paths that are not regular files (FIFOs are not opened).
         """
         path = os.fspath(path)
+        if mode not in _OPEN_MODES:
+            raise ValueError(f"mode must be one of {_OPEN_MODES}, got {mode!r}")
         if not os.path.exists(path):
             raise FileNotFoundError(f"datastore {path} does not exist")
-        ds = cls(native().DatastoreCore.open(path, bool(prefetch)), path)
+        ds = cls(native().DatastoreCore.open(path, bool(prefetch) and mode == "mmap", mode == "load"), path)
         if verify:
             ds.verify()
         return ds
@@ -386,7 +466,8 @@ class Datastore:
         """Write the whole datastore (file + added documents) as one file; returns its header fields."""
         path = _check_out_path(path)
         report = _Reporter(progress, "datastore save")
-        return self._core.save(path, report if (report.show or report.cb) else None)
+        with _terminate_cleanly():
+            return self._core.save(path, report if (report.show or report.cb) else None)
 
     def prefetch(self) -> None:
         """Map every page of the file now (O(file size), GIL released), so the first queries do
@@ -401,17 +482,20 @@ class Datastore:
         removes most of the latency tail, which comes from short, frequent suffixes (bushy trees)
         that recur all the time. On by default (4096 trees, cleared by `add`/`merge`).
         """
-        if capacity < 0 or min_count < 1:
-            raise ValueError(f"capacity must be >= 0 and min_count >= 1, got {capacity}, {min_count}")
-        self._core.set_cache(int(capacity), int(min_count))
+        self._core.set_cache(capacity, min_count)  # type and range checked there
 
     def cache_info(self) -> dict:
         """{"entries", "hits", "misses"} of the tree cache."""
         return dict(self._core.cache_info())
 
-    def verify(self, threads: int = 2) -> None:
-        """Check the file's checksums and structure (O(corpus)); ValueError when corrupt."""
-        self._core.verify(int(threads))
+    def verify(self, threads: int = 2, progress: ProgressArg = False) -> None:
+        """Check the file: section checksums, header, document table, text values, and that the
+        suffix array is a permutation of the token positions in suffix order (every neighbouring
+        pair compared; linear time, extra memory about the size of the suffix array section).
+        ValueError naming the first problem when corrupt. `threads` (1..256) hash the sections;
+        `progress` as in `build`. Ctrl-C interrupts it."""
+        report = _Reporter(progress, "datastore verify")
+        self._core.verify(threads, report if (report.show or report.cb) else None)
 
     # -- queries ----------------------------------------------------------------------------------
     def draft_arrays(self, context: TokenIds, *, budget: int = 32, max_depth: int = 12, max_match: int = 16,
@@ -561,7 +645,7 @@ class PromptIndex:
         _check_vocab(vocab_size)
         arr = _ids(tokens, "PromptIndex tokens", vocab_size) if len(tokens) else np.zeros(0, np.uint32)
         self._vocab = vocab_size
-        self._core = native().PromptIndexCore(arr, int(vocab_size or 0), int(window), int(min_sorted))
+        self._core = native().PromptIndexCore(arr, vocab_size or 0, window, min_sorted)  # range-checked there
 
     def extend(self, tokens: TokenIds) -> None:
         """Append token ids (shape ``[k]``)."""
