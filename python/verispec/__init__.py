@@ -25,6 +25,7 @@ _LAZY = {
     # retrieval
     "Datastore": "verispec.datastore",
     "PromptIndex": "verispec.datastore",
+    "DatastoreChangedError": "verispec.datastore",
     # generation
     "generate": "verispec.generation",
     "GenerateOutput": "verispec.generation",

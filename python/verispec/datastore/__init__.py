@@ -4,6 +4,6 @@
 `verispec datastore build`, and `reference` is the plain-Python oracle the tests compare against.
 """
 
-from verispec.datastore.store import MAX_TOKEN_ID, Datastore, DraftArrays, PromptIndex
+from verispec.datastore.store import MAX_TOKEN_ID, Datastore, DatastoreChangedError, DraftArrays, PromptIndex
 
-__all__ = ["Datastore", "PromptIndex", "DraftArrays", "MAX_TOKEN_ID"]
+__all__ = ["Datastore", "PromptIndex", "DraftArrays", "DatastoreChangedError", "MAX_TOKEN_ID"]
