@@ -68,6 +68,83 @@ static void check_suffix_sorting(std::mt19937& rng, int iterations, uint32_t n_m
   }
 }
 
+// Load mode, change detection, suffix-array damage behind valid checksums, interrupted builds and
+// verification, stale temporaries (issue 15).
+static void check_reliability(const std::string& dir, const std::string& path, const Corpus& c, const std::string& bytes) {
+  auto mapped = Datastore::open(path);
+  auto loaded = Datastore::open(path, true);
+  CHECK(loaded->file()->loaded() && !mapped->file()->loaded());
+  loaded->file()->verify(1);
+  for (uint32_t t = 0; t < 4; ++t) {
+    DraftParams p;
+    const DraftResult a = mapped->draft(&t, 1, p), b = loaded->draft(&t, 1, p);
+    CHECK(a.tokens == b.tokens && a.parents == b.parents);
+  }
+  // two suffix-array entries swapped, checksums recomputed: only the order check can see it
+  FileHeader h;
+  std::memcpy(&h, bytes.data(), sizeof h);
+  std::string bad = bytes;
+  uint8_t* sa = reinterpret_cast<uint8_t*>(&bad[h.sa_offset]);
+  const uint64_t a = packed_get(sa, 3, h.offset_bits), b = packed_get(sa, 9, h.offset_bits);
+  for (uint64_t k : {uint64_t(3), uint64_t(9)})  // clear, then OR-write the other value
+    for (unsigned bit = 0; bit < h.offset_bits; ++bit) {
+      const uint64_t at = k * h.offset_bits + bit;
+      sa[at >> 3] &= uint8_t(~(1u << (at & 7)));
+    }
+  packed_put(sa, 3, h.offset_bits, b);
+  packed_put(sa, 9, h.offset_bits, a);
+  h.sa_checksum = section_checksum(sa, packed_bytes(h.num_tokens, h.offset_bits));
+  h.header_checksum = fnv1a64(&h, offsetof(FileHeader, header_checksum));
+  std::memcpy(&bad[0], &h, sizeof h);
+  const std::string swapped = dir + "/swapped.vsds";
+  std::ofstream(swapped, std::ios::binary).write(bad.data(), std::streamsize(bad.size()));
+  bool caught = false;
+  try {
+    Datastore::open(swapped)->file()->verify(1);
+  } catch (const std::invalid_argument& e) {
+    caught = std::strstr(e.what(), "out of order") != nullptr;
+  }
+  CHECK(caught);
+  unlink(swapped.c_str());
+  // a stop requested before the work: verify and build end at their first check, leaving nothing
+  Stop stop;
+  stop.request();
+  int stopped = 0;
+  try {
+    mapped->file()->verify(1, nullptr, &stop);
+  } catch (const Interrupted&) {
+    ++stopped;
+  }
+  const std::string target = dir + "/stopped.vsds";
+  try {
+    build_file(c, target, nullptr, &stop);
+  } catch (const Interrupted&) {
+    ++stopped;
+  }
+  CHECK(stopped == 2 && access(target.c_str(), F_OK) != 0);
+  // the temporary of a build whose process is gone is removed by the next build of that path
+  const std::string stale = target + ".tmp-999999999-0";
+  std::ofstream(stale) << "x";
+  build_file(c, target, nullptr);
+  CHECK(access(stale.c_str(), F_OK) != 0);
+  unlink(target.c_str());
+  // a mapped file changed in place is refused before any read; the loaded copy is unaffected
+  const std::string live = dir + "/live.vsds";
+  std::ofstream(live, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));
+  auto victim = Datastore::open(live);
+  CHECK(truncate(live.c_str(), 100) == 0);
+  caught = false;
+  try {
+    victim->check_file();
+  } catch (const FileChanged&) {
+    caught = true;
+  }
+  CHECK(caught);
+  unlink(live.c_str());
+  uint32_t t = 1;
+  CHECK(loaded->count(&t, 1) == mapped->count(&t, 1));
+}
+
 int main(int argc, char** argv) {
   const std::string dir = argc > 1 ? argv[1] : "/tmp";
   std::mt19937 rng(7);
@@ -263,6 +340,7 @@ int main(int argc, char** argv) {
     }
   }
   CHECK(threw > 0);
+  check_reliability(dir, path, c, bytes);
   unlink(path.c_str());
   unlink((dir + "/asan2.vsds").c_str());
   unlink((dir + "/bad.vsds").c_str());
