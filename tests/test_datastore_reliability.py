@@ -210,6 +210,7 @@ HEAVY = """
     "ds.draft_batch([[0]] * 8, threads=1, **rest)",
     "ds.draft([0], **big_tree)",  # one query, GIL held
     "pi.draft_context([0], **big_tree)",
+    "Datastore.from_documents([rng.integers(0, 50000, 4_000_000)])",  # suffix sorting in memory
 ])
 def test_ctrl_c_interrupts_long_queries(call):
     """Interrupted a quarter into a call, it stops well before the call would have ended."""

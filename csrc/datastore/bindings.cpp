@@ -234,8 +234,11 @@ void bind_datastore(py::module_& m) {
           "in_memory",
           [](const U32& tokens, const U64& offsets, py::handle vocab) {
             const Corpus c = corpus_of(tokens, offsets, uint64_t(int_arg(vocab, "vocab_size", 1, 0xFFFFFFFFll)));
-            py::gil_scoped_release nogil;
-            return Datastore::in_memory(c);
+            PyStop ps;
+            return ps.run([&](const Stop* stop) {
+              py::gil_scoped_release nogil;
+              return Datastore::in_memory(c, stop);
+            });
           },
           py::arg("tokens"), py::arg("offsets"), py::arg("vocab_size"))
       .def(
@@ -320,13 +323,19 @@ void bind_datastore(py::module_& m) {
       .def("add",
            [](Datastore& d, const U32& tokens, const U64& offsets) {
              const Corpus c = corpus_of(tokens, offsets, d.vocab_size());
-             py::gil_scoped_release nogil;
-             d.add(c);
+             PyStop ps;
+             ps.run([&](const Stop* stop) {
+               py::gil_scoped_release nogil;
+               d.add(c, stop);
+             });
            })
       .def("merge",
            [](Datastore& d) {
-             py::gil_scoped_release nogil;
-             d.merge();
+             PyStop ps;
+             ps.run([&](const Stop* stop) {
+               py::gil_scoped_release nogil;
+               d.merge(stop);
+             });
            })
       .def(
           "save",

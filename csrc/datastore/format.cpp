@@ -217,6 +217,7 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, bool load)
     if (!read_fully(fd, static_cast<uint8_t*>(p), size, 0) || fstat(fd, &after) != 0 || uint64_t(after.st_size) != size ||
         !same_time(after.st_mtim, st.st_mtim) || std::memcmp(p, &h, sizeof h) != 0)
       throw FileChanged(where + "the file changed while it was being loaded");
+    mprotect(p, size, PROT_READ);  // read-only from here on, like a mapped file
   } else {
     void* p = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) throw std::runtime_error(where + "mmap failed: " + std::strerror(errno));
@@ -224,6 +225,9 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, bool load)
     f->fd_ = fd;
     guard.fd = -1;  // the file keeps it, for check_unchanged
     f->mtime_ = st.st_mtim;
+    // The header was read before mapping: the file must still be that one before any page is read.
+    f->check_unchanged();
+    if (std::memcmp(p, &h, sizeof h) != 0) throw FileChanged(where + "the file changed while it was being opened");
   }
   // Queries touch a few cache lines at scattered places: read-ahead would only waste memory.
   // (no MADV_RANDOM: it also disables fault-around, making every first touch of a page its own fault)

@@ -373,7 +373,7 @@ FileHeader build_file_impl(const Corpus& c, const std::string& path, const Progr
 }
 
 template <class I>
-std::shared_ptr<MemSegment> build_mem_impl(const Corpus& c) {
+std::shared_ptr<MemSegment> build_mem_impl(const Corpus& c, const Stop* stop) {
   Prepared<I> prep;
   prepare(c, prep);
   auto m = std::make_shared<MemSegment>();
@@ -387,7 +387,9 @@ std::shared_ptr<MemSegment> build_mem_impl(const Corpus& c) {
   m->sa.assign(packed_bytes(m->num_tokens, m->offset_bits), 0);
   m->extras.assign(extras_layout(m->codes, m->text_len, m->token_bits, m->offset_bits).total, 0);
   if (prep.compact) m->token_map = prep.distinct;
-  build_into<I>(c, prep, Output{nullptr, m->text.data(), m->sa.data(), m->extras.data()}, nullptr);
+  Progress check;
+  if (stop) check = [stop](const std::string&, double) { stop->check(); };
+  build_into<I>(c, prep, Output{nullptr, m->text.data(), m->sa.data(), m->extras.data()}, check);
   return m;
 }
 
@@ -447,9 +449,9 @@ Segment MemSegment::view() const {
   return s;
 }
 
-std::shared_ptr<MemSegment> build_mem_segment(const Corpus& c) {
+std::shared_ptr<MemSegment> build_mem_segment(const Corpus& c, const Stop* stop) {
   check_corpus(c);
-  return wide_index(c) ? build_mem_impl<uint64_t>(c) : build_mem_impl<uint32_t>(c);
+  return wide_index(c) ? build_mem_impl<uint64_t>(c, stop) : build_mem_impl<uint32_t>(c, stop);
 }
 
 void unpack_documents(const Segment& s, std::vector<uint32_t>& tokens, std::vector<uint64_t>& offsets) {
@@ -472,9 +474,9 @@ std::shared_ptr<Datastore> Datastore::open(const std::string& path, bool load) {
   return d;
 }
 
-std::shared_ptr<Datastore> Datastore::in_memory(const Corpus& c) {
+std::shared_ptr<Datastore> Datastore::in_memory(const Corpus& c, const Stop* stop) {
   auto d = std::make_shared<Datastore>();
-  d->mem_.push_back(build_mem_segment(c));
+  d->mem_.push_back(build_mem_segment(c, stop));
   d->vocab_size_ = c.vocab_size;
   return d;
 }
@@ -506,20 +508,21 @@ std::vector<std::pair<uint32_t, uint64_t>> Datastore::continuations(const uint32
   return ds::continuations(source_locked(), pat, m);
 }
 
-static std::shared_ptr<MemSegment> merge_two(const MemSegment& a, const MemSegment& b, uint64_t vocab) {
+static std::shared_ptr<MemSegment> merge_two(const MemSegment& a, const MemSegment& b, uint64_t vocab,
+                                             const Stop* stop) {
   std::vector<uint32_t> tokens;
   std::vector<uint64_t> offsets{0};
   unpack_documents(a.view(), tokens, offsets);
   unpack_documents(b.view(), tokens, offsets);
   Corpus c{tokens.data(), tokens.size(), offsets.data(), offsets.size() - 1, vocab};
-  return build_mem_segment(c);
+  return build_mem_segment(c, stop);
 }
 
-void Datastore::add(const Corpus& c) {
+void Datastore::add(const Corpus& c, const Stop* stop) {
   std::lock_guard<std::mutex> writer(writer_mu_);
   Corpus cc = c;
   cc.vocab_size = vocab_size_;
-  auto seg = build_mem_segment(cc);
+  auto seg = build_mem_segment(cc, stop);
   std::vector<std::shared_ptr<MemSegment>> list;
   {
     std::shared_lock<std::shared_mutex> lk(mu_);
@@ -527,7 +530,7 @@ void Datastore::add(const Corpus& c) {
   }
   list.push_back(seg);
   while (list.size() >= 2 && list.back()->num_tokens * 2 >= list[list.size() - 2]->num_tokens) {
-    auto merged = merge_two(*list[list.size() - 2], *list.back(), vocab_size_);
+    auto merged = merge_two(*list[list.size() - 2], *list.back(), vocab_size_, stop);
     list.pop_back();
     list.back() = merged;
   }
@@ -536,7 +539,7 @@ void Datastore::add(const Corpus& c) {
   cache_.clear();  // counts changed; no query runs while we hold the lock
 }
 
-void Datastore::merge() {
+void Datastore::merge(const Stop* stop) {
   std::lock_guard<std::mutex> writer(writer_mu_);
   std::vector<std::shared_ptr<MemSegment>> list;
   {
@@ -544,7 +547,7 @@ void Datastore::merge() {
     list = mem_;
   }
   while (list.size() >= 2) {
-    auto merged = merge_two(*list[list.size() - 2], *list.back(), vocab_size_);
+    auto merged = merge_two(*list[list.size() - 2], *list.back(), vocab_size_, stop);
     list.pop_back();
     list.back() = merged;
   }

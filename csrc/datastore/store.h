@@ -48,7 +48,8 @@ struct MemSegment {
   uint64_t text_len = 0, num_tokens = 0, num_docs = 0;
   Segment view() const;
 };
-std::shared_ptr<MemSegment> build_mem_segment(const Corpus& c);
+// `stop`: interrupts it between the steps of the suffix sort (throws Interrupted).
+std::shared_ptr<MemSegment> build_mem_segment(const Corpus& c, const Stop* stop = nullptr);
 
 // Token ids of all documents of a segment, appended to tokens/offsets (offsets[0] preset by caller).
 void unpack_documents(const Segment& s, std::vector<uint32_t>& tokens, std::vector<uint64_t>& offsets);
@@ -57,7 +58,7 @@ class Datastore {
  public:
   // load: read the file into private memory instead of mapping it (MappedFile::open).
   static std::shared_ptr<Datastore> open(const std::string& path, bool load = false);
-  static std::shared_ptr<Datastore> in_memory(const Corpus& c);
+  static std::shared_ptr<Datastore> in_memory(const Corpus& c, const Stop* stop = nullptr);
 
   // Throws FileChanged when the mapped file was changed in place since it was opened; the
   // bindings call it before every batch of queries.
@@ -72,9 +73,9 @@ class Datastore {
   // Online update: the documents become a new in-memory segment, searchable on return. Small
   // segments are merged with their predecessor when they reach half its size, so a stream of
   // additions keeps O(log) segments at O(log) rebuilds per token.
-  void add(const Corpus& c);
+  void add(const Corpus& c, const Stop* stop = nullptr);
   // Merge all in-memory segments into one.
-  void merge();
+  void merge(const Stop* stop = nullptr);
   // Write everything (base + added documents) as one file.
   FileHeader save(const std::string& path, const Progress& progress, const Stop* stop = nullptr) const;
 
