@@ -45,27 +45,34 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _chunk_hash(p: bytes) -> int:
+def _lane_step(h: int, w: int) -> int:
+    x = h ^ ((w * 0x9E3779B97F4A7C15) & _M)
+    return ((((x << 31) | (x >> 33)) & _M) * 0xFF51AFD7ED558CCD) & _M
+
+
+def _chunk_hash(p: bytes, version: int) -> int:
     h = [0x243F6A8885A308D3, 0x13198A2E03707344, 0xA4093822299F31D0, 0x082EFA98EC4E6C89]
     n = len(p)
     i = 0
     while i + 32 <= n:
         for lane in range(4):
-            w = int.from_bytes(p[i + 8 * lane:i + 8 * lane + 8], "little")
-            x = h[lane] ^ ((w * 0x9E3779B97F4A7C15) & _M)
-            h[lane] = ((((x << 31) | (x >> 33)) & _M) * 0xFF51AFD7ED558CCD) & _M
+            h[lane] = _lane_step(h[lane], int.from_bytes(p[i + 8 * lane:i + 8 * lane + 8], "little"))
         i += 32
     tail = 0
-    for j in range(n - i):
-        tail |= p[i + j] << (8 * (j & 7))
+    if version < 3:  # the old OR-folded tail
+        for j in range(n - i):
+            tail |= p[i + j] << (8 * (j & 7))
+    else:
+        for lane, at in enumerate(range(i, n, 8)):
+            h[lane] = _lane_step(h[lane], int.from_bytes(p[at:at + 8], "little"))
     return _mix(h[0] ^ _mix(h[1] ^ _mix(h[2] ^ _mix(h[3] ^ tail ^ n))))
 
 
-def section_checksum(data: bytes) -> int:
+def section_checksum(data: bytes, version: int = 3) -> int:
     chunk = 16 << 20
     h = _mix(len(data) ^ 0x5851F42D4C957F2D)
     for c in range(0, len(data), chunk):
-        h = _mix(h ^ _chunk_hash(data[c:c + chunk]))
+        h = _mix(h ^ _chunk_hash(data[c:c + chunk], version))
     return h
 
 
@@ -88,10 +95,11 @@ def sections(h: dict) -> dict:
 
 
 def reseal(raw: bytearray) -> bytearray:
-    """Recompute every section checksum and the header checksum of a file image."""
+    """Recompute every section checksum (as the header's version computes them) and the header
+    checksum of a file image."""
     h = header(raw)
     for off, size, field in sections(h).values():
-        h[field] = section_checksum(bytes(raw[off:off + size]))
+        h[field] = section_checksum(bytes(raw[off:off + size]), h["version"])
     packed = HEADER.pack(*[h[n] for n in NAMES])
     raw[:192] = packed[:184] + struct.pack("<Q", fnv1a64(packed[:184]))
     return raw

@@ -41,7 +41,7 @@ def test_build_info_query(tmp_path, tokenizer_json, capsys):
 
     assert main(["datastore", "info", str(out), "--verify", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["num_docs"] == 4 and info["vocab_size"] == 12 and info["version"] == 2
+    assert info["num_docs"] == 4 and info["vocab_size"] == 12 and info["version"] == 3
 
     assert main(["datastore", "query", str(out), "--text", "def x ( y )", "--tokenizer", str(tokenizer_json),
                  "--json", "--budget", "4"]) == 0

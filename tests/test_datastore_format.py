@@ -35,7 +35,7 @@ def test_header_and_layout(built):
     docs, path, ds = built
     raw = path.read_bytes()
     h = header(raw)
-    assert h["magic"] == b"VSPDSTOR" and h["version"] == 2 and h["header_bytes"] == 192
+    assert h["magic"] == b"VSPDSTOR" and h["version"] == 3 and h["header_bytes"] == 192
     n_tokens = sum(map(len, docs))
     assert h["token_bits"] == 6  # ids 0..49 plus the all-ones end marker 63
     # uniform ids: no narrower code pays for its exceptions, so the text holds the ids themselves
@@ -171,9 +171,10 @@ def test_trailing_data_rejected(built):
 
 def test_wrong_version_rejected(built):
     _, path, _ = built
-    rewrite_header(path, version=3)
-    with pytest.raises(ValueError, match="format version 3, this verispec reads versions 1 to 2"):
-        Datastore.open(path)
+    for v in (0, 4, 2**32 - 1):
+        rewrite_header(path, version=v)
+        with pytest.raises(ValueError, match=f"format version {v}, this verispec reads versions 1 to 3"):
+            Datastore.open(path)
 
 
 @pytest.mark.parametrize("offset", [12, 16, 20, 24, 32, 40, 48, 56, 80, 100, 120, 150, 183])

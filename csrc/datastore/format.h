@@ -9,7 +9,7 @@
 //   [sa_offset, ..)    suffix array: num_tokens packed offset_bits-wide text positions, the
 //                      suffixes starting at tokens (never at markers) in lexicographic order
 //   [docs_offset, ..)  num_docs + 1 uint64 text positions where documents start (last = text_len)
-//   [extras_offset, ..) (version 2, only with text codes or successor lists) code table,
+//   [extras_offset, ..) (version >= 2, only with text codes or successor lists) code table,
 //                      exception directory, exceptions, successor lists (textcode.h)
 // Sections start at 64-byte boundaries; packed sections carry 8 bytes of padding.
 #pragma once
@@ -30,7 +30,9 @@
 namespace verispec::ds {
 
 constexpr char kMagic[8] = {'V', 'S', 'P', 'D', 'S', 'T', 'O', 'R'};
-constexpr uint32_t kFormatVersion = 2;  // written; version 1 (no text codes) is still read
+// Written: 3. Still read: 2 (the same layout, checksums that could miss some changes in the last
+// bytes of a section) and 1 (no text codes).
+constexpr uint32_t kFormatVersion = 3;
 constexpr uint32_t kHeaderBytes = 192;
 
 struct FileHeader {
@@ -68,8 +70,8 @@ static_assert(sizeof(FileHeader) == kHeaderBytes, "header layout");
 
 uint64_t fnv1a64(const void* data, uint64_t bytes);
 // Checksum of a section: 16 MiB chunks hashed independently (so verification can use threads),
-// folded in order.
-uint64_t section_checksum(const uint8_t* data, uint64_t bytes, int threads = 1);
+// folded in order. `version`: the file's format version (below 3: the old, weaker chunk tails).
+uint64_t section_checksum(const uint8_t* data, uint64_t bytes, int threads = 1, uint32_t version = kFormatVersion);
 
 struct Layout {
   uint64_t map_offset, map_bytes, text_offset, text_bytes, sa_offset, sa_bytes, docs_offset, docs_bytes,
@@ -122,6 +124,8 @@ class MappedFile {
 
  private:
   MappedFile() = default;
+  void verify_checked(int threads, const std::function<void(const std::string&, double)>& progress,
+                      const Stop* stop) const;
   std::string path_;
   FileHeader header_{};
   const uint8_t* base_ = nullptr;
