@@ -173,9 +173,9 @@ def test_rest_work_is_bounded():
         ds.draft([1], mode="rest", rest_max_matches=2**20, max_depth=2**12)
     with pytest.raises(ValueError, match="rest_max_matches must be in"):
         ds.draft([1], mode="rest", rest_max_matches=2**40, max_depth=1)
-    ds.draft([1], mode="rest", rest_max_matches=2**14, max_depth=256)  # at the limit: fine
+    ds.draft([1], mode="rest", rest_max_matches=2**12, max_depth=256)  # at the limit: fine
     with pytest.raises(ValueError, match="rest_max_matches x max_depth"):
-        PromptIndex([1, 2, 1, 2]).draft(mode="rest", rest_max_matches=2**14, max_depth=257)
+        PromptIndex([1, 2, 1, 2]).draft(mode="rest", rest_max_matches=2**12, max_depth=257)
 
 
 HEAVY = """
@@ -187,7 +187,7 @@ HEAVY = """
     ds = Datastore.from_documents([tokens])  # [0] occurs ~100k times
     ds.set_cache(0)  # the second run must do the work again
     pi = PromptIndex(tokens)
-    rest = dict(mode="rest", rest_max_matches=2**14, max_depth=256)  # at the work limit (2**22)
+    rest = dict(mode="rest", rest_max_matches=2**12, max_depth=256)  # at the work limit (2**20)
     big_tree = dict(budget=2**20, max_depth=2**16)
     def run():
         {call}
@@ -206,8 +206,8 @@ HEAVY = """
 
 
 @pytest.mark.parametrize("call", [
-    "ds.draft_batch([[0]] * 8, **rest)",
-    "ds.draft_batch([[0]] * 8, threads=1, **rest)",
+    "ds.draft_batch([[0]] * 32, **rest)",
+    "ds.draft_batch([[0]] * 32, threads=1, **rest)",
     "ds.draft([0], **big_tree)",  # one query, GIL held
     "pi.draft_context([0], **big_tree)",
     "Datastore.from_documents([rng.integers(0, 50000, 4_000_000)])",  # suffix sorting in memory

@@ -5,9 +5,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cmath>
-
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -26,10 +25,6 @@ using U32 = py::array_t<uint32_t, py::array::c_style>;
 using U64 = py::array_t<uint64_t, py::array::c_style>;
 using I64 = py::array_t<int64_t, py::array::c_style>;
 
-// Contexts arrive either as int64 numpy arrays (Python converted and sliced them; `offset` = index of
-// element 0 in the caller's context) or as Python lists / tuples, read here directly (cheaper than
-// a numpy round trip for the few tokens a query needs): only the last `keep` elements, and
-// `offset` is then added to their positions. Range checks happen here, where they cost nanoseconds.
 // Every integer that crosses from Python goes through here: a TypeError for non-integers and a
 // ValueError naming the argument and its range otherwise (pybind's own conversion would answer
 // 2**63 or -1 for an unsigned parameter with an "incompatible function arguments" wall).
@@ -49,7 +44,7 @@ int64_t int_arg(py::handle o, const char* name, int64_t lo, int64_t hi) {
 constexpr int64_t kI64Max = std::numeric_limits<int64_t>::max();
 
 // Signals reach Python code only between bytecodes: while a long native call runs, Ctrl-C (and
-// SIGTERM, which datastore.py turns into KeyboardInterrupt during builds) would wait for it to end.
+// SIGTERM, which datastore/store.py turns into KeyboardInterrupt during builds) would wait for it to end.
 // A PyStop polls for them from the calling thread (taking the GIL if it was released, at most
 // every 20 ms); when a handler raises, the native loops stop and the exception is re-raised.
 struct PyStop {
@@ -72,6 +67,10 @@ struct PyStop {
   }
 };
 
+// Contexts arrive either as int64 numpy arrays (Python converted and sliced them; `offset` = index of
+// element 0 in the caller's context) or as Python lists / tuples, read here directly (cheaper than
+// a numpy round trip for the few tokens a query needs): only the last `keep` elements, and
+// `offset` is then added to their positions. Range checks happen here, where they cost nanoseconds.
 void check_id(int64_t v, int64_t pos, const std::string& what) {
   if (v < 0)
     throw std::invalid_argument(what + ": position " + std::to_string(pos) + " has negative token id " + std::to_string(v));
