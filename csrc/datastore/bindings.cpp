@@ -464,7 +464,6 @@ void bind_datastore(py::module_& m) {
       PyErr_SetString(PyExc_KeyboardInterrupt, "interrupted");
     }
   });
-  m.def("_datastore_remove_stale_temporaries", [](const std::string& path) { return remove_stale_temporaries(path); });
   m.def("_datastore_force_wide_index", [](bool on) { g_force_wide_index = on; });
   m.def("_datastore_successor_min_count", [](uint64_t n) {
     const uint64_t old = g_successor_min_count;
