@@ -373,3 +373,17 @@ def test_version_2_files_still_verify(files, tmp_path):
         rewrite_header(old)
         with pytest.raises(ValueError, match="checksum mismatch"):
             Datastore.open(old).verify()
+
+
+def test_document_table_pointing_past_the_text(files, worker, tmp_path):
+    """A document start far past the text, behind valid checksums: verify read the text there
+    (SIGSEGV, found by the fuzz test); now it reports the document."""
+    path, _ = files["coded"]
+    raw = bytearray(path.read_bytes())
+    off = header(raw)["docs_offset"]
+    raw[off + 8 * 3:off + 8 * 4] = (2**40).to_bytes(8, "little")
+    out = tmp_path / "far.vsds"
+    out.write_bytes(bytes(reseal(raw)))
+    res = worker.run(str(out), "mmap")
+    no_unexpected(res)
+    assert res["open"] == "ok" and "document 2 is malformed" in res["verify"], res
