@@ -65,6 +65,7 @@ class CountingDrafter:
     def __init__(self, inner, counter: SyncCounter):
         self.inner, self.counter = inner, counter
         self.vocab_size = getattr(inner, "vocab_size", None)
+        self.wants_hidden = getattr(inner, "wants_hidden", False)
 
     def begin(self, prompts):
         if callable(getattr(self.inner, "begin", None)):

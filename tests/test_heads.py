@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _generate_utils import VOCAB, reference_greedy, tiny_model
 from test_draft_model import _flat, _joint_counts, _pvalue
 from test_generate_sampling import V, _exact_joint
-from test_generate_utils import VOCAB, reference_greedy, tiny_model
 
 import verispec
 from verispec.drafters.early_exit import EarlyExitDrafter
@@ -68,20 +68,30 @@ def test_identity_when_heads_are_right_and_drafts_are_accepted():
 def test_drafter_sees_the_models_own_hidden_state():
     """``Context.hidden`` equals the final hidden state of the token before the root from a plain forward."""
     model = tiny_model("qwen2")
+    prompts = _prompts((6, 1, 9), seed=3)
+    refs = {b: reference_greedy(model, p, 12, None) for b, p in enumerate(prompts)}
     seen = []
 
-    class Spy:
+    class Spy:  # the true next two tokens plus a wrong sibling: paths of 0, 1 and 2 nodes are accepted
         wants_hidden = True
 
         def propose(self, contexts):
             seen.extend((list(c.tokens), c.hidden) for c in contexts)
-            return [verispec.DraftTree([3, 4, 5], [-1, 0, -1]) for _ in contexts]
+            trees = []
+            for c in contexts:
+                nxt = refs[c.request][len(c.tokens):len(c.tokens) + 2]
+                ok = len(c.tokens) % 3  # vary how much of the truth is offered
+                toks = (nxt[:ok] + [(nxt[0] + 1) % VOCAB])[:3] if nxt else []
+                trees.append(verispec.DraftTree(toks, list(range(-1, len(toks) - 2)) + [-1])
+                             if toks else verispec.DraftTree.empty())
+            return trees
 
         def update(self, accepted):
             pass
 
-    prompts = _prompts((6, 1, 9), seed=3)
-    verispec.generate(model, prompts, drafter=Spy(), max_new_tokens=6, eos_token_id=[])
+    out = verispec.generate(model, prompts, drafter=Spy(), max_new_tokens=12, eos_token_id=[])
+    assert [s.tolist() for s in out.sequences] == list(refs.values())
+    assert out.stats.tokens_per_step > 1.3
     checked = 0
     for tokens, h in seen:
         if len(tokens) == 1:
@@ -194,3 +204,16 @@ def test_early_exit_drafter_keeps_identity():
         assert out.stats.draft_nodes > 0
         # the full model is untouched by the shallow view
         assert len(getattr(model.base_model, "layers", None) or model.base_model.h) == 2
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_handing_over_the_hidden_state_adds_no_host_sync(temperature):
+    """The step stays at one host synchronisation with a drafter that reads hidden states (deterministic
+    trees: checking sampled trees' probs rows is host work of its own, for any sampled drafter)."""
+    from test_generate_syncs import _syncs_per_step
+
+    model = tiny_model("llama")
+    drafter = HeadsDrafter(_random_heads(model), budget=4)
+    per_step, calls, steps = _syncs_per_step(model, drafter, temperature=temperature, seed=3, attention="mask")
+    assert steps > 1
+    assert per_step <= 1, f"{per_step:.1f} host syncs per step (bound 1):\n" + "\n".join(calls[:40])

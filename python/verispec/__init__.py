@@ -35,6 +35,9 @@ _LAZY = {
     "RetrievalDrafter": "verispec.drafters",
     "PromptLookupDrafter": "verispec.drafters",
     "DraftModelDrafter": "verispec.drafters.draft_model",
+    "HeadsDrafter": "verispec.drafters.heads",
+    "MergedDrafter": "verispec.drafters.merge",
+    "EarlyExitDrafter": "verispec.drafters.early_exit",
     # backends
     "backends": "verispec._backends",
     "backend_report": "verispec._backends",

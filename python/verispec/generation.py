@@ -362,7 +362,11 @@ def generate(
     clock = _Clock(stats, dev, profile)
     seqs = [list(p) for p in prompts]  # prompt + generated; the last token is the next root
     cache = target.new_cache(len(prompts), max(len(p) for p in prompts) + max_new_tokens + 64)
-    target.prefill(cache, prompts)
+    # Drafters that read the model's hidden state (heads) get the final hidden state of the token before
+    # each root: from the prefill, then from each step's own verification forward (no extra pass).
+    want_hidden = bool(getattr(drafter, "wants_hidden", False))
+    hidden = target.prefill(cache, prompts, hidden=want_hidden)  # [B, d] or None
+    has_hidden = [len(p) > 1 for p in prompts]  # a one-token prompt has no token before its root
     if streamer is not None:
         streamer.put(torch.tensor([prompts[0]]))
     if callable(getattr(drafter, "begin", None)):
@@ -371,20 +375,25 @@ def generate(
     clock.lap("prefill")
 
     while live:
-        trees = drafter.propose([Context(r, seqs[r]) for r in live])
+        trees = drafter.propose([Context(r, seqs[r], hidden[i] if want_hidden and has_hidden[i] else None)
+                                 for i, r in enumerate(live)])
         if len(trees) != len(live):
             raise ValueError(f"{type(drafter).__name__}.propose returned {len(trees)} trees for {len(live)} requests")
         clock.lap("draft")
         batch = _pack(trees, [seqs[r][-1] for r in live], dev, V)
         clock.lap("pack")
-        logits = target.forward_tree(cache, batch.ids, batch.tree_lens, batch.buffers)  # [rows, V]
+        out = target.forward_tree(cache, batch.ids, batch.tree_lens, batch.buffers, hidden=want_hidden)
+        logits, row_hidden = out if want_hidden else (out, None)  # [rows, V], [B, T, d]
         clock.lap("forward")
         res = verify(logits, batch.flat, buffers=batch.buffers, max_depth=batch.max_depth, validate=False,
                      backend=backend, **_sampling(live, seqs, prompts, trees, batch, temperature, top_k, top_p, seed, V))
         num_acc, emitted, finite = _fetch(res, _finite_requests(logits, batch.buffers, len(live)))
         clock.lap("verify")
         _raise_if_not_finite(finite, live, stats.steps)
-        cache.commit(path_rows_from_accepted(res.accepted_nodes, res.num_accepted), num_acc, backend=backend)
+        path_rows = path_rows_from_accepted(res.accepted_nodes, res.num_accepted)
+        cache.commit(path_rows, num_acc, backend=backend)
+        if want_hidden:
+            hidden, has_hidden = _last_accepted(row_hidden, path_rows, res.num_accepted), [True] * len(live)
         clock.lap("commit")
         accepted = [_emit(seqs[r], len(prompts[r]), emitted[i][: num_acc[i] + 1], num_acc[i], r, max_new_tokens, eos)
                     for i, r in enumerate(live)]
@@ -397,6 +406,7 @@ def generate(
             live = [live[i] for i in keep]
             if live:
                 cache.select(keep)
+                hidden = hidden[torch.tensor(keep, device=dev)] if want_hidden else None
         clock.lap("update")
 
     if streamer is not None:
@@ -421,6 +431,13 @@ def _sampling(live, seqs, prompts, trees, batch: _Batch, temperature, top_k, top
         seed=torch.tensor([seed + r for r in live], dtype=torch.int64).to(dev, non_blocking=True),
         offset=torch.tensor([len(seqs[r]) - len(prompts[r]) for r in live], dtype=torch.int64).to(dev, non_blocking=True),
     )
+
+
+def _last_accepted(row_hidden: torch.Tensor, path_rows: torch.Tensor, num_accepted: torch.Tensor) -> torch.Tensor:
+    """``[B, d]``: the hidden state of each request's last accepted row (the root when nothing was
+    accepted): it predicted the correction/bonus token, the next step's root. No host synchronisation."""
+    last = path_rows.gather(1, num_accepted.long().view(-1, 1)).view(-1).long()
+    return row_hidden[torch.arange(row_hidden.shape[0], device=row_hidden.device), last]
 
 
 def _finite_requests(logits: torch.Tensor, bufs: TreeBuffers, B: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "generate": "verispec.cli.generate",
     "datastore": "verispec.cli.datastore",
     "bench": "verispec.cli.bench",
+    "heads": "verispec.cli.heads",
 }
 
 DESCRIPTION = """\

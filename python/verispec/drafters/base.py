@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 from verispec.tree import DraftTree
 
@@ -29,10 +29,15 @@ __all__ = ["Context", "Accepted", "Drafter", "NoDrafter", "EMPTY"]
 
 @dataclass
 class Context:
-    """The tokens of one live request. ``tokens`` is shared with `generate` (read it, never modify it)."""
+    """The tokens of one live request. ``tokens`` is shared with `generate` (read it, never modify it).
+
+    ``hidden`` is filled only for drafters with ``wants_hidden = True`` (multi-token heads): the model's
+    final hidden state ``[d]`` (what its LM head reads) at the token before the root, from the prefill
+    or the step's own verification forward; None when there is none (a one-token prompt's first step)."""
 
     request: int
     tokens: list[int]
+    hidden: Optional[Any] = None
 
 
 @dataclass

@@ -11,7 +11,7 @@ import copy
 
 from torch import nn
 
-from verispec.draft_model import DraftModelDrafter
+from verispec.drafters.draft_model import DraftModelDrafter
 
 __all__ = ["EarlyExitDrafter", "shallow_model"]
 

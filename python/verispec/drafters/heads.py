@@ -133,7 +133,7 @@ class HeadsDrafter:
             else:
                 tree = _tree_from_paths(paths, top_ids_l[j])
             if self.row_cost is not None:
-                from verispec.drafters import trim_to_cost
+                from verispec.drafters.trees import trim_to_cost
 
                 tree = trim_to_cost(tree, self.row_cost)
             trees[i] = tree

@@ -52,7 +52,7 @@ class MergedDrafter:
                 begin(prompts)
 
     def propose(self, contexts) -> list[DraftTree]:
-        from verispec.drafters import merge_trees, trim_to_cost
+        from verispec.drafters.trees import merge_trees, trim_to_cost
 
         per = [d.propose(contexts) for d in self.drafters]
         out = []

@@ -124,7 +124,7 @@ def read_data(specs: Sequence[str], max_files: Optional[int] = None, chat_count:
             corpus.sources.append(f"chat ({chat_count} built-in prompts)")
             continue
         if spec == "stdlib":
-            from verispec.hf.corpus import stdlib_sources
+            from verispec.corpus import stdlib_sources
 
             files = stdlib_sources()
         else:

@@ -115,17 +115,22 @@ class TreeModel:
         self._base = getattr(model, "base_model", None) or model
         self._cache_kw = cache_kwarg(model)
         self._base_cache_kw = cache_kwarg(self._base) or self._cache_kw
+        self._head = model.get_output_embeddings()
+        self.hidden_size = int(self._head.weight.shape[1])  # what the LM head reads
 
     def new_cache(self, batch_size: int, capacity: int) -> RaggedCache:
         return RaggedCache(self.num_layers, batch_size, capacity, self.device)
 
     @torch.inference_mode()
-    def prefill(self, cache: RaggedCache, prompts: list[list[int]], chunk: int = 64) -> None:
+    def prefill(self, cache: RaggedCache, prompts: list[list[int]], chunk: int = 64,
+                hidden: bool = False) -> torch.Tensor | None:
         """Cache the K/V of every prompt but its last token (that token is the first step's root).
 
         Prompts of equal length run together (no padding exists, so none can leak into the cache);
-        every other prompt runs on its own.
+        every other prompt runs on its own. With ``hidden``, returns ``[B, d]``: the final hidden state
+        of each prompt's last cached token (zeros for one-token prompts, which cache nothing).
         """
+        last = torch.zeros(len(prompts), self.hidden_size, device=self.device, dtype=self.dtype) if hidden else None
         by_len: dict[int, list[int]] = {}
         for b, prompt in enumerate(prompts):
             if len(prompt) > 1:
@@ -136,16 +141,33 @@ class TreeModel:
                 ids = torch.tensor([prompts[b][:-1] for b in part], dtype=torch.long, device=self.device)
                 cache.plan_prefill(part)
                 # The base model (no LM head): the prefill's logits are never needed.
-                self._base(input_ids=ids, position_ids=torch.arange(n, device=self.device).expand(len(part), n),
-                           use_cache=True, **{self._base_cache_kw: cache})
+                out = self._base(input_ids=ids, position_ids=torch.arange(n, device=self.device).expand(len(part), n),
+                                 use_cache=True, **{self._base_cache_kw: cache})
                 cache.set_prefill_length(part, n)
+                if last is not None:
+                    last[torch.tensor(part, device=self.device)] = out.last_hidden_state[:, -1].to(last.dtype)
         cache.reset_plan()
+        return last
 
     @torch.inference_mode()
     def forward_tree(self, cache: RaggedCache, input_ids: torch.Tensor, tree_lens: torch.Tensor,
-                     buffers: TreeBuffers) -> torch.Tensor:
+                     buffers: TreeBuffers, hidden: bool = False):
         """Logits ``[R, V]`` of every verification row (`TreeBuffers` row order: per request the root,
-        then its nodes) for the padded rows ``input_ids [B, T]`` (int64); no host synchronisation."""
+        then its nodes) for the padded rows ``input_ids [B, T]`` (int64); no host synchronisation.
+
+        With ``hidden``, returns ``(logits, hidden [B, T, d])``: the padded rows' final hidden states,
+        read off the same forward (the LM head's input, by a hook), for drafters that need them."""
+        seen: list[torch.Tensor] = []
+        hook = self._head.register_forward_pre_hook(lambda _m, args: seen.append(args[0])) if hidden else None
+        try:
+            logits = self._forward_tree(cache, input_ids, tree_lens, buffers)
+        finally:
+            if hook is not None:
+                hook.remove()
+        return (logits, seen[-1]) if hidden else logits
+
+    def _forward_tree(self, cache: RaggedCache, input_ids: torch.Tensor, tree_lens: torch.Tensor,
+                      buffers: TreeBuffers) -> torch.Tensor:
         B, T = input_ids.shape
         meta = TreeMeta(
             prefix_lens=cache.prefix_lens,
