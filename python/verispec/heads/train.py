@@ -62,6 +62,15 @@ def encode(model: nn.Module, seqs: Sequence[Sequence[int]], num_heads: int, exit
     (what the LM head reads), or the one after ``exit_layer`` layers."""
     dev = next(model.parameters()).device
     base = _base(model)
+    seen: list[torch.Tensor] = []
+    if exit_layer is not None:
+        # Run only the first `exit_layer` layers: a shallow view whose final norm records its input.
+        from verispec.drafters.early_exit import shallow_model
+
+        base = _base(shallow_model(model, exit_layer, nn.Identity()))
+        base.register_forward_pre_hook(lambda _m, _a: seen.clear())
+        next(m for m in base.modules() if isinstance(m, nn.Sequential)).register_forward_pre_hook(
+            lambda _m, args: seen.append(args[0]))
     hs, ts = [], []
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     i = 0
@@ -73,10 +82,9 @@ def encode(model: nn.Module, seqs: Sequence[Sequence[int]], num_heads: int, exit
             j += 1
         group = [seqs[order[g]] for g in range(i, j)]
         ids = torch.tensor(group, dtype=torch.long, device=dev)
-        if exit_layer is None:
-            h = base(input_ids=ids, use_cache=False).last_hidden_state
-        else:
-            h = base(input_ids=ids, use_cache=False, output_hidden_states=True).hidden_states[exit_layer]
+        h = base(input_ids=ids, use_cache=False).last_hidden_state
+        if exit_layer is not None:
+            h = seen[-1]
         hs.append(h.reshape(-1, h.shape[-1]).to("cpu", torch.float16))
         full = torch.full((len(group), L + num_heads + 1), -1, dtype=torch.long)
         full[:, :L] = ids.cpu()
