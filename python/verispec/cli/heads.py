@@ -104,9 +104,13 @@ def _sequences(args, model, tokenizer, out_dir: Path | None) -> tuple[list[list[
 
 
 def _split(seqs: list[list[int]]) -> tuple[list[list[int]], list[list[int]]]:
-    """Every 20th sequence is held out (chat answers and code both land on each side)."""
-    train = [s for i, s in enumerate(seqs) if i % 20 != 7]
-    held = [s for i, s in enumerate(seqs) if i % 20 == 7]
+    """Every 20th sequence is held out (chat answers and code both land on each side); small corpora
+    still hold one out."""
+    if len(seqs) < 2:
+        raise ValueError(f"the data gives {len(seqs)} sequence(s); training needs at least 2 (one is held out)")
+    k = 7 if len(seqs) > 7 else len(seqs) - 1
+    train = [s for i, s in enumerate(seqs) if i % 20 != k]
+    held = [s for i, s in enumerate(seqs) if i % 20 == k]
     return train, held
 
 
