@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     from verispec.drafters.merge import MergedDrafter
     from verispec.heads import load
     from verispec.heads.data import _chat_ids
+    from verispec.hf.baseline import hf_generate
     from verispec.hf.loading import load_model
 
     model, tok = load_model(args.model, device=args.device)
@@ -89,11 +90,8 @@ def main(argv=None) -> int:
                "humaneval": ["retrieval", "heads+retrieval", "heads"]}
 
     def hf(p):
-        ids = torch.tensor([p], device=args.device)
-        t = time.perf_counter()
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=N, do_sample=False,
-                             pad_token_id=pad)
-        return out[0].tolist(), time.perf_counter() - t
+        out, secs, _ = hf_generate(model, p, N, pad_token_id=pad)
+        return out, secs
 
     def vs(p, name):
         t = time.perf_counter()
