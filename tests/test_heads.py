@@ -217,3 +217,12 @@ def test_handing_over_the_hidden_state_adds_no_host_sync(temperature):
     per_step, calls, steps = _syncs_per_step(model, drafter, temperature=temperature, seed=3, attention="mask")
     assert steps > 1
     assert per_step <= 1, f"{per_step:.1f} host syncs per step (bound 1):\n" + "\n".join(calls[:40])
+
+
+def test_full_vocab_drafter_leaves_the_heads_alone():
+    model = tiny_model("llama")
+    heads = _random_heads(model, vocab=40)
+    d = HeadsDrafter(heads, full_vocab=True, tree="joint")
+    assert heads.use_full_vocab is False and d.heads.use_full_vocab is True
+    h = torch.randn(2, 48)
+    assert heads(h).shape[-1] == 40 and d.heads(h).shape[-1] == VOCAB

@@ -20,6 +20,7 @@ probabilities (deterministic drafts are exact on their own, at any generation te
 
 from __future__ import annotations
 
+import copy
 import heapq
 from collections.abc import Sequence
 from typing import Callable, Optional
@@ -86,7 +87,8 @@ class HeadsDrafter:
         if not temperature >= 0:
             raise ValueError(f"HeadsDrafter: temperature must be >= 0, got {temperature}")
         self.heads = heads.eval()
-        if full_vocab:
+        if full_vocab and not heads.use_full_vocab:
+            self.heads = copy.copy(heads)  # shares every weight; only this drafter's view projects fully
             self.heads.use_full_vocab = True
         self.budget = int(budget) if budget is not None else 2 * heads.num_heads
         if self.budget < 1 or top_k < 1:
