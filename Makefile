@@ -80,6 +80,7 @@ vllm-venv: $(VLLM_VENV)/.deps
 	  -Cbuild-dir=build/vllm-editable -Ceditable.rebuild=false
 
 test-vllm: vllm-venv
+	$(VLLM_BIN)/python -m pytest tests/test_vllm_proposer.py $(PYTEST_ARGS)
 	$(VLLM_BIN)/python -m pytest -m vllm $(PYTEST_ARGS)
 
 wheel: deps

@@ -127,8 +127,9 @@ class ChainPolicy:
     Per request, a decayed count of accepted draft tokens (``hits``) and of rejections (``misses``, one
     per step whose chain was cut short by the model) gives a per-token acceptance rate ``p``, starting at
     the prior ``prior_hits / (prior_hits + prior_misses)``. The ``j``-th token of a chain is accepted with
-    about ``p**j``, times how far the drafter's own score fell along the path (``score_j / score_1``, a
-    branch point in the corpus). A chain keeps its tokens while that estimate is at least ``min_accept``:
+    about ``p**j``, and with at most how far the drafter's own score fell along the path (``score_j /
+    score_1``: a branch point in the corpus, an old match). A chain keeps its tokens while the smaller of
+    the two is at least ``min_accept``:
     a request whose drafts keep being rejected drafts one token or none, one that copies gets long chains.
     While a request drafts nothing its counts decay towards the prior, so it tries again later.
     """
@@ -150,7 +151,7 @@ class ChainPolicy:
         est, n = 1.0, 0
         for s in scores[:limit]:
             est *= p
-            if est * min(1.0, s / first) < self.min_accept:
+            if min(est, s / first) < self.min_accept:
                 break
             n += 1
         return n
