@@ -36,7 +36,12 @@ def run_vllm(tmp_path: Path, name: str, prompts, max_tokens, **spec) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{\"")]
     assert lines, f"{name}: no result (exit {proc.returncode})\n{proc.stderr[-3000:]}"
     out = json.loads(lines[-1])
-    return out if "error" in out else out["sets"][name]
+    if "error" in out:
+        # vLLM re-raises a worker's start-up failure as "Engine core initialization failed"; the
+        # worker's own exception (ours) is in the log above it.
+        out["log"] = proc.stdout + proc.stderr
+        return out
+    return out["sets"][name]
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +125,9 @@ def test_missing_datastore_stops_start_up(tmp_path, model_dir, batch):
                    speculative_config={"method": "custom_class", "num_speculative_tokens": K,
                                        "model": "verispec.integrations.vllm.RetrievalProposer"},
                    additional_config={"verispec": {"datastore": str(tmp_path / "nowhere.vsds")}})
-    assert "error" in out and "nowhere.vsds does not exist" in out["error"], out
+    assert "error" in out
+    assert "FileNotFoundError: verispec RetrievalProposer: datastore" in out["log"]
+    assert "nowhere.vsds does not exist" in out["log"]
 
 
 def test_datastore_of_another_tokenizer_stops_start_up(tmp_path, model_dir, batch, datastore, tokenizer):
@@ -137,4 +144,5 @@ def test_datastore_of_another_tokenizer_stops_start_up(tmp_path, model_dir, batc
                    speculative_config={"method": "custom_class", "num_speculative_tokens": K,
                                        "model": "verispec.integrations.vllm.RetrievalProposer"},
                    additional_config={"verispec": {"datastore": str(foreign)}})
-    assert "error" in out and "does not look tokenized with the served model's tokenizer" in out["error"], out
+    assert "error" in out
+    assert "does not look tokenized with the served model's tokenizer" in out["log"]
