@@ -110,7 +110,7 @@ class EchoDrafter:
 
     def __init__(self, targets):
         self.targets = targets  # prompt tuple -> target output
-        self.contexts, self.updates = [], []
+        self.contexts, self.updates, self.forgotten = [], [], []
 
     def propose(self, contexts):
         trees = []
@@ -128,6 +128,9 @@ class EchoDrafter:
 
     def update(self, accepted):
         self.updates += list(accepted)
+
+    def forget(self, requests):
+        self.forgotten += list(requests)
 
 
 class Echo(VerispecProposer):
@@ -268,6 +271,7 @@ def test_idle_requests_are_finished_after_a_while():
     for _ in range(3):
         p.propose([], np.array([0]), buf)
     assert [u.finished for u in p.drafter.updates] == [True]
+    assert p.drafter.forgotten == [p.drafter.updates[0].request]
 
 
 # -- the real proposers on fake configs ----------------------------------------------------------------------

@@ -265,6 +265,7 @@ class VerispecProposer:
         self._retire(previous, claimed, accepted)
         if accepted:
             self.drafter.update(accepted)
+            self._forget([a.request for a in accepted if a.finished])
         out: list[list[int]] = [[] for _ in range(rows)]
         if not live:
             return out
@@ -288,6 +289,20 @@ class VerispecProposer:
                     self._idle.remove(st)
                 return st
         return None
+
+    def _forget(self, rids: list[int]) -> None:
+        """Drop finished requests' state in drafters that keep it after ``finished`` (a server runs for
+        days; `generate` starts every call afresh, so drafters need not)."""
+        if not rids:
+            return
+        forget = getattr(self.drafter, "forget", None)
+        if callable(forget):
+            forget(rids)
+            return
+        state = getattr(self.drafter, "_req", None)  # SpeculativeEditsDrafter's per-request state
+        if isinstance(state, dict):
+            for r in rids:
+                state.pop(r, None)
 
     def _retire(self, previous: dict[int, _Request], claimed: set[int], accepted: list) -> None:
         """Requests missing from this batch wait ``keep_idle`` calls (preemption), then are finished."""
