@@ -14,7 +14,7 @@ Prompt sets (SmolLM2-135M-Instruct converted from the bundled GGUF, greedy):
 Methods: no speculation, vLLM ``ngram``, vLLM ``suffix`` (SuffixDecoding from arctic-inference, when it
 imports), verispec ``RetrievalProposer`` (standard-library datastore built with the served tokenizer)
 and ``EditsProposer``. Each method runs in its own vLLM process (start-up is not timed) over all sets;
-rounds alternate the methods, so a busy machine slows all alike. Each set's requests are submitted
+rounds alternate the methods (A B C, then C B A), so a busy machine slows all alike. Each set's requests are submitted
 together (one batch, at most ``--max-num-seqs`` at a time). Identical = every output token-identical
 to no speculation. Mean accepted length = 1 + accepted / drafts (vLLM's counters), tokens per step.
 """
@@ -169,7 +169,8 @@ def main(argv=None) -> int:
     results: dict[str, list[dict]] = {m: [] for m in all_methods}
     with tempfile.TemporaryDirectory() as wd:
         for r in range(args.rounds):
-            for name, extra in all_methods.items():
+            order = list(all_methods.items())
+            for name, extra in (order if r % 2 == 0 else order[::-1]):  # ABC CBA: load drifts hit all alike
                 spec = {"model": model, "sets": sets, "max_num_seqs": args.max_num_seqs,
                         "max_model_len": args.max_model_len, **extra}
                 res = run(spec, wd)
@@ -198,7 +199,7 @@ def report(results: dict, sets: list[dict], args, model: str) -> str:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
         "(timings are noisy), run under `nice -n 5`.",
         f"Model {Path(model).name} (float32, enforce_eager), greedy, num_speculative_tokens={args.k}, "
-        f"max_num_seqs={args.max_num_seqs}, {args.rounds} round(s), methods alternating; each set's requests "
+        f"max_num_seqs={args.max_num_seqs}, {args.rounds} round(s), methods alternating (A B C, C B A); each set's requests "
         "submitted together. tok/s = output tokens / wall time of the set (median over rounds); "
         "accepted length = 1 + accepted / drafts from vLLM's counters; identical = every output token-identical "
         "to no speculation.",
@@ -206,19 +207,21 @@ def report(results: dict, sets: list[dict], args, model: str) -> str:
         f"Command: `nice -n 5 .venv-vllm/bin/python bench/bench_vllm.py --n {args.n} --n-edits {args.n_edits} "
         f"--max-tokens {args.max_tokens} --k {args.k} --max-num-seqs {args.max_num_seqs} --rounds {args.rounds}`",
         "",
-        "| set | requests | method | tok/s | × none | mean accepted length | drafted tokens | identical |",
-        "|---|---|---|---|---|---|---|---|",
+        "| set | requests | method | tok/s | × none | tok/s per round | mean accepted length | drafted tokens | identical |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in sets:
         name = s["name"]
         base = statistics.median(sum(map(len, r[name]["outputs"])) / r[name]["seconds"] for r in results["none"])
         for m, runs in results.items():
-            tps = statistics.median(sum(map(len, r[name]["outputs"])) / r[name]["seconds"] for r in runs)
+            per_round = [sum(map(len, r[name]["outputs"])) / r[name]["seconds"] for r in runs]
+            tps = statistics.median(per_round)
             sp = runs[0][name]["spec"]
             drafts, acc = sp.get("drafts", 0), sp.get("accepted_tokens", 0)
             alen = f"{1 + acc / drafts:.2f}" if drafts else "–"
             same = all(r[name]["outputs"] == ref[name]["outputs"] for r in runs)
-            lines.append(f"| {name} | {len(s['prompts'])} | {m} | {tps:.1f} | {tps / base:.2f} | {alen} | "
+            lines.append(f"| {name} | {len(s['prompts'])} | {m} | {tps:.1f} | {tps / base:.2f} | "
+                         f"{' / '.join(f'{x:.1f}' for x in per_round)} | {alen} | "
                          f"{int(sp.get('draft_tokens', 0))} | {'✓' if same else '✗'} |")
     return "\n".join(lines) + "\n"
 

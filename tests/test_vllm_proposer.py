@@ -384,3 +384,54 @@ def test_best_chain_on_tensor_trees():
     # Trees from the datastore hold tensors (float32 scores).
     tree = DraftTree(torch.tensor([1, 2]), torch.tensor([-1, 0]), torch.tensor([0.5, 0.25]))
     assert best_chain(tree) == ([1, 2], [0.5, 0.25])
+
+
+# -- the prompt-as-prediction drafter (used where verispec.drafters.edits is absent) -------------------------
+def _lines(n, start=100):
+    # token "lines": 6 tokens each, the last one a newline token 1
+    return [[start + 10 * i + j for j in range(5)] + [1] for i in range(n)]
+
+
+@pytest.mark.parametrize("edit", ["copy", "insert", "delete", "change"])
+def test_prompt_edits_drafter_resyncs_after_an_edit(edit):
+    from verispec.integrations.prompt_edits import PromptEditsDrafter
+
+    code = _lines(30)
+    out = [list(x) for x in code]
+    if edit == "insert":
+        out.insert(10, [7, 8, 9, 10, 11, 1])
+    elif edit == "delete":
+        del out[10]
+    elif edit == "change":
+        out[10][2] = 5
+    prompt = [2, 3] + [t for ln in code for t in ln] + [4]
+    target = [t for ln in out for t in ln]
+
+    class Edits(VerispecProposer):
+        def make_drafter(self, options, vllm_config):
+            return PromptEditsDrafter(max_depth=self.k)
+
+    p = Edits(fake_config(k=16, max_model_len=1024))
+    eng = FakeEngine(p, max_model_len=1024)
+    eng.add(prompt, target)
+    done = eng.run()
+    assert done[0]["out"] == target
+    steps = len(eng.proposed)
+    # 180 tokens: copying everywhere except around the edit takes few steps (plain decoding: 180).
+    assert steps <= 30, (edit, steps, eng.proposed)
+    assert p.stats["accepted"] >= 0.75 * p.stats["drafted"]
+
+
+def test_prompt_edits_drafter_prefers_the_match_ahead():
+    from verispec.drafters import Context
+    from verispec.integrations.prompt_edits import PromptEditsDrafter
+
+    # The line "5 6 7" occurs twice; after the output passed the first copy, it continues with the second.
+    pred = [5, 6, 7, 20, 21, 9, 9, 5, 6, 7, 30, 31]
+    d = PromptEditsDrafter(max_depth=2, min_match=2)
+    tokens = [*pred, 0]
+    d.propose([Context(0, tokens)])  # first sight: the prompt is everything before the first token
+    st = d._req[0]
+    st.pointer, st.copying = 6, False
+    tree = d.propose([Context(0, [*tokens, 5, 6, 7])])[0]
+    assert tree.tokens.tolist() == [30, 31]

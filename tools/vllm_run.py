@@ -35,7 +35,8 @@ def main(path: str) -> None:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    spec = json.load(open(path))
+    with open(path) as fh:
+        spec = json.load(fh)
     try:
         llm = LLM(spec["model"], speculative_config=spec.get("speculative_config"), dtype="float32",
                   max_model_len=spec.get("max_model_len", 2048), seed=0, enforce_eager=True,

@@ -368,14 +368,14 @@ class EditsProposer(VerispecProposer):
 
 
 def make_edits_drafter(max_depth: int, budget: int) -> Any:
-    """The speculative-edits drafter with the prompt as the prediction."""
+    """The speculative-edits drafter with the prompt as the prediction: `SpeculativeEditsDrafter` when it
+    is installed, else the smaller `verispec.integrations.prompt_edits.PromptEditsDrafter`."""
     try:
         from verispec.drafters.edits import SpeculativeEditsDrafter
     except ImportError:
-        # Until the speculative-edits drafter lands: prompt lookup with long chains, its special case.
-        from verispec.drafters import PromptLookupDrafter
+        from verispec.integrations.prompt_edits import PromptEditsDrafter
 
-        return PromptLookupDrafter(num_tokens=max_depth, max_ngram=8, min_ngram=1, max_matches=1, budget=budget)
+        return PromptEditsDrafter(max_depth=max_depth)
     return SpeculativeEditsDrafter(max_depth=max_depth, budget=budget)
 
 
