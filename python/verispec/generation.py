@@ -24,8 +24,10 @@ from typing import Any, Optional, Union
 
 import torch
 
+from verispec import _params
 from verispec.drafters.base import Accepted, Context, NoDrafter
 from verispec.hf.model import TreeModel
+from verispec.ops import _philox
 from verispec.ops.commit_kv import path_rows_from_accepted
 from verispec.ops.tree_buffers import TreeBuffers, tree_buffers
 from verispec.ops.verify import VerifyResult, verify
@@ -318,14 +320,16 @@ def generate(
         tensor, a list of token ids, or a list of per-request lists / 1-D tensors of any lengths.
     drafter : a `verispec.Drafter` (`NoDrafter`, `PromptLookupDrafter`, `RetrievalDrafter`, ...);
         None = `NoDrafter` (plain decoding).
-    max_new_tokens : tokens to generate per request (fewer when it emits an EOS token first).
+    max_new_tokens : tokens to generate per request, an integer >= 1 (fewer when it emits an EOS token first).
     temperature : 0 = greedy (token-identical to ``model.generate(do_sample=False)``); > 0 samples
-        exactly from the softmax of ``logits / temperature`` restricted by ``top_k`` / ``top_p``.
+        exactly from the softmax of ``logits / temperature`` restricted by ``top_k`` (None or an integer
+        >= 1) / ``top_p`` (None or in (0, 1]). Non-finite values are rejected.
     eos_token_id : int or list; None = the model's ``generation_config.eos_token_id``; ``[]`` = never stop.
     attention_mask : int/bool ``[B, L]``, 1 for real tokens (only with a padded ``input_ids`` tensor).
     streamer : an object with ``put(tensor)`` / ``end()`` (``transformers.TextStreamer`` works); receives
         the prompt, then each step's new tokens (batch size 1 only, as in transformers).
-    seed : sampling seed (request ``b`` uses ``seed + b``); None draws one from torch's generator.
+    seed : sampling seed, 0..2^64-1; request ``b`` gets its own Philox stream keyed by
+        ``request_keys(seed, b)``. None draws one from torch's generator.
     attention : ``"auto"``, ``"tree"`` (verispec.tree_attention) or ``"mask"`` (4D-mask fallback).
     backend : op backend (``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"``).
     profile : synchronise the device between phases so ``stats.time_s`` attributes GPU time exactly
@@ -336,10 +340,12 @@ def generate(
     GenerateOutput with ``.sequences`` (prompt + generated, per request) and ``.stats``.
     """
     t_start = time.perf_counter()
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    # Every scalar parameter is checked before any work (the model is not touched on a bad value).
+    max_new_tokens = _params.check_max_new_tokens(max_new_tokens, "verispec.generate")
+    temperature = _params.check_temperature(temperature, "verispec.generate")
+    top_k = _params.check_top_k(top_k, "verispec.generate")
+    top_p = _params.check_top_p(top_p, "verispec.generate")
+    seed = _params.check_seed(seed, where="verispec.generate")
     prompts = _prompts(input_ids, attention_mask)
     target = TreeModel(model, attention=attention, backend=backend)
     V = target.vocab_size
@@ -354,6 +360,10 @@ def generate(
     eos = _eos_set(model, eos_token_id)
     if seed is None and temperature > 0:
         seed = int(torch.randint(0, 2**62, (1,)).item())
+    # One Philox key per request, derived from (seed, request index) once, on the host: request r keeps
+    # its stream whichever requests are still live, and no two requests share one.
+    keys = [] if seed is None else _philox.request_keys(
+        torch.tensor(_params.seed_to_int64(seed)), torch.arange(len(prompts))).tolist()
     if profile is None:
         profile = os.environ.get("VERISPEC_PROFILE", "") not in ("", "0")
     dev = target.device
@@ -386,7 +396,7 @@ def generate(
         logits, row_hidden = out if want_hidden else (out, None)  # [rows, V], [B, T, d]
         clock.lap("forward")
         res = verify(logits, batch.flat, buffers=batch.buffers, max_depth=batch.max_depth, validate=False,
-                     backend=backend, **_sampling(live, seqs, prompts, trees, batch, temperature, top_k, top_p, seed, V))
+                     backend=backend, **_sampling(live, seqs, prompts, trees, batch, temperature, top_k, top_p, keys, V))
         num_acc, emitted, finite = _fetch(res, _finite_requests(logits, batch.buffers, len(live)))
         clock.lap("verify")
         _raise_if_not_finite(finite, live, stats.steps)
@@ -418,7 +428,7 @@ def generate(
 
 
 # -- the step's pieces --------------------------------------------------------------------------------------
-def _sampling(live, seqs, prompts, trees, batch: _Batch, temperature, top_k, top_p, seed, V) -> dict[str, Any]:
+def _sampling(live, seqs, prompts, trees, batch: _Batch, temperature, top_k, top_p, keys, V) -> dict[str, Any]:
     """`verify`'s mode and sampling arguments for this step (greedy needs none)."""
     if temperature == 0:
         return {"mode": "greedy"}
@@ -426,9 +436,9 @@ def _sampling(live, seqs, prompts, trees, batch: _Batch, temperature, top_k, top
     return dict(
         mode="exact", temperature=temperature, top_k=top_k, top_p=top_p,
         draft_probs=_draft_probs(trees, batch.flat[0], V, dev),
-        # Philox counters: request r's stream is keyed by seed + r and advanced by its tokens so far, so
+        # Philox counters: request r's stream is keyed by keys[r] and advanced by its tokens so far, so
         # samples do not depend on batch order or on how many tokens earlier steps accepted.
-        seed=torch.tensor([seed + r for r in live], dtype=torch.int64).to(dev, non_blocking=True),
+        seed=torch.tensor([keys[r] for r in live], dtype=torch.int64).to(dev, non_blocking=True),
         offset=torch.tensor([len(seqs[r]) - len(prompts[r]) for r in live], dtype=torch.int64).to(dev, non_blocking=True),
     )
 

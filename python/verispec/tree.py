@@ -19,17 +19,43 @@ _INT32_MAX = 2**31 - 1
 
 def _as_int32_vector(x, what: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
+        # No dtype is forced: as_tensor(..., dtype=int64) would truncate 1.9 to 1. Floats come out as a
+        # floating dtype and are refused below; integers beyond int64 are named by the slow path.
         try:
-            x = torch.as_tensor(x, dtype=torch.int64)
+            x = torch.as_tensor(x)
         except (TypeError, ValueError, RuntimeError) as exc:
+            _name_bad_element(x, what)
             raise TypeError(f"{what} must be a sequence of integers: {exc}") from None
+        if x.numel() == 0 and x.dtype.is_floating_point:  # torch's dtype for [] is float32
+            x = x.to(torch.int64)
     if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
         raise TypeError(f"{what} must hold integers, got dtype {x.dtype}")
     if x.dim() != 1:
         raise ValueError(f"{what} must be 1-D, got shape {tuple(x.shape)}")
-    if x.numel() and (int(x.min()) < -(2**31) or int(x.max()) > _INT32_MAX):
-        raise ValueError(f"{what} has values outside int32")
+    if x.numel():
+        if x.dtype == torch.uint64:  # few torch ops take uint64; values above 2^63 must not wrap
+            _name_bad_element(x.tolist(), what)
+        else:
+            w = x.to(torch.int64)  # compared in int64: a narrow dtype would wrap the bounds
+            bad = ((w < -(2**31)) | (w > _INT32_MAX)).nonzero()
+            if bad.numel():
+                i = int(bad[0, 0])
+                raise ValueError(f"{what}[{i}] = {x[i].item()} is outside int32")
     return x.to(torch.int32).contiguous()
+
+
+def _name_bad_element(x, what: str) -> None:
+    """Raise for the first element of a sequence that is not an integer in int32, by value (Python ints
+    of any size print exactly; torch would only say "Overflow when unpacking long")."""
+    try:
+        items = list(x)
+    except TypeError:
+        return
+    for i, v in enumerate(items):
+        if isinstance(v, bool) or not hasattr(v, "__index__"):
+            raise TypeError(f"{what}[{i}] must be an integer, got {v!r}")
+        if not -(2**31) <= int(v) <= _INT32_MAX:
+            raise ValueError(f"{what}[{i}] = {int(v)} is outside int32")
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,12 @@ __all__ = [
     "residual_exponentials",
     "uniform_open0_closed1",
     "exponential_from_bits",
+    "request_keys",
 ]
 
 STREAM_ACCEPT = 0x0ACC
 STREAM_RESIDUAL = 0x0D2A
+STREAM_SEED = 0x5EED  # key derivation (`request_keys`); never a counter of the accept/residual draws
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
@@ -100,3 +102,17 @@ def residual_exponentials(seed: torch.Tensor, offset: torch.Tensor, vocab_size: 
     words = philox4x32(idx, STREAM_RESIDUAL, o0, o1, k0, k1)
     bits = torch.stack(words, dim=-1).reshape(seed.shape[0], n4 * 4)[:, :vocab_size]
     return exponential_from_bits(bits)
+
+
+def request_keys(seed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """int64 Philox keys, one per ``index``, derived from one 64-bit ``seed`` (int64 bits; broadcasts).
+
+    One seed for a batch must still give every request its own stream: the key of request ``i`` is the
+    first two words of Philox4x32-10 under key ``seed`` at counter ``(i_lo, i_hi, STREAM_SEED, 0)``. Distinct
+    indices give distinct counters, so the keys are as unrelated as any two Philox outputs (``seed + i``
+    would make request 1 of seed 0 replay request 0 of seed 1). Pure torch: runs where the tensors are."""
+    seed = torch.as_tensor(seed, dtype=torch.int64)
+    index = torch.as_tensor(index, dtype=torch.int64)
+    w0, w1, _, _ = philox4x32(index & _MASK, (index >> 32) & _MASK, STREAM_SEED, 0, seed & _MASK, (seed >> 32) & _MASK)
+    hi = w1 - ((w1 >> 31) << 32)  # the signed int32 with w1's bits: hi * 2^32 + w0 then cannot overflow int64
+    return hi * (1 << 32) + w0

@@ -39,7 +39,7 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 
-from verispec import _backends
+from verispec import _backends, _params
 from verispec.ops import _philox
 from verispec.ops.tree_buffers import TreeBuffers, tree_buffers
 from verispec.tree import DraftTree, pack_trees, validate_packed
@@ -442,6 +442,57 @@ def _per_request(value, B: int, dtype: torch.dtype, dev, what: str, default) -> 
     return torch.full((B,), value, dtype=dtype, device=dev)
 
 
+def _check_scalars(temperature, top_k, top_p, seed, offset, typical_epsilon, typical_delta):
+    """Scalar sampling parameters checked at entry (no tensor is read, so no host sync): the same rules
+    as `generate` and the CLI. Tensor parameters must have an integer (top_k, seed, offset) or floating
+    (temperature, top_p) dtype; their values are checked with ``validate=True``."""
+    try:
+        if not isinstance(temperature, torch.Tensor) and temperature is not None:
+            temperature = _params.check_temperature(temperature)
+        if not isinstance(top_k, torch.Tensor):
+            top_k = _params.check_top_k(top_k)
+        if not isinstance(top_p, torch.Tensor):
+            top_p = _params.check_top_p(top_p)
+        if not isinstance(seed, torch.Tensor) and seed is not None:
+            seed = _params.seed_to_int64(_params.check_seed(seed))
+        if not isinstance(offset, torch.Tensor) and offset is not None:
+            offset = _params.seed_to_int64(_params.check_int(offset, "offset", low=0, high=_params.SEED_MAX))
+        typical_epsilon, typical_delta = _params.check_typical(typical_epsilon, typical_delta)
+    except (TypeError, ValueError) as exc:
+        _fail(str(exc), type(exc))
+    for name, value, want_float in (("temperature", temperature, True), ("top_p", top_p, True),
+                                    ("top_k", top_k, False), ("seed", seed, False), ("offset", offset, False)):
+        # Integer-valued parameters must not be floats (1.5 would become 1); floats may come as ints.
+        if isinstance(value, torch.Tensor) and (value.dtype.is_complex or value.dtype == torch.bool
+                                                or (value.dtype.is_floating_point and not want_float)):
+            kind = "floating-point" if want_float else "integer"
+            _fail(f"{name} must be a {kind} tensor, got dtype {value.dtype}", TypeError)
+    return temperature, top_k, top_p, seed, offset, typical_epsilon, typical_delta
+
+
+def _seeds(seed, B: int, dev, mode: str) -> torch.Tensor:
+    """int64 ``[B]`` Philox keys. A tensor with one entry per request is used as given (a request's
+    numbers then do not depend on its batch position). One seed for the batch (an int, a 0-d tensor, or
+    one entry for several requests) gives request ``b`` the key ``request_keys(seed, b)``: its own stream,
+    so n samples of one prompt differ. Nothing is copied to the host."""
+    if seed is None:
+        if mode == "greedy":
+            return torch.zeros(B, dtype=torch.int64, device=dev)
+        # One seed per request from torch's generator for the logits' device: capturable in a CUDA graph
+        # (torch's graph-safe generator gives every replay fresh seeds).
+        return torch.randint(0, 2**62, (B,), dtype=torch.int64, device=dev)
+    if isinstance(seed, torch.Tensor):
+        t = seed.to(device=dev, dtype=torch.int64)
+        if t.dim() == 1 and t.numel() == B:
+            return t.contiguous()
+        if t.numel() != 1:
+            _fail(f"seed must be a scalar or have one entry per request ({B}), got {seed.numel()}")
+        one = t.reshape(1)
+    else:
+        one = torch.full((1,), seed, dtype=torch.int64, device=dev)
+    return _philox.request_keys(one, torch.arange(B, dtype=torch.int64, device=dev))
+
+
 def verify_problem(
     logits: torch.Tensor,
     trees: TreesArg,
@@ -480,13 +531,18 @@ def verify_problem(
         removed and renormalised). None means deterministic drafts (retrieval, prompt lookup).
     temperature, top_k, top_p : scalar or tensor ``[B]``, optional
         applied to the target logits per request; ``temperature=0`` makes that request greedy.
-        Defaults: 1.0, off, off.
-    seed, offset : int or int64 tensor ``[B]``, optional
+        Defaults: 1.0, off, off. Scalars are checked at entry: temperature finite and ``>= 0``, top_k an
+        integer ``>= 1``, top_p in ``(0, 1]``. A top_k tensor must be integer (entries ``<= 0`` or
+        ``>= V`` turn it off for that request); tensor values are checked with ``validate=True``.
+    seed, offset : int in 0..2^64-1, or int64 tensor ``[B]``, optional
         Philox key and counter offset per request. Give every decoding step a fresh ``offset`` (e.g. the
-        number of tokens generated so far). ``seed=None`` draws one per request from torch's generator
-        for the logits' device.
+        number of tokens generated so far). A tensor with one seed per request is used as the requests'
+        keys (a request's numbers do not depend on its batch position); one seed for the batch (an int or
+        a one-element tensor) gives request ``b`` its own key ``_philox.request_keys(seed, b)``, so
+        identical requests draw different samples. ``seed=None`` draws one per request from torch's
+        generator for the logits' device.
     typical_epsilon, typical_delta : float
-        Medusa's posterior threshold and alpha.
+        Medusa's posterior threshold (in [0, 1]) and alpha (finite, >= 0).
     buffers : TreeBuffers, optional
         precomputed ``tree_buffers`` of the batch (saves recomputing them).
     max_depth : int, optional
@@ -504,6 +560,8 @@ def verify_problem(
     """
     if mode not in MODES:
         _fail(f"mode must be one of {MODES}, got {mode!r}")
+    temperature, top_k, top_p, seed, offset, typical_epsilon, typical_delta = _check_scalars(
+        temperature, top_k, top_p, seed, offset, typical_epsilon, typical_delta)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         _fail(f"logits must be a 2-D tensor [rows, vocab], got {getattr(logits, 'shape', type(logits).__name__)}")
     if logits.dtype not in _FLOAT_DTYPES:
@@ -583,20 +641,15 @@ def verify_problem(
         _fail("temperature must be finite and >= 0")
     k = _per_request(top_k, B, torch.int64, dev, "top_k", None)
     p = _per_request(top_p, B, torch.float32, dev, "top_p", None)
-    if validate and p is not None and bool((p <= 0).any()):
-        _fail("top_p must be in (0, 1]")
+    if validate and p is not None and not bool(((p > 0) & (p <= 1)).all()):  # NaN fails both
+        _fail(f"top_p must be in (0, 1], got {p[~((p > 0) & (p <= 1))][0].item()}")
     threshold = None
     if mode != "greedy" and (k is not None or p is not None):
         req = buffers.request.long()
         threshold = filter_thresholds(
             logits, temp[req], None if k is None else k[req], None if p is None else p[req]
         )
-    if seed is None and mode != "greedy":
-        # One seed per request: identical requests at the same offset (n samples of one prompt) must not
-        # draw identical samples. Drawn on the logits' device, so it stays capturable in a CUDA graph
-        # (torch's graph-safe generator gives every replay fresh seeds).
-        seed = torch.randint(0, 2**62, (B,), dtype=torch.int64, device=dev)
-    seed_t = _per_request(0 if seed is None else seed, B, torch.int64, dev, "seed", 0)
+    seed_t = _seeds(seed, B, dev, mode)
     offset_t = _per_request(offset, B, torch.int64, dev, "offset", 0)
     if uniforms is not None:
         if tuple(uniforms.accept.shape) != (N,) or tuple(uniforms.exponential.shape) != (B, V):
