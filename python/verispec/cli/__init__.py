@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from verispec.cli._args import UserError
+
+__all__ = ["main", "build_parser", "user_error", "UserError", "SUBCOMMANDS"]
 
 # subcommand -> module defining register(subparsers), which sets `func` on its parser.
 SUBCOMMANDS = {
@@ -37,9 +42,16 @@ examples:
 run `verispec COMMAND --help` for a command's options."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``verispec generate: error: argument --top-p: must be in (0, 1]``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="verispec", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="verispec", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     from verispec import __version__
 
     parser.add_argument("--version", action="version", version=f"verispec {__version__}")
@@ -49,14 +61,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message for an exception that is the user's to fix, or None for a bug (which keeps
+    its traceback). Files: the OS's reason and the path. Values: the exception's own message, whose
+    first line names the value (library messages may run to several lines)."""
+    if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+        if exc.filename is not None and exc.strerror:
+            return f"{exc.filename}: {exc.strerror}"
+        text = str(exc)
+    elif isinstance(exc, (UserError, ValueError, TypeError, RuntimeError)):
+        text = str(exc)
+    else:
+        return None
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return " ".join(lines) if lines else type(exc).__name__
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe (``verispec ... | head``) nothing more can reach the reader: point stdout at
+    /dev/null so the interpreter's final flush does not print a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit status: the command's (0 = success), 2 for a user error (one line on
+    stderr naming the path or value; set VERISPEC_TRACEBACK=1 for the traceback), 130 on Ctrl-C, 141
+    (128 + SIGPIPE, as coreutils) when the reader of stdout went away."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a broken pipe surfaces here, inside the handler, not at exit
+        return code
     except KeyboardInterrupt:
         return 130
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
-        print(f"verispec {args.command}: error: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141
+    except Exception as exc:
+        msg = user_error(exc)
+        if msg is None or os.environ.get("VERISPEC_TRACEBACK", "") not in ("", "0"):
+            raise
+        print(f"verispec {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 

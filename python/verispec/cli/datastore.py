@@ -8,13 +8,28 @@ import json
 import sys
 import time
 
+from verispec.cli import _args
+from verispec.cli._args import UserError
+
+
+def _tokenizer(path: str):
+    """The tokenizer named by --tokenizer; a failure names the path (the library's own message may only
+    say which package to install)."""
+    from verispec.datastore.tokenize import load_tokenizer
+
+    try:
+        return load_tokenizer(path)
+    except (ValueError, OSError, RuntimeError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--tokenizer {path}: cannot load a tokenizer from it ({first})") from exc
+
 
 def _build(args: argparse.Namespace) -> int:
     from verispec.datastore import Datastore
-    from verispec.datastore.tokenize import iter_texts, load_tokenizer, tokenize_documents
+    from verispec.datastore.tokenize import iter_texts, tokenize_documents
 
     t0 = time.perf_counter()
-    enc = load_tokenizer(args.tokenizer)
+    enc = _tokenizer(args.tokenizer)
     exts = {e if e.startswith(".") else "." + e for e in args.ext.split(",")} if args.ext else None
     stats: dict = {}
     docs = tokenize_documents(enc, iter_texts(args.input, exts, args.field, stats))
@@ -70,9 +85,7 @@ def _query(args: argparse.Namespace) -> int:
     ds = Datastore.open(args.path)
     enc = None
     if args.tokenizer:
-        from verispec.datastore.tokenize import load_tokenizer
-
-        enc = load_tokenizer(args.tokenizer)
+        enc = _tokenizer(args.tokenizer)
     if args.ids is not None:
         try:
             ctx = [int(x) for x in args.ids.replace(",", " ").split()]
@@ -113,30 +126,30 @@ def register(subparsers) -> None:
 
     b = sub.add_parser("build", help="tokenize text and index it into a datastore file")
     b.add_argument("--tokenizer", required=True, help="tokenizer.json, a Hugging Face model directory, or a .gguf file")
-    b.add_argument("--input", required=True, nargs="+",
+    b.add_argument("--input", required=True, nargs="+", type=_args.input_path,
                    help="files (one document each), directories (walked), or .jsonl[.gz] (one document per line)")
-    b.add_argument("--out", required=True, help="output datastore file (written atomically)")
+    b.add_argument("--out", required=True, type=_args.output_file, help="output datastore file (written atomically)")
     b.add_argument("--ext", default=None, help="only these file suffixes inside directories, e.g. .py,.md")
     b.add_argument("--field", default="text", help="JSONL field holding the text (default: text)")
-    b.add_argument("--vocab-size", type=int, default=None, help="default: the tokenizer's vocabulary size")
+    b.add_argument("--vocab-size", type=_args.positive_int, default=None, help="default: the tokenizer's vocabulary size")
     b.add_argument("--quiet", action="store_true", help="no progress output")
     b.set_defaults(func=_build)
 
     i = sub.add_parser("info", help="show a datastore's header (O(1) open), optionally verify it")
-    i.add_argument("path")
+    i.add_argument("path", type=_args.input_file)
     i.add_argument("--verify", action="store_true", help="check checksums and that the suffix array is a sorted permutation (O(corpus))")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_info)
 
     q = sub.add_parser("query", help="print the draft tree proposed for a context")
-    q.add_argument("path")
+    q.add_argument("path", type=_args.input_file)
     q.add_argument("--ids", default=None, help="context token ids, e.g. '12,7,99'")
     q.add_argument("--text", default=None, help="context text (needs --tokenizer)")
     q.add_argument("--tokenizer", default=None, help="to encode --text and show token strings")
-    q.add_argument("--budget", type=int, default=32)
-    q.add_argument("--max-depth", type=int, default=12)
-    q.add_argument("--max-match", type=int, default=16)
-    q.add_argument("--min-count", type=int, default=1)
+    q.add_argument("--budget", type=_args.positive_int, default=32)
+    q.add_argument("--max-depth", type=_args.positive_int, default=12)
+    q.add_argument("--max-match", type=_args.positive_int, default=16)
+    q.add_argument("--min-count", type=_args.positive_int, default=1)
     q.add_argument("--mode", choices=["tree", "chain", "rest"], default="tree")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_query)

