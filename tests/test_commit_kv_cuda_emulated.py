@@ -26,7 +26,7 @@ using namespace verispec;
 extern "C" int emu_commit_kv(uint64_t caches, int num_caches, uint64_t prefix_lens, uint64_t path_rows,
                              uint64_t block_table, int batch, int path_len, int kv_heads, int head_dim,
                              int elem_size, const int64_t* stride, const int64_t* rows_stride, int64_t bt_stride,
-                             int page_size, int64_t capacity) {
+                             int page_size, int64_t capacity, int64_t num_blocks) {
   CommitKvParams p{};
   p.caches = reinterpret_cast<const uint64_t*>(caches);
   p.num_caches = num_caches;
@@ -38,6 +38,7 @@ extern "C" int emu_commit_kv(uint64_t caches, int num_caches, uint64_t prefix_le
   for (int i = 0; i < 4; ++i) p.stride[i] = stride[i];
   p.rows_stride[0] = rows_stride[0]; p.rows_stride[1] = rows_stride[1];
   p.bt_stride = bt_stride; p.page_size = page_size; p.capacity = capacity;
+  p.num_blocks = num_blocks;
   emu::Dim3 grid{static_cast<unsigned>(batch), static_cast<unsigned>(num_caches * kv_heads), 1};
   bool ok = emu::launch(grid, kThreads, 0, [&] {
     switch (elem_size) {
@@ -71,7 +72,7 @@ def commit_launcher(lib):
             c.c_uint64(kw["path_rows"]), c.c_uint64(kw["block_table"]),
             *(c.c_int(kw[n]) for n in ("batch", "path_len", "kv_heads", "head_dim", "elem_size")),
             _arr(kw["stride"]), _arr(kw["rows_stride"]), c.c_int64(kw["bt_stride"]), c.c_int(kw["page_size"]),
-            c.c_int64(kw["capacity"]),
+            c.c_int64(kw["capacity"]), c.c_int64(kw["num_blocks"]),
         )
         assert rc == 0
 
@@ -119,3 +120,20 @@ def test_emulated_cuda_commit_malformed_paths_touch_nothing(emu_lib, rows, L):
     _cuda_launch([cache], torch.tensor([L], dtype=torch.int32), torch.tensor(rows, dtype=torch.int32), None, 10, 0,
                  commit_launcher(emu_lib))
     assert torch.equal(cache, before)
+
+
+def test_emulated_cuda_commit_bad_block_ids_stay_inside_the_pool(emu_lib):
+    """Device-side block ids are unchecked without a sync: a move whose block id is -1 or num_blocks is
+    dropped, never done through the guard blocks around the pool (issue 15, item 5)."""
+    from test_commit_kv_bounds import check_untouched, guarded_batch
+
+    from verispec.ops.cuda.commit_kv import cuda_launch as _cuda_launch
+
+    pools, bufs, prefix, rows, table, bad = guarded_batch(torch.bfloat16)
+    before = [b.clone() for b in bufs]
+    for pool in pools:
+        _cuda_launch([pool], prefix, rows, bad, bad.shape[1] * 4, 0, commit_launcher(emu_lib))
+    check_untouched(bufs, before)
+    for got, old in zip(pools, before):
+        assert torch.equal(got[1, 2], old[2, 3])  # request 0: entry 7 -> 6 (both in block 1) moved
+        assert torch.equal(got[1, 3], old[2, 3])  # entry 8 (bad block) -> 7 dropped

@@ -57,8 +57,8 @@ extern "C" int emu_tree_attention(
     uint64_t positions, uint64_t block_table, uint64_t o_part, uint64_t lse_part, int batch, int q_heads,
     int kv_heads, int rows, int head_dim, const int64_t* q_stride, const int64_t* k_stride, const int64_t* v_stride,
     const int64_t* o_stride, const int64_t* anc_stride, const int64_t* pos_stride, int64_t bt_stride,
-    int page_size, int64_t capacity, int num_splits, int m_tiles, float scale, float softcap, int window,
-    int bf16) {
+    int page_size, int64_t capacity, int64_t num_blocks, int num_splits, int m_tiles, float scale, float softcap,
+    int window, int bf16) {
   TreeAttentionParams p{};
   p.q = reinterpret_cast<const void*>(q);
   p.k = reinterpret_cast<const void*>(k);
@@ -77,7 +77,8 @@ extern "C" int emu_tree_attention(
     p.v_stride[i] = v_stride[i]; p.o_stride[i] = o_stride[i];
   }
   for (int i = 0; i < 2; ++i) { p.anc_stride[i] = anc_stride[i]; p.pos_stride[i] = pos_stride[i]; }
-  p.bt_stride = bt_stride; p.page_size = page_size; p.capacity = capacity; p.num_splits = num_splits;
+  p.bt_stride = bt_stride; p.page_size = page_size; p.capacity = capacity; p.num_blocks = num_blocks;
+  p.num_splits = num_splits;
   p.m_tiles = m_tiles; p.scale = scale; p.softcap = softcap; p.window = window; p.bf16 = bf16 != 0;
   bool ok = true;
   switch (head_dim) {
@@ -111,7 +112,7 @@ def attention_launcher(lib):
             *(c.c_int(kw[n]) for n in ("batch", "q_heads", "kv_heads", "rows", "head_dim")),
             *(_arr(kw[n]) for n in ("q_stride", "k_stride", "v_stride", "o_stride", "anc_stride", "pos_stride")),
             c.c_int64(kw["bt_stride"]), c.c_int(kw["page_size"]), c.c_int64(kw["capacity"]),
-            c.c_int(kw["num_splits"]), c.c_int(kw["m_tiles"]), c.c_float(kw["scale"]), c.c_float(kw["softcap"]),
+            c.c_int64(kw["num_blocks"]), c.c_int(kw["num_splits"]), c.c_int(kw["m_tiles"]), c.c_float(kw["scale"]), c.c_float(kw["softcap"]),
             c.c_int(kw["window"]), c.c_int(int(kw["bf16"])),
         )
         assert rc == 0, "emulated kernel deadlocked or was misconfigured (see stderr)"
@@ -204,4 +205,22 @@ def test_emulated_cuda_clamps_device_side_lengths(emu_lib, paged_block):
     case = Case([8, 5], [31, 20], 2, 2, 128, dtype=torch.float16, seed=11)  # G = 1: one 64-row tile spans T
     args, table, out, p = hostile_lengths(case, paged_block)
     _cuda_launch(*args, p, table, out, 2, 0, attention_launcher(emu_lib))
+    check_close(out[:1], case.expected()[:1], TOL[torch.float16], rtol=TOL[torch.float16], what="request 0")
+
+
+def test_emulated_cuda_bad_block_ids_never_read_outside_the_pool(emu_lib):
+    """Device-side block ids are unchecked without a sync: keys whose block id is -1 or num_blocks read
+    nothing (the NaN guard blocks around the pool never reach the output), and request 0, whose table
+    is intact, still matches the oracle (issue 15, item 5)."""
+    from test_tree_attention_bounds import guarded_pool
+
+    from verispec.ops.cuda.tree_attention import cuda_launch as _cuda_launch
+
+    case = Case([6, 3], [4, 5], 2, 2, 64, dtype=torch.float16, seed=5)
+    q, _, _, prefix_lens, tree_lens, anc, pos = case.args()
+    kp, vp, bad = guarded_pool(case, 4)
+    out = torch.full_like(q, float("nan"))
+    p = _check(q, kp, vp, prefix_lens, tree_lens, anc, pos, case.scale, case.softcap, case.window, bad, out)
+    _cuda_launch(q, kp, vp, prefix_lens, tree_lens, anc, pos, p, bad, out, 2, 0, attention_launcher(emu_lib))
+    assert torch.isfinite(out).all(), "a bad block id made the kernel read outside the pool"
     check_close(out[:1], case.expected()[:1], TOL[torch.float16], rtol=TOL[torch.float16], what="request 0")

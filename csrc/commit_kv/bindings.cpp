@@ -23,7 +23,7 @@ void commit_kv_cuda_binding(std::uintptr_t caches, int num_caches, std::uintptr_
                             std::uintptr_t path_rows, std::uintptr_t block_table, int batch, int path_len,
                             int kv_heads, int head_dim, int elem_size, std::array<int64_t, 4> stride,
                             std::array<int64_t, 2> rows_stride, int64_t bt_stride, int page_size, int64_t capacity,
-                            std::uintptr_t stream) {
+                            int64_t num_blocks, std::uintptr_t stream) {
   constexpr Require require("verispec.commit_kv(backend='cuda')");
   require(num_caches >= 1 && kv_heads >= 1 && batch >= 0 && path_len >= 0, "bad sizes");
   require(static_cast<int64_t>(num_caches) * kv_heads <= 65535, "layers * 2 * Hkv must be <= 65535");
@@ -47,6 +47,7 @@ void commit_kv_cuda_binding(std::uintptr_t caches, int num_caches, std::uintptr_
   p.bt_stride = bt_stride;
   p.page_size = page_size;
   p.capacity = capacity;
+  p.num_blocks = num_blocks;
   check_cuda(commit_kv_launch(p, as_stream(stream)), "commit_kv");
 }
 
@@ -56,7 +57,7 @@ void bind_commit_kv(py::module_& m) {
         py::arg("num_caches"), py::arg("prefix_lens"), py::arg("path_rows"), py::arg("block_table"),
         py::arg("batch"), py::arg("path_len"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("elem_size"),
         py::arg("stride"), py::arg("rows_stride"), py::arg("bt_stride"), py::arg("page_size"), py::arg("capacity"),
-        py::arg("stream"));
+        py::arg("num_blocks"), py::arg("stream"));
 }
 
 }  // namespace

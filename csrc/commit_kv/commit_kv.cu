@@ -20,10 +20,13 @@ constexpr int kThreads = 128;
 constexpr int kChunk = 16;
 constexpr int kMaxRowBytes = 1024;  // D * elem_size; checked by the launcher
 
+// Element offset of cache entry idx of request b, head h; -1 when its block id is not a block of the pool
+// (the table lives on the device, unchecked without a sync): such a move is dropped, never done outside it.
 template <typename E>
 __device__ __forceinline__ int64_t slot_offset(const CommitKvParams& p, int b, int h, int idx) {
   if (p.page_size > 0) {
     int blk = p.block_table[b * p.bt_stride + idx / p.page_size];
+    if (blk < 0 || blk >= p.num_blocks) return -1;
     return blk * p.stride[0] + h * p.stride[1] + static_cast<int64_t>(idx % p.page_size) * p.stride[2];
   }
   return b * p.stride[0] + h * p.stride[1] + static_cast<int64_t>(idx) * p.stride[2];
@@ -53,16 +56,21 @@ __global__ void __launch_bounds__(kThreads) commit_kv_kernel(const CommitKvParam
       const int i = c0 + idx / D, d = idx % D;
       const int row = p.path_rows[b * p.rows_stride[0] + i * p.rows_stride[1]];
       const int64_t src = static_cast<int64_t>(L) + row;
-      if (moves(row, i, L, src, p.capacity))
-        staged[idx] = base[slot_offset<E>(p, b, h, static_cast<int>(src)) + d * p.stride[3]];
+      if (moves(row, i, L, src, p.capacity)) {
+        const int64_t so = slot_offset<E>(p, b, h, static_cast<int>(src));
+        if (so >= 0 && slot_offset<E>(p, b, h, L + i) >= 0) staged[idx] = base[so + d * p.stride[3]];
+      }
     }
     __syncthreads();
     for (int idx = threadIdx.x; idx < rows * D; idx += kThreads) {
       const int i = c0 + idx / D, d = idx % D;
       const int row = p.path_rows[b * p.rows_stride[0] + i * p.rows_stride[1]];
       const int64_t src = static_cast<int64_t>(L) + row;
-      if (moves(row, i, L, src, p.capacity))
-        base[slot_offset<E>(p, b, h, L + i) + d * p.stride[3]] = staged[idx];
+      if (moves(row, i, L, src, p.capacity)) {
+        const int64_t dst_off = slot_offset<E>(p, b, h, L + i);
+        if (dst_off >= 0 && slot_offset<E>(p, b, h, static_cast<int>(src)) >= 0)
+          base[dst_off + d * p.stride[3]] = staged[idx];
+      }
     }
     __syncthreads();  // the next chunk reuses the staging buffer
   }

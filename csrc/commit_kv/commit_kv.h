@@ -19,6 +19,7 @@ struct CommitKvParams {
   int64_t bt_stride;
   int page_size;              // 0 = contiguous
   int64_t capacity;
+  int64_t num_blocks;         // paged: blocks in the pool; a move touching a block id outside [0, num_blocks) is dropped
 };
 
 // Grid (B, num_caches * Hkv): one block walks one request's path for one cache and head.

@@ -27,7 +27,7 @@ void tree_attention_cuda_binding(std::uintptr_t q, std::uintptr_t k, std::uintpt
                                  int head_dim, std::array<int64_t, 3> q_stride, std::array<int64_t, 3> k_stride,
                                  std::array<int64_t, 3> v_stride, std::array<int64_t, 3> o_stride,
                                  std::array<int64_t, 2> anc_stride, std::array<int64_t, 2> pos_stride,
-                                 int64_t bt_stride, int page_size, int64_t capacity, int num_splits, int m_tiles,
+                                 int64_t bt_stride, int page_size, int64_t capacity, int64_t num_blocks, int num_splits, int m_tiles,
                                  float scale, float softcap, int window, bool bf16, std::uintptr_t stream) {
   constexpr Require require("verispec.tree_attention(backend='cuda')");
   require(head_dim == 64 || head_dim == 128 || head_dim == 256,
@@ -69,6 +69,7 @@ void tree_attention_cuda_binding(std::uintptr_t q, std::uintptr_t k, std::uintpt
   p.bt_stride = bt_stride;
   p.page_size = page_size;
   p.capacity = capacity;
+  p.num_blocks = num_blocks;
   p.num_splits = num_splits;
   p.m_tiles = m_tiles;
   p.scale = scale;
@@ -86,7 +87,7 @@ void bind_tree_attention(py::module_& m) {
         py::arg("batch"), py::arg("q_heads"), py::arg("kv_heads"), py::arg("rows"), py::arg("head_dim"),
         py::arg("q_stride"), py::arg("k_stride"), py::arg("v_stride"), py::arg("o_stride"), py::arg("anc_stride"),
         py::arg("pos_stride"), py::arg("bt_stride"), py::arg("page_size"), py::arg("capacity"),
-        py::arg("num_splits"), py::arg("m_tiles"), py::arg("scale"), py::arg("softcap"), py::arg("window"),
+        py::arg("num_blocks"), py::arg("num_splits"), py::arg("m_tiles"), py::arg("scale"), py::arg("softcap"), py::arg("window"),
         py::arg("bf16"), py::arg("stream"));
 }
 

@@ -122,11 +122,14 @@ __device__ __forceinline__ void cp_async_wait() {
 
 __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
-// Element offset of cache entry j of request b, KV head h; -1 when j is outside the cache.
+// Element offset of cache entry j of request b, KV head h; -1 when j is outside the cache or its block id
+// is not a block of the pool (the table lives on the device, unchecked without a sync): the entry is then
+// zero-filled, never read from outside the pool.
 __device__ __forceinline__ int64_t kv_offset(const TreeAttentionParams& p, const int64_t* st, int b, int h, int j) {
   if (j < 0 || j >= p.capacity) return -1;
   if (p.page_size > 0) {
     int blk = p.block_table[b * p.bt_stride + j / p.page_size];
+    if (blk < 0 || blk >= p.num_blocks) return -1;
     return blk * st[0] + h * st[1] + static_cast<int64_t>(j % p.page_size) * st[2];
   }
   return b * st[0] + h * st[1] + static_cast<int64_t>(j) * st[2];

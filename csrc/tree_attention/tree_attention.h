@@ -29,6 +29,7 @@ struct TreeAttentionParams {
   int64_t bt_stride;          // block_table row stride
   int page_size;              // 0 = contiguous layout
   int64_t capacity;           // cache entries addressable per request (bounds every K/V read)
+  int64_t num_blocks;         // paged: blocks in the pool; an entry whose block id is outside [0, num_blocks) reads nothing
   int num_splits;             // 1..64
   int m_tiles;                // ceil(Hq / Hkv * T / 64)
   float scale, softcap;       // softcap 0 = off

@@ -19,6 +19,7 @@ from typing import Optional, Union
 import torch
 
 from verispec import _backends
+from verispec.ops import _paged
 
 __all__ = ["commit_kv", "commit_kv_torch", "path_rows_from_accepted"]
 
@@ -99,8 +100,10 @@ def _check(
     return ks + vs, (capacity or 0)
 
 
-def _check_values(prefix_lens: torch.Tensor, path_rows: torch.Tensor, capacity: int) -> torch.Tensor:
-    """Host-side value checks; returns the number of path rows per request (int64 [B])."""
+def _check_values(prefix_lens: torch.Tensor, path_rows: torch.Tensor, capacity: int,
+                  block_table: Optional[torch.Tensor] = None, caches: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """Host-side value checks (and, paged, that every block the paths touch is in the pool); returns the
+    number of path rows per request (int64 [B])."""
     rows = path_rows.cpu().long()
     lens = prefix_lens.cpu().long()
     valid = rows >= 0
@@ -121,6 +124,13 @@ def _check_values(prefix_lens: torch.Tensor, path_rows: torch.Tensor, capacity: 
         if int(lens[b]) + r[n - 1] >= capacity:
             _fail(f"request {b}: row {r[n - 1]} sits at cache index {int(lens[b]) + r[n - 1]}, beyond the "
                   f"cache capacity {capacity}")
+    if block_table is not None:
+        last = rows.gather(1, (count - 1).clamp_min(0).view(-1, 1)).view(-1)
+        entries = torch.where(count > 0, lens + last + 1, torch.zeros_like(lens))
+        # Layers share the table: the smallest pool and block size bound every layer's addressing.
+        block_size = min((t.shape[1] for t in caches), default=1)
+        _paged.check_block_ids(block_table.cpu(), entries, max(block_size, 1), min((t.shape[0] for t in caches), default=0),
+                               _fail)
     return count
 
 
@@ -152,7 +162,7 @@ def commit_kv_torch(
     """Reference KV commit (a loop over layers, vectorised over requests). See `commit_kv`."""
     caches, capacity = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
     if validate:
-        _check_values(prefix_lens, path_rows, capacity)
+        _check_values(prefix_lens, path_rows, capacity, block_table, caches)
     B, P = path_rows.shape
     if B == 0 or P == 0 or capacity == 0:
         return _new_lengths(prefix_lens, path_rows)
@@ -174,7 +184,23 @@ def commit_kv_torch(
         else:
             bs = cache.shape[1]
             table = block_table.long()
-            cache[table[b_idx, dst // bs], dst % bs] = cache[table[b_idx, src // bs], src % bs]
+            sb, db = table[b_idx, src // bs], table[b_idx, dst // bs]
+            ss, ds = src % bs, dst % bs
+            # Unchecked ids (validate=False) must not wrap (-1 is the last block) nor raise: a move whose
+            # source or destination block is outside the pool is replaced by a copy of the first valid
+            # move (the same value to the same slot: harmless), or by block 0 slot 0 onto itself when
+            # there is none. Device-side, no sync.
+            ok = (sb >= 0) & (sb < cache.shape[0]) & (db >= 0) & (db < cache.shape[0])
+            if cache.shape[0] == 0:
+                continue
+            first = ok.reshape(-1).long().argmax()
+            any_ok = ok.reshape(-1)[first]
+
+            def fix(x, first=first, any_ok=any_ok, ok=ok):
+                alt = torch.where(any_ok, x.reshape(-1)[first], torch.zeros_like(x.reshape(-1)[first]))
+                return torch.where(ok, x, alt)
+
+            cache[fix(db), fix(ds)] = cache[fix(sb), fix(ss)]
     return _new_lengths(prefix_lens, path_rows)
 
 

@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 
 from verispec import _backends
+from verispec.ops import _paged
 
 __all__ = [
     "tree_attention",
@@ -56,6 +57,7 @@ class _Problem:
     paged: bool
     block_size: int  # 0 for the contiguous layout
     capacity: int  # cache entries addressable per request (S, or max_blocks * block_size)
+    num_blocks: int  # paged: blocks in the pool (valid ids 0..num_blocks-1); 0 for the contiguous layout
     scale: float
     softcap: float  # 0.0 = off
     window: int  # 0 = off
@@ -109,7 +111,7 @@ def _check(
         layout = "[num_blocks, block_size, Hkv, D] (paged)" if paged else "[B, Hkv, S, D]"
         _fail(f"k and v must be {layout}, got shape {tuple(k.shape)}")
     if paged:
-        _, block_size, Hkv, Dk = k.shape
+        num_blocks, block_size, Hkv, Dk = k.shape
         if block_table.dtype != torch.int32:
             _fail(f"block_table must be int32, got {block_table.dtype}", TypeError)
         if block_table.dim() != 2 or block_table.shape[0] != B:
@@ -122,7 +124,7 @@ def _check(
                 _fail(f"paged {name} must have unit stride along D, got strides {named[name].stride()}")
     else:
         Bk, Hkv, capacity, Dk = k.shape
-        block_size = 0
+        block_size = num_blocks = 0
         if Bk != B:
             _fail(f"k/v hold {Bk} requests but q holds {B}")
     if Dk != D:
@@ -158,10 +160,12 @@ def _check(
         window = 0
     elif isinstance(window, bool) or int(window) != window or int(window) < 1:
         _fail(f"window must be None (off) or a positive integer, got {window!r}")
-    return _Problem(B, Hq, Hkv, T, D, int(ancestors.shape[2]), paged, block_size, capacity, scale, softcap, int(window))
+    return _Problem(B, Hq, Hkv, T, D, int(ancestors.shape[2]), paged, block_size, capacity, num_blocks, scale, softcap,
+                    int(window))
 
 
-def _check_lengths(p: _Problem, prefix_lens: torch.Tensor, tree_lens: torch.Tensor) -> None:
+def _check_lengths(p: _Problem, prefix_lens: torch.Tensor, tree_lens: torch.Tensor,
+                   block_table: Optional[torch.Tensor] = None) -> None:
     """Value checks that read lengths on the host; cheap, but they synchronise a GPU stream."""
     if p.B == 0:
         return
@@ -177,6 +181,34 @@ def _check_lengths(p: _Problem, prefix_lens: torch.Tensor, tree_lens: torch.Tens
         what = "block_table covers" if p.paged else "k/v hold"
         _fail(f"request {b} needs {int(need[b])} cache entries (prefix {int(prefix_lens[b])} + tree "
               f"{int(tree_lens[b])}) but {what} only {p.capacity}")
+    if block_table is not None:
+        _paged.check_block_ids(block_table, need, p.block_size, p.num_blocks, _fail)
+
+
+def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors may share memory (same storage and intersecting byte ranges; conservative
+    for interleaved strides). Host-only arithmetic on metadata: no sync."""
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(t):
+        lo = t.data_ptr()
+        hi = lo + (sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st > 0) + 1) * t.element_size()
+        lo += sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st < 0) * t.element_size()
+        return lo, hi
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
+def output_buffer(out: Optional[torch.Tensor], *inputs: torch.Tensor) -> Optional[torch.Tensor]:
+    """Where a backend may write its result: ``out`` itself, or None (make a fresh tensor, then copy into
+    ``out``) when ``out`` shares memory with an input, which the kernels would read after writing."""
+    if out is None or any(overlaps(out, t) for t in inputs):
+        return None
+    return out
 
 
 def _prepare(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window, block_table, out,
@@ -185,7 +217,7 @@ def _prepare(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softc
     host), and the default ``positions`` when a sliding window needs them."""
     p = _check(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window, block_table, out)
     if check_lengths:
-        _check_lengths(p, prefix_lens, tree_lens)
+        _check_lengths(p, prefix_lens, tree_lens, block_table)
     if p.window and positions is None:
         positions = positions_from_ancestors(prefix_lens, ancestors)
     return p, positions
@@ -254,9 +286,11 @@ def tree_attention_torch(
                             block_table, out, check_lengths=True)
     compute = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
     G = p.Hq // p.Hkv
-    result = torch.zeros(q.shape, dtype=q.dtype, device=q.device) if out is None else out
-    if out is not None:
-        out.zero_()
+    result = output_buffer(out, q, k, v)
+    if result is None:
+        result = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    else:
+        result.zero_()
     plens, tlens = prefix_lens.tolist(), tree_lens.tolist()
     for b in range(p.B):
         L, n = plens[b], tlens[b]
@@ -281,6 +315,8 @@ def tree_attention_torch(
         probs = probs.masked_fill(~visible.any(dim=-1, keepdim=True), 0.0)
         ob = torch.bmm(probs.view(p.Hkv, G * n, S), vb.to(compute))  # [Hkv, G * n, D]
         result[b, :, :n] = ob.reshape(p.Hq, n, p.D).to(q.dtype)
+    if out is not None and result is not out:
+        return out.copy_(result)
     return result
 
 
@@ -362,9 +398,13 @@ def tree_attention(
         Sliding window: a query at position ``p`` sees keys at positions ``> p - window``. None = off.
     block_table : int32 ``[B, max_blocks]``, optional
         Selects the paged layout; entry ``[b, i]`` is the block holding cache indices
-        ``i * block_size ... (i + 1) * block_size - 1`` of request ``b``.
+        ``i * block_size ... (i + 1) * block_size - 1`` of request ``b``. Every entry a request reads
+        must be a block of the pool (``0 <= id < num_blocks``): checked on the host where lengths are
+        (torch backend, CPU); on a GPU the kernels treat a bad id as an empty block, never reading
+        outside the pool.
     out : tensor like ``q``, optional
-        Written in place and returned (any strides).
+        Written in place and returned (any strides). It may share memory with ``q``, ``k`` or ``v``:
+        the result is then computed into a temporary and copied in.
     backend : ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``
         See `verispec.backends()`; ``auto`` only picks GPU paths verified on this device class.
 

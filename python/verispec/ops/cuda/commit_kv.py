@@ -33,7 +33,7 @@ def cuda_launch(group: list[torch.Tensor], prefix_lens, path_rows, block_table, 
         path_rows=path_rows.data_ptr(), block_table=block_table.data_ptr() if block_table is not None else 0,
         batch=B, path_len=P, kv_heads=Hkv, head_dim=D, elem_size=first.element_size(), stride=st,
         rows_stride=path_rows.stride(), bt_stride=block_table.stride(0) if block_table is not None else 0,
-        page_size=page, capacity=capacity, stream=stream,
+        page_size=page, capacity=capacity, num_blocks=first.shape[0] if block_table is not None else 0, stream=stream,
     )
 
 
@@ -50,7 +50,7 @@ def commit_kv_cuda(
     """CUDA KV commit: one launch for all layers of one shape. See `commit_kv`. Unverified on GPU."""
     caches, capacity = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
     if validate:
-        _check_values(prefix_lens, path_rows, capacity)
+        _check_values(prefix_lens, path_rows, capacity, block_table, caches)
     if prefix_lens.device.type != "cuda":
         _fail(f"backend='cuda' needs CUDA tensors, got {prefix_lens.device}")
     stream = _native.cuda_stream_handle(prefix_lens.device)

@@ -9,7 +9,15 @@ import torch
 
 from verispec import _native
 from verispec.ops._launch import launches_on
-from verispec.ops.tree_attention import _fail, _prepare, _Problem, _unit_stride, sm_count, split_count
+from verispec.ops.tree_attention import (
+    _fail,
+    _prepare,
+    _Problem,
+    _unit_stride,
+    output_buffer,
+    sm_count,
+    split_count,
+)
 
 __all__ = ["tree_attention_cuda", "cuda_launch"]
 
@@ -54,7 +62,7 @@ def cuda_launch(q, k, v, prefix_lens, tree_lens, ancestors, positions, p: _Probl
         block_table=bt_ptr, o_part=parts[0], lse_part=parts[1], batch=p.B, q_heads=p.Hq, kv_heads=p.Hkv,
         rows=p.T, head_dim=p.D, q_stride=q.stride()[:3], k_stride=ks, v_stride=vs, o_stride=result.stride()[:3],
         anc_stride=anc.stride()[:2], pos_stride=positions.stride() if use_pos else (0, 0), bt_stride=bt_stride,
-        page_size=p.block_size, capacity=p.capacity, num_splits=num_splits, m_tiles=m_tiles, scale=p.scale,
+        page_size=p.block_size, capacity=p.capacity, num_blocks=p.num_blocks, num_splits=num_splits, m_tiles=m_tiles, scale=p.scale,
         softcap=p.softcap, window=p.window, bf16=q.dtype == torch.bfloat16, stream=stream,
     )
 
@@ -91,8 +99,9 @@ def tree_attention_cuda(
     for name, t in (("q", q), ("k", k), ("v", v)):
         _cuda_ready(name, t, 8)
     prefix_lens, tree_lens, block_table = _unit_stride(prefix_lens, tree_lens, block_table)
-    result = out
-    if out is None or out.stride(-1) != 1 or any(s % 2 for s in out.stride()[:-1]) or out.data_ptr() % 4:
+    # The kernel writes out in place: a fresh buffer when out is unaligned or shares memory with q/k/v.
+    result = output_buffer(out, q, k, v)
+    if result is None or result.stride(-1) != 1 or any(s % 2 for s in result.stride()[:-1]) or result.data_ptr() % 4:
         result = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if p.B == 0 or p.T == 0 or p.Hq == 0:
         return result if out is None else out

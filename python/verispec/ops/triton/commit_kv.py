@@ -25,7 +25,7 @@ from verispec.ops.triton._cache_layout import cache_offsets
 def _commit_kv_kernel(
     C0, LAYER_OFFS, PL, ROWS, BT,
     sb, sh, ss, sd, srb, srp, sbt,
-    Hkv, P, capacity, PAGE,
+    Hkv, P, capacity, PAGE, num_blocks,
     D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, PAGED: tl.constexpr,
 ):
     b = tl.program_id(0)
@@ -46,8 +46,10 @@ def _commit_kv_kernel(
         # Only row > i moves (valid paths have row_i >= i; equal stays put). On a malformed path this keeps
         # every access inside the request's slots (0 <= dst < src < capacity) and the chunk order race-free.
         move = (row > i) & (dst >= 0) & (src < capacity)
-        src_off = cache_offsets(BT_row, b64, src, move, h64, sb, sh, ss, PAGED, PAGE)
-        dst_off = cache_offsets(BT_row, b64, dst, move, h64, sb, sh, ss, PAGED, PAGE)
+        # A move whose source or destination block id is outside the pool is dropped.
+        src_off, src_ok = cache_offsets(BT_row, b64, src, move, h64, sb, sh, ss, PAGED, PAGE, num_blocks)
+        dst_off, dst_ok = cache_offsets(BT_row, b64, dst, move, h64, sb, sh, ss, PAGED, PAGE, num_blocks)
+        move = src_ok & dst_ok
         m2 = move[:, None] & d_ok[None, :]
         vals = tl.load(base + src_off[:, None] + offs_d[None, :] * sd, mask=m2)
         tl.debug_barrier()
@@ -72,11 +74,11 @@ def commit_kv_fwd(caches: list[torch.Tensor], prefix_lens, path_rows, block_tabl
         _, page, Hkv, D = first.shape
         sb, ss, sh, sd = first.stride()
         capacity = block_table.shape[1] * page
-        bt, sbt = block_table, block_table.stride(0)
+        bt, sbt, num_blocks = block_table, block_table.stride(0), first.shape[0]
     else:
         _, Hkv, capacity, D = first.shape
         sb, sh, ss, sd = first.stride()
-        page, bt, sbt = 1, prefix_lens, 0
+        page, bt, sbt, num_blocks = 1, prefix_lens, 0, 1
     if Hkv == 0 or D == 0:
         return
     block_d = triton.next_power_of_2(D)
@@ -86,7 +88,7 @@ def commit_kv_fwd(caches: list[torch.Tensor], prefix_lens, path_rows, block_tabl
     _commit_kv_kernel[(B, len(caches) * Hkv)](
         first, offs, prefix_lens, path_rows, bt,
         sb, sh, ss, sd, path_rows.stride(0), path_rows.stride(1), sbt,
-        Hkv, P, capacity, page,
+        Hkv, P, capacity, page, num_blocks,
         D=D, BLOCK_P=block_p, BLOCK_D=block_d, PAGED=block_table is not None,
         num_warps=4,
     )
@@ -105,6 +107,6 @@ def commit_kv_triton(
     """Triton KV commit: one launch for all layers of one shape. See `commit_kv`."""
     caches, capacity = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
     if validate:
-        _check_values(prefix_lens, path_rows, capacity)
+        _check_values(prefix_lens, path_rows, capacity, block_table, caches)
     return _commit_groups(caches, prefix_lens, path_rows, block_table,
                           lambda group, lens, table: commit_kv_fwd(group, lens, path_rows, table))

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from verispec.ops._launch import launches_on
-from verispec.ops.tree_attention import _prepare, _unit_stride, sm_count, split_count
+from verispec.ops.tree_attention import _prepare, _unit_stride, output_buffer, sm_count, split_count
 from verispec.ops.triton._cache_layout import cache_offsets
 
 LOG2E = 1.4426950408889634
@@ -73,7 +73,7 @@ def _tree_attention_kernel(
     svb, svh, svs, svd,
     sbt, sab, sat, saw, spb, spt,
     sob, soh, sot, sod,
-    Hkv, T, num_splits, PAGE, capacity,
+    Hkv, T, num_splits, PAGE, capacity, num_blocks,
     scale, scale_log2, softcap, window,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PAGED: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, SPLIT: tl.constexpr,
@@ -125,8 +125,9 @@ def _tree_attention_kernel(
     for start in range(c_lo, c_hi, BLOCK_N):
         j = start + offs_n
         j_ok = j < c_hi
-        k_off = cache_offsets(BT_row, b64, j, j_ok, h64, skb, skh, sks, PAGED, PAGE)
-        v_off = cache_offsets(BT_row, b64, j, j_ok, h64, svb, svh, svs, PAGED, PAGE)
+        # A key whose block id is bad is hidden (k and v share the table, so one mask serves both).
+        k_off, j_ok = cache_offsets(BT_row, b64, j, j_ok, h64, skb, skh, sks, PAGED, PAGE, num_blocks)
+        v_off, _ = cache_offsets(BT_row, b64, j, j_ok, h64, svb, svh, svs, PAGED, PAGE, num_blocks)
         kv_mask = j_ok[:, None] & d_ok[None, :]
         k = tl.load(K + k_off[:, None] + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
         v = tl.load(V + v_off[:, None] + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
@@ -145,8 +146,8 @@ def _tree_attention_kernel(
             u = u0 + offs_n
             j = L + u
             u_ok = (u < u_end) & (j < capacity)
-            k_off = cache_offsets(BT_row, b64, j, u_ok, h64, skb, skh, sks, PAGED, PAGE)
-            v_off = cache_offsets(BT_row, b64, j, u_ok, h64, svb, svh, svs, PAGED, PAGE)
+            k_off, u_ok = cache_offsets(BT_row, b64, j, u_ok, h64, skb, skh, sks, PAGED, PAGE, num_blocks)
+            v_off, _ = cache_offsets(BT_row, b64, j, u_ok, h64, svb, svh, svs, PAGED, PAGE, num_blocks)
             kv_mask = u_ok[:, None] & d_ok[None, :]
             k = tl.load(K + k_off[:, None] + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
             v = tl.load(V + v_off[:, None] + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
@@ -284,7 +285,7 @@ def tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p,
         *q.stride(), *sk, *sv,
         sbt, anc.stride(0), anc.stride(1), anc.stride(2), spb, spt,
         *out.stride(),
-        p.Hkv, T, num_splits, page, p.capacity,
+        p.Hkv, T, num_splits, page, p.capacity, p.num_blocks if p.paged else 1,
         p.scale, p.scale * LOG2E, p.softcap if p.softcap else 1.0, p.window,
         G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         PAGED=p.paged, SOFTCAP=bool(p.softcap), WINDOW=bool(p.window), SPLIT=split,
@@ -323,7 +324,11 @@ def tree_attention_triton(
     p, positions = _prepare(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window,
                             block_table, out, check_lengths=q.device.type == "cpu")
     prefix_lens, tree_lens, block_table = _unit_stride(prefix_lens, tree_lens, block_table)
-    if out is None:
-        out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    return tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, out,
-                              num_splits=num_splits)
+    result = output_buffer(out, q, k, v)  # None when out overlaps an input: compute aside, then copy
+    if result is None:
+        result = torch.empty_like(q, memory_format=torch.contiguous_format)
+    tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, result,
+                       num_splits=num_splits)
+    if out is not None and result is not out:
+        return out.copy_(result)
+    return result
