@@ -19,13 +19,9 @@ AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def _run_main(capsys, argv) -> tuple[int, str]:
-    """main()'s exit status (argparse errors exit through SystemExit) and its stderr."""
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
-    return code, err
+    """main()'s exit status (also for usage errors: main returns argparse's status) and its stderr."""
+    code = main(argv)
+    return code, capsys.readouterr().err
 
 
 def _one_line(err: str) -> str:
@@ -99,11 +95,11 @@ def test_out_in_an_unwritable_directory(capsys, tmp_path):
 
 def test_unreadable_input_files(capsys, tmp_path):
     code, err = _run_main(capsys, ["generate", "--file", str(tmp_path / "missing.txt")])
-    assert code == 2 and f"argument --file: {tmp_path / 'missing.txt'}: no such file" in _one_line(err)
+    assert code == 2 and f"argument --file: {tmp_path / 'missing.txt'}: does not exist" in _one_line(err)
     code, err = _run_main(capsys, ["generate", "--file", str(tmp_path)])
     assert code == 2 and "is a directory" in _one_line(err)
     code, err = _run_main(capsys, ["datastore", "info", str(tmp_path / "missing.vsds")])
-    assert code == 2 and "missing.vsds: no such file" in _one_line(err)
+    assert code == 2 and "missing.vsds: does not exist" in _one_line(err)
     if not AS_ROOT:
         f = tmp_path / "secret.txt"
         f.write_text("x")

@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status: the command's (0 = success), 2 for a user error (one line on
     stderr naming the path or value; set VERISPEC_TRACEBACK=1 for the traceback), 130 on Ctrl-C, 141
     (128 + SIGPIPE, as coreutils) when the reader of stdout went away."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed as one line
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a broken pipe surfaces here, inside the handler, not at exit

@@ -61,7 +61,7 @@ def input_file(text: str) -> str:
         return text
     p = Path(text).expanduser()
     if not p.exists():
-        raise argparse.ArgumentTypeError(f"{text}: no such file")
+        raise argparse.ArgumentTypeError(f"{text}: does not exist")
     if p.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: is a directory, not a file")
     if not os.access(p, os.R_OK):
@@ -73,7 +73,7 @@ def input_path(text: str) -> str:
     """A readable file or directory (walked by the caller)."""
     p = Path(text).expanduser()
     if not p.exists():
-        raise argparse.ArgumentTypeError(f"{text}: no such file or directory")
+        raise argparse.ArgumentTypeError(f"{text}: does not exist")
     if not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
         raise argparse.ArgumentTypeError(f"{text}: not readable (permission denied)")
     return text

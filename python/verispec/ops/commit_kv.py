@@ -128,9 +128,9 @@ def _check_values(prefix_lens: torch.Tensor, path_rows: torch.Tensor, capacity: 
         last = rows.gather(1, (count - 1).clamp_min(0).view(-1, 1)).view(-1)
         entries = torch.where(count > 0, lens + last + 1, torch.zeros_like(lens))
         # Layers share the table: the smallest pool and block size bound every layer's addressing.
-        block_size = min((t.shape[1] for t in caches), default=1)
-        _paged.check_block_ids(block_table.cpu(), entries, max(block_size, 1), min((t.shape[0] for t in caches), default=0),
-                               _fail)
+        block_size = max(min((t.shape[1] for t in caches), default=1), 1)
+        num_blocks = min((t.shape[0] for t in caches), default=0)
+        _paged.check_block_ids(block_table.cpu(), entries, block_size, num_blocks, _fail)
     return count
 
 
