@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from verispec.cli import _args
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("heads", help="train multi-token draft heads for a model, or evaluate them")
@@ -29,28 +31,28 @@ def register(subparsers) -> None:
                        help="files, directories, .jsonl (text / prompt[+response] / messages), 'stdlib' "
                             "(Python's standard library) or 'chat' (built-in prompts, needs --self-distill)")
         q.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-        q.add_argument("--seq-len", type=int, default=256, help="tokens per training window (default 256)")
-        q.add_argument("--max-tokens", type=int, default=200_000, help="cap on training positions (default 200k)")
-        q.add_argument("--max-files", type=int, default=None, help="files taken from each directory, evenly spread")
+        q.add_argument("--seq-len", type=_args.positive_int, default=256, help="tokens per training window (default 256)")
+        q.add_argument("--max-tokens", type=_args.positive_int, default=200_000, help="cap on training positions (default 200k)")
+        q.add_argument("--max-files", type=_args.positive_int, default=None, help="files taken from each directory, evenly spread")
         q.add_argument("--self-distill", action="store_true",
                        help="answer prompts with the model itself first (cached in --out) and train on the answers")
-        q.add_argument("--chat-prompts", type=int, default=256, help="built-in chat prompts used by 'chat' (default 256)")
-        q.add_argument("--distill-tokens", type=int, default=256, help="max answer length when self-distilling")
+        q.add_argument("--chat-prompts", type=_args.positive_int, default=256, help="built-in chat prompts used by 'chat' (default 256)")
+        q.add_argument("--distill-tokens", type=_args.positive_int, default=256, help="max answer length when self-distilling")
 
     t = sub.add_parser("train", help="train heads (base model frozen); resumes from --out if interrupted")
     common(t)
     t.add_argument("--out", required=True, help="output directory (heads, checkpoint, caches)")
-    t.add_argument("--heads", type=int, default=4, help="number of heads (default 4)")
+    t.add_argument("--heads", type=_args.positive_int, default=4, help="number of heads (default 4)")
     t.add_argument("--arch", default="resblock", choices=("resblock", "layer"))
-    t.add_argument("--vocab", type=int, default=None,
+    t.add_argument("--vocab", type=_args.positive_int, default=None,
                    help="project onto the N most frequent training tokens (default: share the model's LM head)")
-    t.add_argument("--exit-layer", type=int, default=None,
+    t.add_argument("--exit-layer", type=_args.positive_int, default=None,
                    help="train an early-exit adapter on the hidden state after this many layers instead of heads")
-    t.add_argument("--steps", type=int, default=2000)
-    t.add_argument("--batch-size", type=int, default=256, help="positions per step")
+    t.add_argument("--steps", type=_args.positive_int, default=2000)
+    t.add_argument("--batch-size", type=_args.positive_int, default=256, help="positions per step")
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--decay", type=float, default=0.8, help="loss weight of head i is decay**(i-1)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_args.seed, default=0)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="per-head top-1 / top-5 accuracy on held-out data")
