@@ -122,17 +122,27 @@ __device__ __forceinline__ void cp_async_wait() {
 
 __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
-// Element offset of cache entry j of request b, KV head h; -1 when j is outside the cache or its block id
-// is not a block of the pool (the table lives on the device, unchecked without a sync): the entry is then
-// zero-filled, never read from outside the pool.
-__device__ __forceinline__ int64_t kv_offset(const TreeAttentionParams& p, const int64_t* st, int b, int h, int j) {
-  if (j < 0 || j >= p.capacity) return -1;
+// Where cache entry j of request b lives: its block (paged) or request (contiguous) and its slot there.
+// False when j is outside the cache or its block id is not a block of the pool (the table lives on the
+// device, unchecked without a sync): the entry is then zero-filled, never read from outside the pool.
+// One lookup serves K and V (a second table read per chunk made the fp16 D=64 kernel spill on sm_90).
+__device__ __forceinline__ bool kv_locate(const TreeAttentionParams& p, int b, int j, int64_t& row, int64_t& slot) {
+  if (j < 0 || j >= p.capacity) return false;
   if (p.page_size > 0) {
     int blk = p.block_table[b * p.bt_stride + j / p.page_size];
-    if (blk < 0 || blk >= p.num_blocks) return -1;
-    return blk * st[0] + h * st[1] + static_cast<int64_t>(j % p.page_size) * st[2];
+    if (static_cast<unsigned>(blk) >= static_cast<unsigned>(p.num_blocks)) return false;  // also blk < 0
+    row = blk;
+    slot = j % p.page_size;
+    return true;
   }
-  return b * st[0] + h * st[1] + static_cast<int64_t>(j) * st[2];
+  row = b;
+  slot = j;
+  return true;
+}
+
+// Element offset of a located entry for KV head h, in a cache with strides st (row, head, slot).
+__device__ __forceinline__ int64_t kv_at(const int64_t* st, int h, int64_t row, int64_t slot) {
+  return row * st[0] + h * st[1] + slot * st[2];
 }
 
 template <typename T, int kD>
@@ -203,10 +213,10 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const TreeAtte
     T* dv = sV + stage * kBN * kStride;
     for (int c = tid; c < kBN * kChunks; c += kThreads) {
       int r = c / kChunks, ch = c % kChunks, j = j0 + r;
-      int64_t ko = j < jlim ? kv_offset(p, p.k_stride, b, h, j) : -1;
-      int64_t vo = j < jlim ? kv_offset(p, p.v_stride, b, h, j) : -1;
-      cp_async16(dk + r * kStride + ch * 8, ko >= 0 ? kg + ko + ch * 8 : kg, ko >= 0);
-      cp_async16(dv + r * kStride + ch * 8, vo >= 0 ? vg + vo + ch * 8 : vg, vo >= 0);
+      int64_t row = 0, slot = 0;
+      const bool ok = j < jlim && kv_locate(p, b, j, row, slot);
+      cp_async16(dk + r * kStride + ch * 8, ok ? kg + kv_at(p.k_stride, h, row, slot) + ch * 8 : kg, ok);
+      cp_async16(dv + r * kStride + ch * 8, ok ? vg + kv_at(p.v_stride, h, row, slot) + ch * 8 : vg, ok);
     }
   };
 
