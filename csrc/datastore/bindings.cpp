@@ -437,6 +437,16 @@ void bind_datastore(py::module_& m) {
              PyStop ps;
              return to_python(ps.run([&](const Stop* stop) { return pi.draft_context(ids.data(), ids.size(), p, stop); }));
            })
+      .def("locate",
+           [](const PromptIndex& pi, py::object ctx, int64_t offset, int64_t max_match, uint64_t pointer,
+              uint64_t max_positions, uint64_t min_match) {
+             if (max_match < 1) throw std::invalid_argument("max_match must be >= 1");
+             const std::vector<uint32_t> ids = context_ids(ctx, offset, max_match, "context");
+             Located r = pi.locate(ids.data(), ids.size(), pointer, max_positions, min_match);
+             return py::make_tuple(r.match_len, r.behind, r.ahead_len, r.ahead);
+           },
+           py::arg("context"), py::arg("offset"), py::arg("max_match"), py::arg("pointer"), py::arg("max_positions"),
+           py::arg("min_match"))
       .def("rebuild", [](PromptIndex& pi, py::handle window) {
         pi.rebuild(uint64_t(int_arg(window, "window", 1, 2 * kMaxMatch + kMaxDepth)));
       })

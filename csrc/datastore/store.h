@@ -99,6 +99,16 @@ class Datastore {
   std::mutex writer_mu_;          // one writer at a time builds new segments outside mu_
 };
 
+// Where a context suffix occurs in a prompt index, relative to a pointer into it (speculative edits
+// re-aligning the output with its original). A position is a continuation start: the index right after
+// an occurrence, always < size() (an occurrence must leave a token to draft).
+struct Located {
+  int64_t match_len = 0;       // longest suffix of the context occurring anywhere
+  std::vector<int64_t> behind;  // its positions < pointer, nearest the pointer first
+  int64_t ahead_len = 0;       // longest suffix occurring at a position >= pointer (0: none >= min_match)
+  std::vector<int64_t> ahead;   // its positions >= pointer, ascending
+};
+
 // Index over one growing sequence (a prompt, then the generated tokens). Suffixes whose first
 // `window` tokens lie in the sorted part come from a suffix array; the newest positions are
 // scanned linearly until they are many enough to be worth re-sorting.
@@ -108,6 +118,9 @@ class PromptIndex {
   void extend(const uint32_t* tokens, uint64_t n);
   DraftResult draft(const DraftParams& p, const Stop* stop = nullptr);
   DraftResult draft_context(const uint32_t* ctx, uint64_t len, const DraftParams& p, const Stop* stop = nullptr);
+  // ctx[0..len): the last len context tokens. At most max_positions positions per list.
+  Located locate(const uint32_t* ctx, uint64_t len, uint64_t pointer, uint64_t max_positions,
+                 uint64_t min_match) const;
   uint64_t size() const { return n_; }
   uint64_t sorted_until() const { return sa_count_ ? sa_limit_ : 0; }
   const uint32_t* data() const { return text_.data(); }
@@ -117,6 +130,9 @@ class PromptIndex {
  private:
   Source source(Tail& tail) const;
   void maybe_rebuild(const DraftParams& p);
+  // Continuation starts of every occurrence of p[0..m) that leaves a token after it.
+  void occurrences(const uint32_t* p, uint64_t m, std::vector<int64_t>& out) const;
+  bool occurs_with_continuation(const uint32_t* p, uint64_t m) const;
   std::vector<uint32_t> text_;  // n_ tokens + 2 zero words of padding for packed reads
   uint64_t n_ = 0;
   std::vector<uint32_t> sa_;    // suffixes starting before sa_limit_, sorted; + padding
