@@ -38,6 +38,7 @@ _LAZY = {
     "HeadsDrafter": "verispec.drafters.heads",
     "MergedDrafter": "verispec.drafters.merge",
     "EarlyExitDrafter": "verispec.drafters.early_exit",
+    "SpeculativeEditsDrafter": "verispec.drafters.edits",
     # backends
     "backends": "verispec._backends",
     "backend_report": "verispec._backends",

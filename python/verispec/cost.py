@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+import weakref
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import torch
 
-__all__ = ["measure_row_cost", "pick_budget", "expected_tokens", "cpu_row_cost", "gpu_row_cost"]
+__all__ = ["measure_row_cost", "pick_budget", "expected_tokens", "cpu_row_cost", "gpu_row_cost",
+           "measure_forward_cost", "forward_cost", "AdaptiveSizer"]
 
 ROWS = (1, 2, 3, 4, 5, 6, 8, 12, 16)
 
@@ -93,3 +96,143 @@ def cpu_row_cost(rows: int) -> float:
 def gpu_row_cost(rows: int) -> float:
     """A GPU forward is memory-bound at these sizes: extra rows are nearly free."""
     return 1.0 + 0.004 * (rows - 1)
+
+
+# -- the whole forward, and sizing every step from it ----------------------------------------------------------
+FORWARD_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+_FORWARD_COSTS: weakref.WeakKeyDictionary[torch.nn.Module, _Interpolated] = weakref.WeakKeyDictionary()
+
+
+def measure_forward_cost(model: torch.nn.Module, rows: tuple[int, ...] = FORWARD_ROWS, prefix: int = 256,
+                         repeats: int = 3) -> Callable[[int], float]:
+    """``cost(T)``: the whole verification forward (every layer, tree attention over a ``prefix``-token
+    cache, the LM head) over ``T`` rows relative to ``T = 1``, timed through the path `generate` runs.
+
+    The row counts are timed round-robin ``repeats`` times and the fastest of each kept, so a busy
+    machine slows all of them alike; the curve is then made non-decreasing (a larger forward never costs
+    less: a dip is noise), which keeps the sizing objective from flipping on a lucky measurement.
+    """
+    from verispec.generation import _pack
+    from verispec.hf.model import TreeModel
+    from verispec.tree import DraftTree
+
+    target = TreeModel(model)
+    dev, V = target.device, target.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, V, (prefix,), generator=gen).tolist()
+    cache = target.new_cache(1, prefix + max(rows) + 8)
+    target.prefill(cache, [prompt])
+    best = {t: math.inf for t in rows}
+    batches = {t: _pack([DraftTree.chain(torch.randint(0, V, (t - 1,), generator=gen))], [prompt[-1]], dev, V)
+               for t in rows}
+    with torch.inference_mode():
+        for rep in range(repeats + 1):
+            for t in rows:
+                b = batches[t]
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                target.forward_tree(cache, b.ids, b.tree_lens, b.buffers).sum().item()
+                if rep:  # the first round warms up (allocations, kernel choice)
+                    best[t] = min(best[t], time.perf_counter() - t0)
+    points, top = [], 0.0
+    for t in rows:
+        top = max(top, best[t] / best[rows[0]])
+        points.append((t, top))
+    cost = _Interpolated(points)
+    cost.__name__ = "measured_forward_cost"
+    return cost
+
+
+def forward_cost(model: torch.nn.Module) -> Callable[[int], float]:
+    """`measure_forward_cost` of ``model``, measured once per model object and process."""
+    cost = _FORWARD_COSTS.get(model)
+    if cost is None:
+        cost = _FORWARD_COSTS[model] = measure_forward_cost(model)
+    return cost
+
+
+class AdaptiveSizer:
+    """How many of each request's draft nodes a step verifies: the size with the most expected tokens
+    per unit of forward cost, from the drafter's scores corrected per request by what it delivered.
+
+    Scores are read as acceptance probabilities of the paths to the nodes (a tree in best-first order),
+    so verifying the first ``k`` nodes is expected to emit ``1 + sum(c * scores[:k])`` tokens for the cost
+    ``cost(k + 1)``. ``c`` is the request's calibration: decayed (accepted nodes + 2) / (expected accepted
+    nodes + 2), so a drafter whose drafts keep failing sees its scores shrink until no draft pays and the
+    request decodes plainly; while it does not draft, ``c`` drifts back towards 1 so drafts get retried
+    now and then. Hysteresis: the size of the request's previous step is kept while its objective is
+    within ``hysteresis`` of the best one (a near-flat objective must not flip on noise). The cost curve
+    is corrected online: step times are recorded per row-count bucket, and once a bucket and the
+    one-row bucket both have ``min_obs`` steps, their measured ratio replaces the curve's there.
+
+    Parameters
+    ----------
+    cost : ``cost(T)``, a forward over ``T`` rows relative to one (`forward_cost`, `measure_forward_cost`).
+    max_nodes : most draft nodes per request and step.
+    """
+
+    def __init__(self, cost: Callable[[int], float], max_nodes: int = 64, hysteresis: float = 0.03,
+                 decay: float = 0.8, relax: float = 0.05, min_obs: int = 4):
+        if max_nodes < 0:
+            raise ValueError(f"AdaptiveSizer: max_nodes must be >= 0, got {max_nodes}")
+        self.cost, self.max_nodes = cost, int(max_nodes)
+        self.hysteresis, self.decay, self.relax, self.min_obs = hysteresis, decay, relax, min_obs
+        self._cal: dict[int, list[float]] = {}  # request -> [accepted, expected], decayed
+        self._last: dict[int, int] = {}
+        self._expected: dict[int, float] = {}
+        self._obs: dict[int, list[float]] = {}  # bucket (rows) -> [steps, seconds]
+
+    def calibration(self, request: int) -> float:
+        acc, exp = self._cal.get(request, (0.0, 0.0))
+        return (acc + 2.0) / (exp + 2.0)
+
+    def _bucket(self, rows: int) -> int:
+        return 1 << (max(rows, 1) - 1).bit_length()  # 1, 2, 4, 8, ...
+
+    def step_cost(self, rows: int) -> float:
+        """The cost curve at ``rows``, corrected by observed step times where there are enough."""
+        c = self.cost(rows)
+        b, one = self._obs.get(self._bucket(rows)), self._obs.get(1)
+        if rows > 1 and b and one and b[0] >= self.min_obs and one[0] >= self.min_obs:
+            seen = (b[1] / b[0]) / (one[1] / one[0])
+            c = c * min(2.0, max(0.5, seen / self.cost(self._bucket(rows))))
+        return max(c, 1.0)
+
+    def size(self, requests: Sequence[int], trees: Sequence[Any]) -> list[Any]:
+        out = []
+        for r, tree in zip(requests, trees):
+            n = min(len(tree), self.max_nodes)
+            if n == 0:
+                self._expected[r] = 0.0
+                out.append(tree if len(tree) == 0 else tree.head(0))
+                continue
+            c = self.calibration(r)
+            _, _, scores = tree.lists()
+            gain, values = 1.0, [1.0 / self.step_cost(1)]
+            for k in range(1, n + 1):
+                gain += min(1.0, c * scores[k - 1])
+                values.append(gain / self.step_cost(k + 1))
+            k = max(range(n + 1), key=lambda i: (values[i], -i))
+            last = min(self._last.get(r, k), n)
+            if values[last] >= values[k] * (1.0 - self.hysteresis):
+                k = last
+            self._last[r] = k
+            self._expected[r] = sum(min(1.0, c * s) for s in scores[:k])
+            out.append(tree.head(k))
+        return out
+
+    def observe(self, requests: Sequence[int], num_accepted: Sequence[int], rows: int, seconds: float) -> None:
+        """What the step sized by the last `size` call delivered, and how long it took over ``rows`` rows."""
+        for r, k in zip(requests, num_accepted):
+            exp = self._expected.pop(r, 0.0)
+            cal = self._cal.setdefault(r, [0.0, 0.0])
+            if exp > 0:
+                cal[0] = cal[0] * self.decay + k
+                cal[1] = cal[1] * self.decay + exp
+            else:  # not drafting: drift back towards the drafter's own scores
+                cal[0] *= 1.0 - self.relax
+                cal[1] *= 1.0 - self.relax
+        b = self._obs.setdefault(self._bucket(rows), [0.0, 0.0])
+        b[0] += 1
+        b[1] += seconds

@@ -20,12 +20,14 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
 from verispec import _params
+from verispec.cost import AdaptiveSizer, forward_cost
 from verispec.drafters.base import Accepted, Context, NoDrafter
+from verispec.drafters.edits import PredictionFirst, PredictionTally, SpeculativeEditsDrafter
 from verispec.hf.model import TreeModel
 from verispec.ops import _philox
 from verispec.ops.commit_kv import path_rows_from_accepted
@@ -112,11 +114,16 @@ class GenerateOutput:
     sequences : list of int64 ``[L_b + n_b]`` tensors, prompt then generated tokens, one per request in
         input order (lengths differ: finished requests stop early).
     stats : `GenerateStats`.
+    accepted_prediction_tokens, rejected_prediction_tokens : per request, draft nodes drafted from the
+        prediction (``prediction=``, or the prompt for a `SpeculativeEditsDrafter`) that the model
+        accepted / verified and did not accept (OpenAI's usage fields); zeros without one.
     """
 
     sequences: list[torch.Tensor]
     stats: GenerateStats
     prompt_lengths: list[int] = field(default_factory=list)
+    accepted_prediction_tokens: list[int] = field(default_factory=list)
+    rejected_prediction_tokens: list[int] = field(default_factory=list)
 
     @property
     def new_tokens(self) -> list[torch.Tensor]:
@@ -192,6 +199,43 @@ def _eos_set(model: torch.nn.Module, eos_token_id: Union[int, Sequence[int], Non
     if isinstance(eos_token_id, int):
         return {eos_token_id}
     return {int(x) for x in eos_token_id}
+
+
+def _with_prediction(drafter: Any, prediction: Optional[Sequence[Any]], B: int, V: int) -> tuple[Any, Any]:
+    """The drafter `generate` runs and the `SpeculativeEditsDrafter` inside it (or None), after checking
+    ``prediction``: one entry per request, each None or token ids inside the vocabulary."""
+    edits = drafter if isinstance(drafter, SpeculativeEditsDrafter) else None
+    if prediction is None:
+        return (NoDrafter() if drafter is None else drafter), edits
+    if isinstance(prediction, torch.Tensor) or not isinstance(prediction, Sequence) or isinstance(prediction, str):
+        raise TypeError(f"prediction must be a list with one entry per request (token ids or None), got "
+                        f"{type(prediction).__name__}")
+    if len(prediction) != B:
+        raise ValueError(f"prediction has {len(prediction)} entries for a batch of {B} requests (one per request; "
+                         "None for a request without one)")
+    preds: list[Optional[list[int]]] = []
+    for b, p in enumerate(prediction):
+        if p is None:
+            preds.append(None)
+            continue
+        if isinstance(p, torch.Tensor):
+            if p.dim() != 1 or p.dtype.is_floating_point or p.dtype == torch.bool:
+                raise ValueError(f"prediction for request {b} must be a 1-D integer tensor, got {p.dtype} "
+                                 f"{tuple(p.shape)}")
+            p = p.tolist()
+        if isinstance(p, (str, bytes)) or not all(hasattr(x, "__index__") for x in p):
+            raise TypeError(f"prediction for request {b} must hold integer token ids")
+        p = [int(x) for x in p]
+        bad = next((x for x in p if not 0 <= x < V), None)
+        if bad is not None:
+            raise ValueError(f"prediction for request {b}: token id {bad} is outside the model's vocabulary of size {V}")
+        preds.append(p)
+    if edits is None:
+        edits = SpeculativeEditsDrafter()
+    edits.predictions = preds
+    if drafter is None or drafter is edits:
+        return edits, edits
+    return PredictionFirst(edits, drafter), edits
 
 
 def _check_drafter(drafter: Any, vocab_size: int) -> None:
@@ -310,6 +354,8 @@ def generate(
     attention: str = "auto",
     backend: str = "auto",
     profile: Optional[bool] = None,
+    prediction: Optional[Sequence[Any]] = None,
+    cost: Union[str, Callable[[int], float], None] = None,
 ) -> GenerateOutput:
     """Generate with draft trees verified by the model: output identical to plain decoding.
 
@@ -334,6 +380,14 @@ def generate(
     backend : op backend (``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"``).
     profile : synchronise the device between phases so ``stats.time_s`` attributes GPU time exactly
         (slower); None = the ``VERISPEC_PROFILE`` environment variable.
+    prediction : the expected output of each request (speculative edits, OpenAI's Predicted Outputs): a
+        list with one entry per request, each a list / 1-D tensor of token ids or None (then the prompt is
+        the prediction). Without a drafter, `generate` drafts from it (`SpeculativeEditsDrafter`); with
+        one, both trees are merged, the prediction's first.
+    cost : adaptive sizing of every step's trees per request (`verispec.cost.AdaptiveSizer`, any drafter):
+        ``"auto"`` = from the whole forward over 1..64 rows, measured once per model (about a second on
+        a CPU; the CLI and the demo use this), a callable ``T -> cost relative to one row``, or None
+        (default) = verify every tree as drafted.
 
     Returns
     -------
@@ -353,7 +407,7 @@ def generate(
         bad = [x for x in p if not 0 <= x < V]
         if bad:
             raise ValueError(f"request {b}: token id {bad[0]} is outside the model's vocabulary of size {V}")
-    drafter = NoDrafter() if drafter is None else drafter
+    drafter, edits = _with_prediction(drafter, prediction, len(prompts), V)
     _check_drafter(drafter, V)
     if streamer is not None and len(prompts) != 1:
         raise ValueError(f"streamers take one request at a time (as in transformers); got a batch of {len(prompts)}")
@@ -367,6 +421,12 @@ def generate(
     if profile is None:
         profile = os.environ.get("VERISPEC_PROFILE", "") not in ("", "0")
     dev = target.device
+    sizer = None
+    if cost is not None and not isinstance(drafter, NoDrafter):
+        if isinstance(cost, str) and cost != "auto":
+            raise ValueError(f"cost must be 'auto', a callable or None, got {cost!r}")
+        sizer = AdaptiveSizer(forward_cost(model) if cost == "auto" else cost)
+    tally = PredictionTally(len(prompts))
 
     stats = GenerateStats()
     clock = _Clock(stats, dev, profile)
@@ -385,10 +445,13 @@ def generate(
     clock.lap("prefill")
 
     while live:
+        t_step = time.perf_counter()
         trees = drafter.propose([Context(r, seqs[r], hidden[i] if want_hidden and has_hidden[i] else None)
                                  for i, r in enumerate(live)])
         if len(trees) != len(live):
             raise ValueError(f"{type(drafter).__name__}.propose returned {len(trees)} trees for {len(live)} requests")
+        if sizer is not None:
+            trees = sizer.size(live, trees)
         clock.lap("draft")
         batch = _pack(trees, [seqs[r][-1] for r in live], dev, V)
         clock.lap("pack")
@@ -408,9 +471,13 @@ def generate(
         accepted = [_emit(seqs[r], len(prompts[r]), emitted[i][: num_acc[i] + 1], num_acc[i], r, max_new_tokens, eos)
                     for i, r in enumerate(live)]
         stats.record(accepted, len(batch.flat[0]))
+        if edits is not None:
+            tally.record(live, trees, edits.last_trees, accepted)
         drafter.update(accepted)
         if streamer is not None and accepted[0].tokens:
             streamer.put(torch.tensor(accepted[0].tokens))
+        if sizer is not None:
+            sizer.observe(live, num_acc, batch.ids.shape[1], time.perf_counter() - t_step)
         keep = [i for i, a in enumerate(accepted) if not a.finished]
         if len(keep) != len(live):
             live = [live[i] for i in keep]
@@ -424,7 +491,7 @@ def generate(
     stats.time_s["total"] = time.perf_counter() - t_start
     out_dev = input_ids.device if isinstance(input_ids, torch.Tensor) else torch.device("cpu")
     sequences = [torch.tensor(s, dtype=torch.long, device=out_dev) for s in seqs]
-    return GenerateOutput(sequences, stats, [len(p) for p in prompts])
+    return GenerateOutput(sequences, stats, [len(p) for p in prompts], tally.accepted, tally.rejected)
 
 
 # -- the step's pieces --------------------------------------------------------------------------------------

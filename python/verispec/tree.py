@@ -128,6 +128,19 @@ class DraftTree:
     def max_depth(self) -> int:
         return int(self.depths().max()) if len(self) else 0
 
+    def lists(self) -> tuple[list[int], list[int], list[float]]:
+        """tokens, parents and scores (1.0 when unscored) as Python lists (host-side tree work)."""
+        tokens = self.tokens.tolist()
+        scores = self.scores.tolist() if self.scores is not None else [1.0] * len(tokens)
+        return tokens, self.parents.tolist(), scores
+
+    def head(self, k: int) -> DraftTree:
+        """The first ``k`` nodes (closed under parents, since parents come before children)."""
+        if k >= len(self):
+            return self
+        cut = lambda x: None if x is None else x[:k]  # noqa: E731
+        return DraftTree(self.tokens[:k], self.parents[:k], cut(self.scores), probs=cut(self.probs), validate=False)
+
     def to(self, device) -> DraftTree:
         scores = None if self.scores is None else self.scores.to(device)
         probs = None if self.probs is None else self.probs.to(device)

@@ -1,11 +1,13 @@
 """Drafters: where draft trees come from (see `verispec.drafters.base` for the protocol).
 
 One module per idea: `prompt_lookup` (the request's own text), `retrieval` (a suffix-array datastore),
-`draft_model` (a small model, sampled drafts with their probabilities); `trees` merges and sizes trees.
+`draft_model` (a small model, sampled drafts with their probabilities), `edits` (the expected
+output, speculative edits); `trees` merges and sizes trees.
 """
 
 from verispec.drafters.base import EMPTY, Accepted, Context, Drafter, NoDrafter
 from verispec.drafters.draft_model import DraftModelDrafter
+from verispec.drafters.edits import SpeculativeEditsDrafter
 from verispec.drafters.prompt_lookup import PromptLookupDrafter
 from verispec.drafters.retrieval import RetrievalDrafter
 from verispec.drafters.trees import merge_trees, trim_to_cost
@@ -17,6 +19,7 @@ __all__ = [
     "Drafter",
     "NoDrafter",
     "DraftModelDrafter",
+    "SpeculativeEditsDrafter",
     "PromptLookupDrafter",
     "RetrievalDrafter",
     "merge_trees",

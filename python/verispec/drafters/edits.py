@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from verispec.drafters.base import EMPTY, Accepted, Context
-from verispec.drafters.trees import Trie, trim_to_cost
+from verispec.drafters.trees import Trie, merge_trees, trim_to_cost
 from verispec.tree import DraftTree
 
-__all__ = ["SpeculativeEditsDrafter"]
+__all__ = ["SpeculativeEditsDrafter", "PredictionFirst", "PredictionTally"]
 
 # Match lengths are pooled into these buckets for the resync estimate: [1], [2], [3], [4, 5], [6, 9], [10, ...).
 _BUCKETS = (1, 2, 3, 4, 6, 10)
@@ -102,6 +102,7 @@ class SpeculativeEditsDrafter:
         self.decay = float(decay)
         self.predictions = None if predictions is None else [None if p is None else list(p) for p in predictions]
         self._req: dict[int, _Request] = {}
+        self.last_trees: dict[int, DraftTree] = {}  # request -> the tree of the last propose
         # First-token outcomes after a resync, by match-length bucket: [hits, misses], prior m / (m + 2).
         self._resync = [[4.0 * lo / (lo + 2), 4.0 * 2 / (lo + 2)] for lo in _BUCKETS]
 
@@ -115,7 +116,7 @@ class SpeculativeEditsDrafter:
         preds = self.predictions
         if preds is not None and len(preds) != len(prompts):
             raise ValueError(f"SpeculativeEditsDrafter: {len(preds)} predictions for a batch of {len(prompts)} requests")
-        self._req = {}
+        self._req, self.last_trees = {}, {}
         for b, prompt in enumerate(prompts):
             pred = preds[b] if preds is not None else None
             if pred is None:
@@ -131,7 +132,9 @@ class SpeculativeEditsDrafter:
             if st is None:  # generate called without begin (a bare loop): the prompt is the prediction
                 st = self._req[ctx.request] = _Request(list(ctx.tokens), explicit=False)
             tree = self._propose_one(st, ctx.tokens)
-            trees.append(trim_to_cost(tree, self.row_cost) if self.row_cost and len(tree) else tree)
+            tree = trim_to_cost(tree, self.row_cost) if self.row_cost and len(tree) else tree
+            self.last_trees[ctx.request] = tree
+            trees.append(tree)
         return trees
 
     def update(self, accepted: Sequence[Accepted]) -> None:
@@ -142,6 +145,10 @@ class SpeculativeEditsDrafter:
             self._advance(st, a.tokens)
             if a.finished:
                 st.branches = []
+
+    def __repr__(self) -> str:
+        return (f"SpeculativeEditsDrafter(max_depth={self.max_depth}, budget={self.budget}, "
+                f"max_match={self.max_match}, alternatives={self.alternatives})")
 
     # -- drafting ----------------------------------------------------------------------------------------------
     def copy_rate(self, request: int) -> float:
@@ -250,3 +257,68 @@ def _shares(k: int) -> list[float]:
     w = [0.5**i for i in range(k)]
     s = sum(w)
     return [x / s for x in w]
+
+
+class PredictionFirst:
+    """Drafts from the prediction and from another drafter; the trees merge under one root with the
+    prediction's nodes first where scores tie. `generate` builds it for ``prediction=`` plus a drafter."""
+
+    def __init__(self, edits: SpeculativeEditsDrafter, other):
+        self.edits, self.other = edits, other
+        self.vocab_size = getattr(other, "vocab_size", None)
+        self.wants_hidden = bool(getattr(other, "wants_hidden", False))  # e.g. HeadsDrafter reads the hidden state
+
+    def begin(self, prompts: Sequence[Sequence[int]]) -> None:
+        self.edits.begin(prompts)
+        if callable(getattr(self.other, "begin", None)):
+            self.other.begin(prompts)
+
+    def propose(self, contexts: Sequence[Context]) -> list[DraftTree]:
+        mine = self.edits.propose(contexts)
+        theirs = self.other.propose(contexts)
+        if len(theirs) != len(contexts):
+            raise ValueError(f"{type(self.other).__name__}.propose returned {len(theirs)} trees for "
+                             f"{len(contexts)} requests")
+        return [a if not len(b) else b if not len(a) else merge_trees([a, b], len(a) + len(b))
+                for a, b in zip(mine, theirs)]
+
+    def update(self, accepted: Sequence[Accepted]) -> None:
+        self.edits.update(accepted)
+        self.other.update(accepted)
+
+    def __repr__(self) -> str:
+        return f"PredictionFirst({self.edits!r}, {self.other!r})"
+
+
+class PredictionTally:
+    """OpenAI's usage counts per request: draft nodes that came from the prediction and were accepted,
+    and those verified but not accepted. A node of a step's final tree (merged, sized) came from the
+    prediction when its token path is a path of the tree the edits drafter proposed."""
+
+    def __init__(self, batch_size: int):
+        self.accepted = [0] * batch_size
+        self.rejected = [0] * batch_size
+
+    def record(self, requests: Sequence[int], trees: Sequence[DraftTree], own: dict[int, DraftTree],
+               accepted: Sequence[Accepted]) -> None:
+        for r, tree, a in zip(requests, trees, accepted):
+            mine = own.get(r)
+            if mine is None or not len(mine) or not len(tree):
+                continue
+            toks, pars, _ = tree.lists()
+            mtoks, mpars, _ = mine.lists()
+            child = {(p, t): i for i, (t, p) in enumerate(zip(mtoks, mpars))}
+            where = []  # node -> its node in the prediction tree, or None
+            for t, p in zip(toks, pars):
+                up = -1 if p < 0 else where[p]
+                where.append(None if up is None else child.get((up, t)))
+            from_pred = sum(w is not None for w in where)
+            # The accepted nodes: the path of the first num_accepted emitted tokens.
+            node, hits = -1, 0
+            for t in a.tokens[: a.num_accepted]:
+                node = next((i for i in range(len(toks)) if pars[i] == node and toks[i] == t), None)
+                if node is None:
+                    break
+                hits += where[node] is not None
+            self.accepted[r] += hits
+            self.rejected[r] += from_pred - hits
