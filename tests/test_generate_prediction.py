@@ -160,20 +160,30 @@ def test_sizer_never_exceeds_the_budget():
     assert len(steep.size([0], [_chain(30, 0.99)])[0]) == 0
 
 
+def test_sizer_corrects_the_curve_from_step_times():
+    sizer = AdaptiveSizer(lambda t: 1.0 + 0.1 * (t - 1), max_nodes=64, min_obs=2)
+    assert sizer.step_cost(8) == pytest.approx(1.7)
+    for rows, secs in ((1, 0.01), (1, 0.01), (8, 0.03), (8, 0.03)):  # 8 rows really cost 3x
+        sizer.observe([0], [[]], rows, secs)
+    assert sizer.step_cost(8) == pytest.approx(1.7 * min(2.0, 3.0 / 1.7))
+
+
 def test_sizer_follows_the_cost_curve():
     knee = AdaptiveSizer(lambda t: 1.0 if t <= 8 else 1.0 + 0.5 * (t - 8), max_nodes=64)
     assert len(knee.size([0], [_chain(40, 0.98)])[0]) == 7
 
 
 def test_sizer_reaches_zero_drafting_on_adversarial_drafts():
-    sizer = AdaptiveSizer(lambda t: 1.0 + 0.1 * (t - 1), max_nodes=64)
+    cost = lambda t: 1.0 + 0.1 * (t - 1)  # noqa: E731
+    sizer = AdaptiveSizer(cost, max_nodes=64)
     sizes = []
     for _ in range(60):
         (t,) = sizer.size([0], [_chain(16, 0.95)])  # confident, always wrong
         sizes.append(len(t))
-        sizer.observe([0], [0], 1 + len(t), 0.01)
+        sizer.observe([0], [[]], 1 + len(t), 0.01 * cost(1 + len(t)))
     assert sizes[0] > 0
-    assert sum(s > 0 for s in sizes[20:]) <= 8  # mostly plain decoding, an occasional retry
+    assert sum(s > 0 for s in sizes[20:]) <= 6  # mostly plain decoding, an occasional retry
+    assert max(sizes[20:]) <= 2  # and a retry is a short one
 
 
 def test_adaptive_sizing_in_generate_on_wrong_drafts(model, plain):

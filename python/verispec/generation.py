@@ -477,7 +477,8 @@ def generate(
         if streamer is not None and accepted[0].tokens:
             streamer.put(torch.tensor(accepted[0].tokens))
         if sizer is not None:
-            sizer.observe(live, num_acc, batch.ids.shape[1], time.perf_counter() - t_step)
+            sizer.observe(live, [a.tokens[: a.num_accepted] for a in accepted], batch.ids.shape[1],
+                          time.perf_counter() - t_step)
         keep = [i for i, a in enumerate(accepted) if not a.finished]
         if len(keep) != len(live):
             live = [live[i] for i in keep]

@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "info": "verispec.cli.info",
     "demo": "verispec.cli.demo",
     "generate": "verispec.cli.generate",
+    "edit": "verispec.cli.edit",
     "datastore": "verispec.cli.datastore",
     "bench": "verispec.cli.bench",
     "heads": "verispec.cli.heads",
@@ -35,6 +36,7 @@ EPILOG = """\
 examples:
   verispec demo --quick                       side-by-side speed and identity check on this machine
   verispec generate --prompt "def fib(n):" --check
+  verispec edit utils.py -i "Add type hints." --check   fast apply: the file is the prediction
   verispec datastore build --tokenizer model_dir --input corpus/ --out code.vsds
   verispec info                               build, devices and backends
   verispec bench --quick                      benchmark tables for this device, beside the installed peers
