@@ -125,12 +125,13 @@ def main(argv=None) -> int:
               f"verispec {len(ref) / dt:.1f} tok/s {st.tokens_per_step:.2f} tok/step, acc/rej "
               f"{row['vs'][3]}/{row['vs'][4]}, {'identical' if out == ref else 'DIFFERENT'}",
               file=sys.stderr, flush=True)
+        if args.out:  # after every task: a long run that dies still leaves its table
+            with open(args.out, "w") as fh:
+                fh.write("# Speculative edits benchmark (bench/bench_edits.py)\n\n" + report(rows, lookups, model, args)
+                         + ("\n" if i + 1 == len(tasks) else f"\n\n(partial: {i + 1} of {len(tasks)} tasks)\n"))
 
     text = report(rows, lookups, model, args)
     print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write("# Speculative edits benchmark (bench/bench_edits.py)\n\n" + text + "\n")
     ok = all(r["vs"][2] for r in rows)
     return 0 if ok else 1
 
@@ -163,7 +164,8 @@ def report(rows, lookups, model, args) -> str:
         pass
     lines = [
         f"- machine: {cpu}, {os.cpu_count()} CPUs visible, torch {torch.__version__} ({torch.get_num_threads()} "
-        f"threads), device {args.device}",
+        f"threads), device {args.device}; load average {os.getloadavg()[0]:.1f} when the table was written (a machine "
+        f"shared with other jobs: every method alternates per task, so all see the same load)",
         f"- model: {type(model).__name__} ({args.model}, {model.dtype}); greedy",
         f"- commit {commit}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {n} tasks "
         f"({args.min_lines}-{args.max_lines} line stdlib functions/classes), {tokens} new tokens in all",
