@@ -212,3 +212,20 @@ def test_smollm2_edit_greedy_identity():
     for preds in ([pred], [None], [pred[5:30] + pred[40:]]):
         out = verispec.generate(model, [ids], prediction=preds, max_new_tokens=80, cost="auto")
         assert out.sequences[0].tolist() == ref
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_one_host_sync_per_step_with_prediction_and_sizing(temperature):
+    from test_generate_syncs import CountingDrafter, SyncCounter
+
+    model = tiny_model("llama")
+    counter = SyncCounter()
+    prompts = [[5, 6, 7, 5, 6, 7, 5, 6], [1, 2, 3, 1, 2, 3]]
+    inner = PromptLookupDrafter(num_tokens=4)
+    with counter:
+        out = verispec.generate(model, prompts, drafter=CountingDrafter(inner, counter), max_new_tokens=12,
+                                eos_token_id=[], prediction=[[5, 6, 7, 5, 6], None], cost=lambda t: 1.0 + 0.01 * t,
+                                temperature=temperature, seed=3, attention="mask")
+    counter.on = False
+    assert out.stats.steps > 1
+    assert len(counter.calls) / out.stats.steps <= 1, "\n".join(counter.calls[:40])

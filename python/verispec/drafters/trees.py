@@ -67,8 +67,7 @@ class Trie:
 
 def _tree_paths(tree: DraftTree) -> list[tuple[list[int], list[float]]]:
     """Root-to-node paths of every leaf of ``tree`` with per-node scores (1.0 when unscored)."""
-    tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
-    scores = tree.scores.tolist() if tree.scores is not None else [1.0] * len(tokens)
+    tokens, parents, scores = tree.lists()
     has_child = [False] * len(tokens)
     for p in parents:
         if p >= 0:
