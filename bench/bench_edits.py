@@ -33,20 +33,6 @@ import time
 import torch
 
 
-class Counter:
-    """Counts forward calls of a model (HF's steps, prompt lookup included)."""
-
-    def __init__(self, model):
-        self.n = 0
-        self.h = model.register_forward_pre_hook(lambda *a: self._inc())
-
-    def _inc(self):
-        self.n += 1
-
-    def close(self):
-        self.h.remove()
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2")
@@ -68,6 +54,7 @@ def main(argv=None) -> int:
 
     import verispec
     from verispec.corpus import edit_prompt, edit_tasks
+    from verispec.hf.baseline import hf_generate
     from verispec.hf.loading import load_model
 
     model, tok = load_model(args.model, device=args.device)
@@ -80,16 +67,8 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
 
     def hf(p, n, **kw):
-        ids = torch.tensor([p], device=args.device)
-        c = Counter(model)
-        sync()
-        t = time.perf_counter()
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                             pad_token_id=pad, **kw)
-        sync()
-        dt = time.perf_counter() - t
-        c.close()
-        return out[0].tolist()[len(p):], dt, c.n
+        out, dt, calls = hf_generate(model, p, n, pad_token_id=pad, **kw)
+        return out[len(p):], dt, calls
 
     def vs(p, pred, n):
         sync()
