@@ -27,4 +27,4 @@ def test_cuda_commit_arguments_match_the_binding():
 
     _cuda_launch(caches, pl, rows, None, 10, 0, launch)
     with pytest.raises(ValueError, match="element size must be 2, 4 or 8"):
-        _native.native().commit_kv_cuda(0, 1, 0, 0, 0, 0, 1, 1, 8, 3, (0, 0, 0, 1), (1, 1), 0, 0, 10, 0)
+        _native.native().commit_kv_cuda(0, 1, 0, 0, 0, 0, 1, 1, 8, 3, (0, 0, 0, 1), (1, 1), 0, 0, 10, 0, 0)

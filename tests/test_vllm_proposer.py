@@ -386,15 +386,15 @@ def test_best_chain_on_tensor_trees():
     assert best_chain(tree) == ([1, 2], [0.5, 0.25])
 
 
-# -- the prompt-as-prediction drafter (used where verispec.drafters.edits is absent) -------------------------
+# -- the edits proposer: the prompt as the prediction, resync after an edit ----------------------------------
 def _lines(n, start=100):
     # token "lines": 6 tokens each, the last one a newline token 1
     return [[start + 10 * i + j for j in range(5)] + [1] for i in range(n)]
 
 
 @pytest.mark.parametrize("edit", ["copy", "insert", "delete", "change"])
-def test_prompt_edits_drafter_resyncs_after_an_edit(edit):
-    from verispec.integrations.prompt_edits import PromptEditsDrafter
+def test_edits_proposer_resyncs_after_an_edit(edit):
+    from verispec.integrations.vllm import make_edits_drafter
 
     code = _lines(30)
     out = [list(x) for x in code]
@@ -409,7 +409,7 @@ def test_prompt_edits_drafter_resyncs_after_an_edit(edit):
 
     class Edits(VerispecProposer):
         def make_drafter(self, options, vllm_config):
-            return PromptEditsDrafter(max_depth=self.k)
+            return make_edits_drafter(max_depth=self.k, budget=self.k + 8)
 
     p = Edits(fake_config(k=16, max_model_len=1024))
     eng = FakeEngine(p, max_model_len=1024)
@@ -420,18 +420,3 @@ def test_prompt_edits_drafter_resyncs_after_an_edit(edit):
     # 180 tokens: copying everywhere except around the edit takes few steps (plain decoding: 180).
     assert steps <= 30, (edit, steps, eng.proposed)
     assert p.stats["accepted"] >= 0.75 * p.stats["drafted"]
-
-
-def test_prompt_edits_drafter_prefers_the_match_ahead():
-    from verispec.drafters import Context
-    from verispec.integrations.prompt_edits import PromptEditsDrafter
-
-    # The line "5 6 7" occurs twice; after the output passed the first copy, it continues with the second.
-    pred = [5, 6, 7, 20, 21, 9, 9, 5, 6, 7, 30, 31]
-    d = PromptEditsDrafter(max_depth=2, min_match=2)
-    tokens = [*pred, 0]
-    d.propose([Context(0, tokens)])  # first sight: the prompt is everything before the first token
-    st = d._req[0]
-    st.pointer, st.copying = 6, False
-    tree = d.propose([Context(0, [*tokens, 5, 6, 7])])[0]
-    assert tree.tokens.tolist() == [30, 31]

@@ -368,14 +368,9 @@ class EditsProposer(VerispecProposer):
 
 
 def make_edits_drafter(max_depth: int, budget: int) -> Any:
-    """The speculative-edits drafter with the prompt as the prediction: `SpeculativeEditsDrafter` when it
-    is installed, else the smaller `verispec.integrations.prompt_edits.PromptEditsDrafter`."""
-    try:
-        from verispec.drafters.edits import SpeculativeEditsDrafter
-    except ImportError:
-        from verispec.integrations.prompt_edits import PromptEditsDrafter
+    """The speculative-edits drafter with the prompt as the prediction."""
+    from verispec.drafters.edits import SpeculativeEditsDrafter
 
-        return PromptEditsDrafter(max_depth=max_depth)
     return SpeculativeEditsDrafter(max_depth=max_depth, budget=budget)
 
 
