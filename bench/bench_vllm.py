@@ -36,42 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "tools" / "vllm_run.py"
 
 
-def edit_tasks(n: int) -> list[tuple[str, str]]:
-    """(instruction, code) pairs: bench_edits' tasks when that benchmark is here, else our own."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    try:
-        from bench_edits import make_tasks
-
-        return [(t.instruction, t.code) for t in make_tasks(n, 20, 80)]
-    except ImportError:
-        pass
-    import ast
-
-    from verispec.corpus import stdlib_sources
-
-    instructions = ["Add type hints to every function signature in this code.",
-                    "Add a short docstring to every function and class in this code that has none.",
-                    "Add logging: call `logging.debug` at the start of every function in this code."]
-    out = []
-    for f in stdlib_sources():
-        try:
-            src = f.read_text(encoding="utf-8")
-            tree = ast.parse(src)
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        lines = src.split("\n")
-        for node in tree.body:
-            if isinstance(node, ast.FunctionDef) and 20 <= node.end_lineno - node.lineno + 1 <= 80:
-                out.append((instructions[len(out) % len(instructions)],
-                            "\n".join(lines[node.lineno - 1:node.end_lineno])))
-                break
-        if len(out) >= n:
-            break
-    return out
-
-
 def build_sets(tok, args) -> list[dict]:
-    from verispec.corpus import humaneval_prompts, mtbench_questions
+    from verispec.corpus import edit_tasks, humaneval_prompts, mtbench_questions
 
     def chat(text):
         ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
@@ -81,7 +47,7 @@ def build_sets(tok, args) -> list[dict]:
     sets = [{"name": "humaneval", "prompts": [tok.encode(p) for p in humaneval_prompts(args.n)],
              "max_tokens": [args.max_tokens] * args.n}]
     edits = []
-    for instr, code in edit_tasks(args.n_edits):
+    for instr, code in [(t.instruction, t.code) for t in edit_tasks(args.n_edits, 20, 80)]:
         prompt = chat(f"{instr}\n\n```python\n{code}\n```")
         budget = int(1.3 * len(tok.encode(code, add_special_tokens=False))) + 64
         edits.append((prompt, min(budget, args.max_model_len - len(prompt) - 1)))
