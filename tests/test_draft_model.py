@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _generate_utils import VOCAB, reference_greedy, tiny_model
-from scipy.stats import chisquare
-from test_generate_sampling import V, _exact_joint
+from test_generate_sampling import V, _exact_joint, joint_counts, pooled_pvalue
 
 import verispec
 from verispec import DraftModelDrafter, DraftTree
@@ -26,22 +25,10 @@ def _flat(model):
 def _joint_counts(target, drafter, n, temperature, prompt, seed):
     out = verispec.generate(target, [prompt] * n, drafter=drafter, max_new_tokens=2, temperature=temperature,
                             eos_token_id=[], seed=seed, attention="mask")
-    counts = torch.zeros(V, V, dtype=torch.float64)
-    for s in out.sequences:
-        a, b = s[len(prompt):].tolist()
-        counts[a, b] += 1
-    return counts, out.stats
+    return joint_counts(out.sequences, len(prompt), V), out.stats
 
 
-def _pvalue(counts, joint, n):
-    exp = joint.flatten() * n
-    obs = counts.flatten()
-    big = exp >= 5
-    obs_k = torch.cat([obs[big], obs[~big].sum().view(1)])
-    exp_k = torch.cat([exp[big], exp[~big].sum().view(1)])
-    if exp_k[-1] == 0:
-        obs_k, exp_k = obs_k[:-1], exp_k[:-1]
-    return chisquare(obs_k.numpy(), exp_k.numpy()).pvalue
+_pvalue = pooled_pvalue
 
 
 @pytest.mark.parametrize("temperature,draft_temperature", [(1.0, 1.0), (0.7, 1.3), (1.0, 0.0)])
