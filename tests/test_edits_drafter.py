@@ -78,7 +78,7 @@ def next_tree(drafter, target_prefix: list[int], prediction: list[int]):
 
 def test_exact_copy_is_one_chain_per_step():
     pred = A + B + C + D + E
-    steps = simulate(SpeculativeEditsDrafter(max_depth=8), pred, prediction=pred)
+    steps = simulate(SpeculativeEditsDrafter(max_ngram=0, max_depth=8), pred, prediction=pred)
     assert [k for _, k in steps][:-1] == [8] * (len(steps) - 1)  # every chain accepted whole
     assert len(steps) == -(-len(pred) // 9)
     assert all(len(paths(t)) == 1 for t, _ in steps)
@@ -87,16 +87,16 @@ def test_exact_copy_is_one_chain_per_step():
 def test_inserted_line_resyncs_on_the_next_original_line():
     pred = A + B + C + D
     target = A + B + E + C + D  # E inserted
-    d = SpeculativeEditsDrafter(max_depth=64)
+    d = SpeculativeEditsDrafter(max_ngram=0, max_depth=64)
     tree = next_tree(d, A + B + E, pred)
     assert paths(tree)[0] == C + D  # the pointer waited at C while the model wrote E
-    steps = simulate(SpeculativeEditsDrafter(), target, prediction=pred)
+    steps = simulate(SpeculativeEditsDrafter(max_ngram=0), target, prediction=pred)
     assert sum(k for _, k in steps) >= len(A + B + C + D) - 2
 
 
 def test_deleted_line_jumps_ahead():
     pred = A + B + C + D
-    d = SpeculativeEditsDrafter()
+    d = SpeculativeEditsDrafter(max_ngram=0)
     # The model skips B: the chain from the pointer (B C D) fails at B's first token, the model emits C's.
     tree = next_tree(d, A + C[:1], pred)
     assert paths(tree)[0] == C[1:] + D
@@ -105,14 +105,14 @@ def test_deleted_line_jumps_ahead():
 def test_changed_line_resumes_after_it():
     pred = A + B + C + D
     changed = line(20, 21, 99, 98)  # B with its end rewritten
-    d = SpeculativeEditsDrafter()
+    d = SpeculativeEditsDrafter(max_ngram=0)
     tree = next_tree(d, A + changed, pred)
     assert paths(tree)[0] == C + D
 
 
 def test_repeated_line_monotone_rule_picks_the_occurrence_ahead():
     pred = A + B + A + C  # A twice
-    d = SpeculativeEditsDrafter()
+    d = SpeculativeEditsDrafter(max_ngram=0)
     # Output A B then a changed line, then A: the second A (ahead of the pointer) wins, C follows.
     tree = next_tree(d, A + B[:2] + [77, NL] + A, pred)
     assert paths(tree)[0] == C
@@ -120,7 +120,7 @@ def test_repeated_line_monotone_rule_picks_the_occurrence_ahead():
 
 def test_equal_positions_give_a_tree_of_alternatives():
     code = B + A + C + A + D
-    d = SpeculativeEditsDrafter()
+    d = SpeculativeEditsDrafter(max_ngram=0)
     d.begin([[900] + code])  # the prompt is the prediction; no pointer yet
     # The output so far ends with a line that occurs twice, both times after a newline: two equal matches.
     tree = d.propose([Context(0, [900] + code + [77, NL] + A)])[0]
@@ -133,7 +133,7 @@ def test_equal_positions_give_a_tree_of_alternatives():
 
 def test_match_behind_the_pointer_is_a_fallback():
     pred = A + B + C
-    d = SpeculativeEditsDrafter()
+    d = SpeculativeEditsDrafter(max_ngram=0)
     # The model copied A B C, then repeats A: nothing ahead (the prediction is used up), A is behind.
     tree = next_tree(d, A + B + C + A[:2], pred)
     assert paths(tree)[0][:2] == [A[2], NL]
@@ -143,7 +143,7 @@ def test_match_behind_the_pointer_is_a_fallback():
 def test_prompt_is_the_prediction_without_one():
     code = A + B + C + D
     prompt = [900] + code + [901]
-    d = SpeculativeEditsDrafter()
+    d = SpeculativeEditsDrafter(max_ngram=0)
     d.begin([prompt])
     seq = prompt + A[:2]
     tree = d.propose([Context(0, seq)])[0]
@@ -152,7 +152,7 @@ def test_prompt_is_the_prediction_without_one():
 
 def test_scores_are_acceptance_estimates():
     pred = A + B + C + D + E
-    d = SpeculativeEditsDrafter(max_depth=10)
+    d = SpeculativeEditsDrafter(max_ngram=0, max_depth=10)
     steps = simulate(d, pred, prediction=pred)
     for tree, _ in steps:
         s = tree.scores.tolist()
@@ -163,7 +163,7 @@ def test_scores_are_acceptance_estimates():
 
 def test_budget_and_depth_are_respected():
     pred = (A + B) * 20
-    d = SpeculativeEditsDrafter(max_depth=5, budget=7, alternatives=4)
+    d = SpeculativeEditsDrafter(max_ngram=0, max_depth=5, budget=7, alternatives=4)
     for tree, _ in simulate(d, [77, NL] + A + B + A, prediction=pred):
         assert len(tree) <= 7
         par = tree.parents.tolist()
@@ -176,9 +176,36 @@ def test_budget_and_depth_are_respected():
 def test_unrelated_prediction_drafts_little():
     pred = list(range(100, 160))
     target = list(range(300, 340))
-    steps = simulate(SpeculativeEditsDrafter(), target, prediction=pred)
+    steps = simulate(SpeculativeEditsDrafter(max_ngram=0), target, prediction=pred)
     assert sum(k for _, k in steps) == 0
     assert all(len(t) == 0 for t, _ in steps[1:])  # only the opening guess from the pointer
+
+
+def test_context_source_drafts_the_models_own_new_lines():
+    # The model adds a line X the original does not have, then writes it again: the second time, the
+    # context source (prompt + output) drafts the rest of X; the prediction cannot.
+    X = line(60, 61, 62, 63, 64, 65)
+    pred = A + B + C + D
+    target = A + X + B + X + C + D
+    tree = next_tree(SpeculativeEditsDrafter(), A + X + B + X[:2], pred)
+    assert X[2:] in [p[: len(X) - 2] for p in paths(tree)]
+    tree = next_tree(SpeculativeEditsDrafter(max_ngram=0), A + X + B + X[:2], pred)
+    assert X[2:] not in [p[: len(X) - 2] for p in paths(tree)]
+    with_ctx = sum(k for _, k in simulate(SpeculativeEditsDrafter(), target, prediction=pred))
+    without = sum(k for _, k in simulate(SpeculativeEditsDrafter(max_ngram=0), target, prediction=pred))
+    assert with_ctx > without
+
+
+def test_estimates_fall_when_every_draft_fails():
+    # Adversarial: the output never continues anything drafted. The learned estimates must fall far below
+    # their priors, so a cost-aware sizer stops drafting (a forward over two rows costs more than one).
+    rng = random.Random(0)
+    pred = [rng.randrange(100, 140) for _ in range(400)]
+    target = [rng.randrange(200, 240) for _ in range(300)]
+    d = SpeculativeEditsDrafter()
+    steps = simulate(d, target, prediction=pred)
+    late = [t.scores.max().item() if len(t) else 0.0 for t, _ in steps[-50:]]
+    assert max(late) < 0.35
 
 
 def test_bad_arguments():

@@ -177,6 +177,17 @@ def test_sizer_reaches_zero_drafting_on_adversarial_drafts():
     assert max(sizes[20:]) <= 2  # and a retry is a short one
 
 
+def test_calibrated_drafters_are_sized_from_their_own_scores():
+    cost = lambda t: 1.0 + 0.1 * (t - 1)  # noqa: E731
+    plain_sizer, trusting = AdaptiveSizer(cost), AdaptiveSizer(cost, calibrate=False)
+    for sizer in (plain_sizer, trusting):
+        for _ in range(10):
+            (t,) = sizer.size([0], [_chain(16, 0.95)])
+            sizer.observe([0], [[]], 1 + len(t), 0.01)
+    assert plain_sizer.calibration(0) < 0.2 and trusting.calibration(0) == 1.0
+    assert len(trusting.size([0], [_chain(16, 0.95)])[0]) > 0  # the scores are taken as they are
+
+
 def test_adaptive_sizing_in_generate_on_wrong_drafts(model, plain):
     # Every draft wrong (shifted prediction): with sizing the steps soon carry no draft nodes.
     preds = [[(t + 1) % 97 for t in ref] for ref in plain]

@@ -178,20 +178,26 @@ class AdaptiveSizer:
     ----------
     cost : ``cost(T)``, a forward over ``T`` rows relative to one (`forward_cost`, `measure_forward_cost`).
     max_nodes : most draft nodes per request and step.
+    calibrate : correct the scores per request as above. A drafter whose scores are already acceptance
+        estimates learned from the model's output (``calibrated = True``, e.g. `SpeculativeEditsDrafter`)
+        is sized from its scores as they are: correcting them again would count every miss twice.
     """
 
     def __init__(self, cost: Callable[[int], float], max_nodes: int = 64, hysteresis: float = 0.02,
-                 decay: float = 0.9, relax: float = 0.05, min_obs: int = 4):
+                 decay: float = 0.9, relax: float = 0.05, min_obs: int = 4, calibrate: bool = True):
         if max_nodes < 0:
             raise ValueError(f"AdaptiveSizer: max_nodes must be >= 0, got {max_nodes}")
         self.cost, self.max_nodes = cost, int(max_nodes)
         self.hysteresis, self.decay, self.relax, self.min_obs = hysteresis, decay, relax, min_obs
+        self.calibrate = bool(calibrate)
         self._cal: dict[int, list[float]] = {}  # request -> [hits, predicted], decayed
         self._last: dict[int, int] = {}
         self._kept: dict[int, tuple[list[int], list[int], list[float]]] = {}  # request -> kept tree, conditionals
         self._obs: dict[int, list[float]] = {}  # bucket (rows) -> [steps, seconds]
 
     def calibration(self, request: int) -> float:
+        if not self.calibrate:
+            return 1.0
         hits, pred = self._cal.get(request, (0.0, 0.0))
         return (hits + 0.25) / (pred + 0.25)
 

@@ -425,7 +425,8 @@ def generate(
     if cost is not None and not isinstance(drafter, NoDrafter):
         if isinstance(cost, str) and cost != "auto":
             raise ValueError(f"cost must be 'auto', a callable or None, got {cost!r}")
-        sizer = AdaptiveSizer(forward_cost(model) if cost == "auto" else cost)
+        sizer = AdaptiveSizer(forward_cost(model) if cost == "auto" else cost,
+                              calibrate=not getattr(drafter, "calibrated", False))
     tally = PredictionTally(len(prompts))
 
     stats = GenerateStats()

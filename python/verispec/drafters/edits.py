@@ -1,26 +1,34 @@
 """Speculative edits: the original is the draft.
 
 When a model rewrites a file, most of its output is the file itself. `SpeculativeEditsDrafter` keeps an
-*alignment pointer* into each request's prediction (the expected output: the file being edited):
+*alignment pointer* into each request's prediction (the expected output: the file being edited) and
+drafts from three sources, merged into one tree:
 
-* **copying** (the last tokens the model emitted are the prediction's, up to the pointer): the draft is
-  the next ``max_depth`` prediction tokens from the pointer, one long chain;
-* **diverged** (the model wrote something the prediction does not have at the pointer): every step, the
-  longest recent suffix of the output (up to ``max_match`` tokens) is looked up in the prediction through
-  the C++ suffix-array index (`verispec.datastore.PromptIndex.locate`). The first occurrence at or after
-  the pointer wins: the output and the original advance together, so an inserted line is skipped over
-  (nothing ahead matches until the model returns to the original text), a deleted line is jumped
-  (the next matching line lies ahead), a changed line resumes after its end. A match behind the pointer
-  is only a fallback (the model repeats something it already copied). When several positions fit equally
-  (a repeated line) the draft is a small tree of their continuations.
+* **copy** (the last tokens the model emitted are the prediction's, up to the pointer): the next
+  ``max_depth`` prediction tokens from the pointer, one long chain;
+* **resync** (the model wrote something the prediction does not have at the pointer): the longest recent
+  suffix of the output (up to ``max_match`` tokens) is looked up in the prediction through the C++
+  suffix-array index (`verispec.datastore.PromptIndex.locate`). The first occurrence at or after the
+  pointer wins: the output and the original advance together, so an inserted line is skipped over
+  (nothing ahead matches until the model returns to the original text), a deleted line is jumped (the
+  next matching line lies ahead), a changed line resumes after its end. A match behind the pointer is
+  only a fallback (the model repeats something it already copied). When several positions fit equally
+  (a repeated line) their continuations become a small tree;
+* **context** (prompt lookup): the longest suffix of the output (up to ``max_ngram`` tokens) is looked up
+  in everything the request holds, prompt and output, and the tokens that followed its most recent
+  occurrences are drafted. A model that rewrites rather than copies repeats its own new lines (a renamed
+  variable, an added type hint, a logging call), which the original does not have.
 
-Without an explicit prediction the prompt is the prediction (the code the user pasted): prompt lookup
-is the special case.
+Without an explicit prediction the prompt is the prediction (the code the user pasted).
 
-Node scores are acceptance estimates (the probability that the path to the node is accepted), so
-`trim_to_cost` and the adaptive sizing in `generate` can cut a chain to what a forward pays for. They
-come from running counts: per request, how often the model keeps copying token after token; for the
-whole drafter, how often the first token after a resync of ``m`` matched tokens is right.
+Node scores are acceptance estimates (the probability that the path to the node is accepted), learned
+from what the model emitted: the emitted tokens are the model's own output whether or not a draft was
+verified, so every branch is scored against them every step. The first token of a lookup is right with a
+probability counted per source and matched length (for the whole drafter); each further token of a
+chain with a per-request, per-source continuation rate (recent steps count more). The scores are
+calibrated in this sense (``calibrated = True``), so `verispec.cost.AdaptiveSizer` (``generate(...,
+cost=...)``) sizes every step's tree from them directly, and `trim_to_cost` can cut a chain to what a
+forward pays for.
 """
 
 from __future__ import annotations
@@ -30,12 +38,15 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from verispec.drafters.base import EMPTY, Accepted, Context
+from verispec.drafters.prompt_lookup import _NgramIndex
 from verispec.drafters.trees import Trie, merge_trees, trim_to_cost
 from verispec.tree import DraftTree
 
 __all__ = ["SpeculativeEditsDrafter", "PredictionFirst", "PredictionTally"]
 
-# Match lengths are pooled into these buckets for the resync estimate: [1], [2], [3], [4, 5], [6, 9], [10, ...).
+COPY, RESYNC, CONTEXT = 0, 1, 2
+
+# Match lengths are pooled into these buckets for the first-token estimates: [1], [2], [3], [4, 5], [6, 9], [10, ...).
 _BUCKETS = (1, 2, 3, 4, 6, 10)
 
 
@@ -45,9 +56,10 @@ def _bucket(m: int) -> int:
 
 @dataclass
 class _Branch:
-    start: int  # prediction position of the branch's first draft token
-    resync: bool  # came from a lookup (not from the pointer while copying)
-    match_len: int  # suffix length the lookup matched (0 while copying)
+    source: int  # COPY, RESYNC or CONTEXT
+    start: int  # prediction position of the first draft token (COPY, RESYNC); -1 for CONTEXT
+    match_len: int  # suffix length the lookup matched (0 for COPY)
+    draft: list[int]  # the drafted tokens
 
 
 @dataclass
@@ -57,54 +69,59 @@ class _Request:
     pointer: int = 0  # the prediction position the output is expected to continue with
     copying: bool = False
     index: object = None  # PromptIndex over the prediction, built at the first lookup
+    ngrams: Optional[_NgramIndex] = None  # over the request's tokens (prompt + output)
     branches: list[_Branch] = field(default_factory=list)  # what the last proposal drafted from
-    # Decayed counts of "the model copied the next prediction token" (hits) and "it did not" (misses)
-    # while copying: the per-token acceptance of a copy chain.
-    hits: float = 9.0
-    misses: float = 1.0
+    # Per source, decayed counts of "the next token of a chain was right" (hits) and "it was not" (misses)
+    # after the chain's first token: the per-token acceptance of a chain.
+    cont: list[list[float]] = field(default_factory=lambda: [[9.0, 1.0], [9.0, 1.0], [6.0, 2.0]])
 
 
 class SpeculativeEditsDrafter:
-    """Drafts each request's output from its prediction (speculative edits / predicted outputs).
+    """Drafts each request's output from its prediction and its own text (speculative edits /
+    predicted outputs; see the module docstring).
 
     Parameters
     ----------
     predictions : one expected output per request (a list of token ids, or None: the prompt is the
         prediction), in the order of the batch given to `verispec.generate`; None = the prompt for all.
         `begin` can replace them per call.
-    max_depth : longest chain drafted from the pointer (tree depth).
-    budget : most draft nodes per request and step (default ``max_depth + 8``: a chain plus a few
-        alternatives).
-    max_match : longest output suffix looked up after a divergence.
+    max_depth : longest chain drafted (tree depth).
+    budget : most draft nodes per request and step (default ``2 * max_depth + 8``: a chain, a context
+        chain and a few alternatives; `generate(..., cost="auto")` cuts each tree to what pays).
+    max_match : longest output suffix looked up in the prediction after a divergence.
     min_match : shortest suffix worth drafting from after a divergence.
     alternatives : most positions drafted side by side when several fit equally.
+    max_ngram : longest output suffix looked up in the request's own text (0 = no context source).
     row_cost : optional cost of a forward over ``T`` rows relative to one (see `trim_to_cost`); each
         tree is cut to the prefix that maximises expected tokens per unit of cost.
-    decay : weight kept by the per-request copy counts at each step (recent behaviour counts more).
+    decay : weight kept by the per-request continuation counts at each step (recent behaviour counts more).
     """
 
     vocab_size: Optional[int] = None
+    calibrated = True  # scores are acceptance estimates learned from the model's output
 
     def __init__(self, predictions: Optional[Sequence[Optional[Sequence[int]]]] = None, *, max_depth: int = 64,
                  budget: Optional[int] = None, max_match: int = 32, min_match: int = 1, alternatives: int = 3,
-                 row_cost: Optional[Callable[[int], float]] = None, decay: float = 0.97):
-        if max_depth < 1 or max_match < 1 or min_match < 1 or alternatives < 1:
-            raise ValueError(f"SpeculativeEditsDrafter: max_depth, max_match, min_match and alternatives must be >= 1, "
-                             f"got {max_depth}, {max_match}, {min_match}, {alternatives}")
+                 max_ngram: int = 8, row_cost: Optional[Callable[[int], float]] = None, decay: float = 0.97):
+        if max_depth < 1 or max_match < 1 or min_match < 1 or alternatives < 1 or max_ngram < 0:
+            raise ValueError(f"SpeculativeEditsDrafter: max_depth, max_match, min_match and alternatives must be >= 1 "
+                             f"and max_ngram >= 0, got {max_depth}, {max_match}, {min_match}, {alternatives}, {max_ngram}")
         if not 0.0 < decay <= 1.0:
             raise ValueError(f"SpeculativeEditsDrafter: decay must be in (0, 1], got {decay}")
         self.max_depth, self.max_match, self.min_match = int(max_depth), int(max_match), int(min_match)
-        self.budget = int(budget) if budget is not None else self.max_depth + 8
+        self.budget = int(budget) if budget is not None else 2 * self.max_depth + 8
         if self.budget < 1:
             raise ValueError(f"SpeculativeEditsDrafter: budget must be >= 1, got {budget}")
-        self.alternatives = int(alternatives)
+        self.alternatives, self.max_ngram = int(alternatives), int(max_ngram)
         self.row_cost = row_cost
         self.decay = float(decay)
         self.predictions = None if predictions is None else [None if p is None else list(p) for p in predictions]
         self._req: dict[int, _Request] = {}
-        self.last_trees: dict[int, DraftTree] = {}  # request -> the tree of the last propose
-        # First-token outcomes after a resync, by match-length bucket: [hits, misses], prior m / (m + 2).
-        self._resync = [[4.0 * lo / (lo + 2), 4.0 * 2 / (lo + 2)] for lo in _BUCKETS]
+        # request -> the prediction's part of the last proposal (its copy and resync branches): what
+        # `PredictionTally` counts as accepted / rejected prediction tokens.
+        self.last_trees: dict[int, DraftTree] = {}
+        # First-token outcomes of lookups by source and match-length bucket: [hits, misses], prior m / (m + 2).
+        self._first = {src: [[4.0 * lo / (lo + 2), 4.0 * 2 / (lo + 2)] for lo in _BUCKETS] for src in (RESYNC, CONTEXT)}
 
     # -- protocol ------------------------------------------------------------------------------------------
     def begin(self, prompts: Sequence[Sequence[int]], predictions: Optional[Sequence[Optional[Sequence[int]]]] = None
@@ -131,9 +148,9 @@ class SpeculativeEditsDrafter:
             st = self._req.get(ctx.request)
             if st is None:  # generate called without begin (a bare loop): the prompt is the prediction
                 st = self._req[ctx.request] = _Request(list(ctx.tokens), explicit=False)
-            tree = self._propose_one(st, ctx.tokens)
+            tree, own = self._propose_one(st, ctx.tokens)
             tree = trim_to_cost(tree, self.row_cost) if self.row_cost and len(tree) else tree
-            self.last_trees[ctx.request] = tree
+            self.last_trees[ctx.request] = own
             trees.append(tree)
         return trees
 
@@ -144,35 +161,55 @@ class SpeculativeEditsDrafter:
                 continue
             self._advance(st, a.tokens)
             if a.finished:
-                st.branches = []
+                st.branches, st.ngrams = [], None
 
     def __repr__(self) -> str:
         return (f"SpeculativeEditsDrafter(max_depth={self.max_depth}, budget={self.budget}, "
-                f"max_match={self.max_match}, alternatives={self.alternatives})")
+                f"max_match={self.max_match}, alternatives={self.alternatives}, max_ngram={self.max_ngram})")
 
     # -- drafting ----------------------------------------------------------------------------------------------
     def copy_rate(self, request: int) -> float:
         """Current estimate of the probability that the model copies the next prediction token."""
-        st = self._req[request]
-        return st.hits / (st.hits + st.misses)
+        return self._rate(self._req[request], COPY)
 
-    def _propose_one(self, st: _Request, tokens: list[int]) -> DraftTree:
+    def _rate(self, st: _Request, source: int) -> float:
+        h, m = st.cont[source]
+        return h / (h + m)
+
+    def _first_rate(self, source: int, m: int) -> float:
+        h, f = self._first[source][_bucket(m)]
+        return h / (h + f)
+
+    def _propose_one(self, st: _Request, tokens: list[int]) -> tuple[DraftTree, DraftTree]:
+        """(the tree of every branch, the tree of the prediction's branches alone)."""
         pred = st.prediction
-        rate = st.hits / (st.hits + st.misses)
         st.branches = []
+        scored: list[tuple[_Branch, float]] = []
         if st.copying and st.pointer < len(pred):
+            rate = self._rate(st, COPY)
             first = rate if st.pointer > 0 or not st.explicit else 0.5 * rate  # the output may open with a preamble
-            st.branches = [_Branch(st.pointer, False, 0)]
-            return self._chains(pred, [(st.pointer, first)], rate)
-        st.copying = False
-        cands = self._lookup(st, tokens)
-        if not cands:
-            return EMPTY
-        st.branches = [b for b, _ in cands]
-        return self._chains(pred, [(b.start, s) for b, s in cands], rate)
+            scored.append((_Branch(COPY, st.pointer, 0, pred[st.pointer : st.pointer + self.max_depth]), first))
+        else:
+            st.copying = False
+            scored += self._resync(st, tokens)
+        scored += self._context(st, tokens)
+        if not scored:
+            return EMPTY, EMPTY
+        st.branches = [b for b, _ in scored]
+        every, own = Trie(), Trie()
+        for b, first in scored:
+            rate = self._rate(st, b.source)
+            s, scores = first, []
+            for _ in b.draft:
+                scores.append(s)
+                s *= rate
+            every.add(b.draft, scores)
+            if b.source != CONTEXT:
+                own.add(b.draft, scores)
+        return every.to_tree(self.budget, self.max_depth), own.to_tree(self.budget, self.max_depth)
 
-    def _lookup(self, st: _Request, tokens: list[int]) -> list[tuple[_Branch, float]]:
-        """Resync candidates (branch, first-token acceptance estimate), best first."""
+    def _resync(self, st: _Request, tokens: list[int]) -> list[tuple[_Branch, float]]:
+        """Candidates from the prediction (branch, first-token acceptance estimate), best first."""
         if st.index is None:
             from verispec.datastore import PromptIndex
 
@@ -181,59 +218,48 @@ class SpeculativeEditsDrafter:
             return []
         match_len, behind, ahead_len, ahead = st.index._core.locate(
             tokens, 0, self.max_match, st.pointer, self.alternatives, self.min_match)
-        out: list[tuple[_Branch, float]] = []
+        pred, out = st.prediction, []
         if ahead_len:
-            q = self._resync_rate(ahead_len)
-            shares = _shares(len(ahead))
-            out += [(_Branch(e, True, ahead_len), q * s) for e, s in zip(ahead, shares)]
+            q = self._first_rate(RESYNC, ahead_len)
+            out += [(_Branch(RESYNC, e, ahead_len, pred[e : e + self.max_depth]), q * s)
+                    for e, s in zip(ahead, _shares(len(ahead)))]
         if behind and match_len > ahead_len:
             # Only a fallback: the output usually moves forward through the original. Half the estimate.
-            q = 0.5 * self._resync_rate(match_len)
-            shares = _shares(len(behind))
-            out += [(_Branch(e, True, match_len), q * s) for e, s in zip(behind, shares)]
+            q = 0.5 * self._first_rate(RESYNC, match_len)
+            out += [(_Branch(RESYNC, e, match_len, pred[e : e + self.max_depth]), q * s)
+                    for e, s in zip(behind, _shares(len(behind)))]
         out.sort(key=lambda x: -x[1])
         return out[: self.alternatives]
 
-    def _resync_rate(self, m: int) -> float:
-        h, f = self._resync[_bucket(m)]
-        return h / (h + f)
-
-    def _chains(self, pred: list[int], starts: list[tuple[int, float]], rate: float) -> DraftTree:
-        trie = Trie()
-        for start, first in starts:
-            seg = pred[start : start + self.max_depth]
-            s, scores = first, []
-            for _ in seg:
-                scores.append(s)
-                s *= rate
-            trie.add(seg, scores)
-        return trie.to_tree(self.budget, self.max_depth)
+    def _context(self, st: _Request, tokens: list[int]) -> list[tuple[_Branch, float]]:
+        """Candidates from the request's own text: what followed the most recent occurrences of the
+        longest matching output suffix (up to two distinct continuations)."""
+        if not self.max_ngram:
+            return []
+        if st.ngrams is None or st.ngrams.tokens is not tokens:
+            st.ngrams = _NgramIndex(tokens, 1, self.max_ngram)
+        st.ngrams.extend()
+        conts = st.ngrams.continuations(self.max_depth, 2)
+        return [(_Branch(CONTEXT, -1, n, cont), self._first_rate(CONTEXT, n) * (0.5 if rank else 1.0))
+                for rank, (n, cont) in enumerate(conts)]
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
     def _advance(self, st: _Request, new: list[int]) -> None:
-        """Move the pointer past the emitted tokens ``new``; learn from how far they followed the prediction."""
-        pred = st.prediction
+        """Learn from how far each drafted branch agreed with the emitted tokens ``new`` (the model's own
+        output, verified or not), then move the pointer past them."""
         if not new:
             return
-        drafted = st.branches
-        # Which branch did the output follow? The one agreeing longest with the emitted tokens.
-        best, best_n = None, -1
-        for b in drafted:
-            n = _agree(pred, b.start, new)
-            if n > best_n:
+        pred = st.prediction
+        best, best_n = None, -1  # the prediction branch the output followed longest
+        for b in st.branches:
+            n = _agree(b.draft, new)
+            self._learn(st, b, n, len(new))
+            if b.source != CONTEXT and n > best_n:
                 best, best_n = b, n
-        if best is None:  # nothing drafted: the output follows the pointer only while copying
+        if best is None:  # nothing drafted from the prediction: the output follows the pointer only while copying
             if not st.copying:
                 return
-            best, best_n = _Branch(st.pointer, False, 0), _agree(pred, st.pointer, new)
-        if best.resync:
-            # The first token tells how good a resync of this match length is; the rest is copying.
-            self._resync[_bucket(best.match_len)][0 if best_n > 0 else 1] += 1.0
-        if not best.resync or best_n > 0:
-            copied = best_n - 1 if best.resync else best_n
-            left = best_n < len(new) and best.start + best_n < len(pred)  # the prediction's end is no miss
-            st.hits = st.hits * self.decay + copied
-            st.misses = st.misses * self.decay + (1.0 if left else 0.0)
+            best, best_n = _Branch(COPY, st.pointer, 0, []), _agree(pred[st.pointer :], new)
         if best_n == len(new):
             st.pointer, st.copying = best.start + best_n, True
         elif best_n > 0 or st.copying:
@@ -241,12 +267,25 @@ class SpeculativeEditsDrafter:
             st.pointer, st.copying = best.start + best_n, False
         # else: a resync that missed at once; keep the old pointer.
 
+    def _learn(self, st: _Request, b: _Branch, n: int, emitted: int) -> None:
+        """Count one branch's outcome: ``n`` of its tokens agreed with the ``emitted`` tokens."""
+        if b.source != COPY:  # the first token of a lookup, by source and match length
+            self._first[b.source][_bucket(b.match_len)][0 if n > 0 else 1] += 1.0
+            if n == 0:
+                return
+        cont = st.cont[b.source]
+        hits = n - 1 if b.source != COPY else n  # a copy chain's first token is a continuation too
+        # A miss only where the branch had a token and the model emitted a different one.
+        miss = 1.0 if n < emitted and n < len(b.draft) else 0.0
+        cont[0] = cont[0] * self.decay + hits
+        cont[1] = cont[1] * self.decay + miss
 
-def _agree(pred: list[int], start: int, new: list[int]) -> int:
-    """How many of ``new`` equal ``pred[start:]``, from the first."""
+
+def _agree(draft: list[int], new: list[int]) -> int:
+    """How many of ``new`` equal ``draft``, from the first."""
     n = 0
-    for t in new:
-        if start + n >= len(pred) or pred[start + n] != t:
+    for a, b in zip(draft, new):
+        if a != b:
             break
         n += 1
     return n
@@ -267,6 +306,7 @@ class PredictionFirst:
         self.edits, self.other = edits, other
         self.vocab_size = getattr(other, "vocab_size", None)
         self.wants_hidden = bool(getattr(other, "wants_hidden", False))  # e.g. HeadsDrafter reads the hidden state
+        self.calibrated = bool(getattr(other, "calibrated", False))
 
     def begin(self, prompts: Sequence[Sequence[int]]) -> None:
         self.edits.begin(prompts)
