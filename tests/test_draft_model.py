@@ -6,6 +6,8 @@ the first two tokens); a drafter that misreports its distribution must fail the 
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 from _generate_utils import VOCAB, reference_greedy, tiny_model
@@ -13,6 +15,7 @@ from test_generate_sampling import V, _exact_joint, joint_counts, pooled_pvalue
 
 import verispec
 from verispec import DraftModelDrafter, DraftTree
+from verispec.drafters.base import Accepted, Context
 
 
 def _flat(model):
@@ -79,17 +82,81 @@ def test_draft_model_greedy_is_token_identical(temperature):
             assert out.stats.acceptance_rate == 1.0 and out.stats.steps <= 3 * 3 + 3
 
 
+def _draft(drafter, request, tokens):
+    return drafter.propose([Context(request, tokens)])[0].tokens.tolist()
+
+
 def test_draft_cache_follows_rejections():
     """After rejections the drafter's cache is cropped to the accepted context: its drafts equal
     those of a fresh drafter that sees the same context from scratch."""
     draft = tiny_model("llama", seed=8)
     d = DraftModelDrafter(draft, num_tokens=4)
     ctx = [5, 9, 2]
-    first = d._draft(0, ctx).tokens.tolist()
+    first = _draft(d, 0, ctx)
     ctx2 = ctx + first[:1] + [(first[1] + 1) % VOCAB]  # one draft accepted, then a different token
-    again = d._draft(0, ctx2).tokens.tolist()
-    fresh = DraftModelDrafter(draft, num_tokens=4)._draft(0, ctx2).tokens.tolist()
-    assert again == fresh
+    assert _draft(d, 0, ctx2) == _draft(DraftModelDrafter(draft, num_tokens=4), 0, ctx2)
+
+
+def _greedy_chain(model, tokens, n):
+    """The draft model's greedy continuation, one plain forward of the whole context per token (no
+    cache, no padding, batch 1): what the drafter must draft."""
+    ctx = list(tokens)
+    with torch.no_grad():
+        for _ in range(n):
+            ctx.append(int(model(torch.tensor([ctx])).logits[0, -1].argmax()))
+    return ctx[len(tokens):]
+
+
+@pytest.mark.parametrize("arch,attn", [("llama", None), ("llama", "eager"), ("qwen2", None), ("gpt2", None),
+                                       ("gemma2", None)])
+def test_batched_drafts_equal_unbatched_greedy_chains(arch, attn):
+    """One batched cache, ragged on every axis: request ids out of order, prompts of 1..10 tokens,
+    different acceptance per request and step (0..all, so 1 or more tokens to feed), a request that
+    finishes and one that joins late. Every draft equals the model's own greedy chain of that
+    request's context. Wrong positions (GPT-2's learned ones, RoPE), a wrong mask or a stale cache
+    row all fail this (checked by breaking each); a Gemma-2 window of 5 tests that padding never
+    sits between a row's tokens. The random models' logits are peaked, so float noise from padding
+    and batching cannot flip a near-tie here (4 architectures x 5 model seeds x 3 acceptance seeds, 1380
+    proposals, all equal when written)."""
+    model = tiny_model(arch, seed=1)
+    if attn:  # None: the model's default (SDPA; eager for Gemma 2's soft-capping)
+        model.config._attn_implementation = attn
+    n = 4
+    d = DraftModelDrafter(model, num_tokens=n)
+    rng = random.Random(0)
+    live = {7: [5, 9, 2], 2: [1], 11: [3, 3, 8, 1, 4, 4, 6, 2, 9, 1], 5: [4, 4]}
+    d.begin(list(live.values()))
+    for step in range(6):
+        contexts = [Context(r, t) for r, t in live.items()]
+        trees = d.propose(contexts)
+        accepted = []
+        for c, tree in zip(contexts, trees):
+            got = tree.tokens.tolist()
+            assert got == _greedy_chain(model, c.tokens, n), (step, c.request)
+            a = rng.randint(0, n)  # accepted drafts, then a correction (or the bonus token)
+            new = got[:a] + [(got[a] + rng.randrange(1, VOCAB)) % VOCAB if a < n else rng.randrange(VOCAB)]
+            c.tokens.extend(new)
+            accepted.append(Accepted(c.request, new, a, finished=step == 2 and c.request == 2))
+        d.update(accepted)
+        if step == 2:
+            del live[2]
+        if step == 3:
+            live[40] = [8, 1, 6]
+
+
+def test_draft_model_greedy_identity_ragged_finishes():
+    """Batch of 4 prompts of different lengths that stop at different steps (per-request EOS):
+    token-identical to HF greedy with GPT-2 and Qwen2 drafting for a Llama target."""
+    target = tiny_model("llama", seed=2)
+    prompts = [[5, 9, 2], [7], [3, 3, 8, 1, 4, 4, 6, 2], [4, 1, 1, 9, 0]]
+    free = reference_greedy(target, prompts[0], 16, None)
+    eos = free[len(prompts[0]) + 6]  # request 0 emits it mid-way; the others may or may not
+    want = [reference_greedy(target, p, 16, [eos]) for p in prompts]
+    assert len(want[0]) < len(free)
+    for arch in ("gpt2", "qwen2"):
+        drafter = DraftModelDrafter(tiny_model(arch, seed=6), num_tokens=3)
+        out = verispec.generate(target, prompts, drafter=drafter, max_new_tokens=16, eos_token_id=eos)
+        assert [s.tolist() for s in out.sequences] == want, arch
 
 
 def test_bad_draft_probs_are_refused():
@@ -125,9 +192,9 @@ def test_sliding_window_draft_model():
     draft = tiny_model("gemma2", seed=4)
     d = DraftModelDrafter(draft, num_tokens=4)
     ctx = [5, 9, 2, 7, 7, 1, 3, 8, 6]
-    first = d._draft(0, ctx).tokens.tolist()
+    first = _draft(d, 0, ctx)
     ctx2 = ctx + first[:1] + [(first[1] + 1) % VOCAB]
-    assert d._draft(0, ctx2).tokens.tolist() == DraftModelDrafter(draft, num_tokens=4)._draft(0, ctx2).tokens.tolist()
+    assert _draft(d, 0, ctx2) == _draft(DraftModelDrafter(draft, num_tokens=4), 0, ctx2)
     target = tiny_model("llama", seed=0)
     out = verispec.generate(target, [[5, 9, 2]], drafter=DraftModelDrafter(draft, num_tokens=4), max_new_tokens=20,
                             eos_token_id=[])

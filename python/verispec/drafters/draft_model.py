@@ -12,6 +12,7 @@ way the output distribution is the target's; the drafter only changes how many t
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -23,16 +24,9 @@ from verispec.tree import DraftTree
 __all__ = ["DraftModelDrafter"]
 
 
-class _RequestState:
-    """The draft model's KV cache for one request and the tokens it holds."""
-
-    def __init__(self, cache: Any):
-        self.cache = cache
-        self.tokens: list[int] = []
-
-
 class DraftModelDrafter:
-    """Drafts ``num_tokens`` tokens per step with a small Hugging Face causal LM.
+    """Drafts ``num_tokens`` tokens per step with a small Hugging Face causal LM, for every live
+    request at once.
 
     Parameters
     ----------
@@ -44,8 +38,18 @@ class DraftModelDrafter:
         the target's p, the more drafts are accepted).
     seed : seed of the drafter's own sampling generator (it never affects the output distribution).
 
-    Each request keeps a KV cache of the draft model; a step feeds only the tokens the cache has not
-    seen (usually the accepted tokens and the correction) after cropping what was rejected.
+    All live requests share one batched KV cache of the draft model, so a step costs ``num_tokens``
+    batched draft forwards whatever the batch size. Row ``r`` of the cache holds request
+    ``self._rows[r]``'s tokens contiguously and *right-aligned* (left padding, masked out). Left padding
+    because (1) every row's newest token is then the last column, so one ``logits[:, -1]`` serves all
+    rows and a drafted token is one appended column for every row; (2) each row's tokens stay
+    contiguous, so sliding-window masks (which count cache columns) see the same tokens as unpadded.
+    Explicit ``position_ids`` give every token its unpadded position (GPT-2's learned absolute
+    positions, RoPE). A step drops what each row must not keep (rejected drafts, finished or new
+    requests) by re-gathering the cache into the new alignment, then feeds each request its tokens
+    the cache has not seen (the accepted tokens and the correction, usually 1 or 2). Rows needing
+    fewer than the widest feed re-feed some already-cached tokens instead of padding in the middle:
+    the forward costs the same and the valid tokens stay contiguous.
     """
 
     def __init__(self, model: torch.nn.Module, num_tokens: int = 4, temperature: float = 0.0, seed: int = 0):
@@ -61,65 +65,112 @@ class DraftModelDrafter:
         self.temperature = float(temperature)
         self.vocab_size = model_vocab_size(model)
         self._cache_arg = cache_kwarg(model)
+        # Only the last position's logits are read: skip the LM head elsewhere (long prompts) when the
+        # model allows it.
+        params = inspect.signature(model.forward).parameters
+        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self._device = next(model.parameters()).device  # where input ids go (the embedding's device)
         self._seed = int(seed)
         self._gen: Optional[torch.Generator] = None  # made on the logits' device (device_map may split)
-        self._states: dict[int, _RequestState] = {}
+        self.begin(())
 
     # -- protocol ----------------------------------------------------------------------------------
     def begin(self, prompts: Sequence[list[int]]) -> None:
-        self._states.clear()
+        self._cache: Any = None  # one transformers DynamicCache, [rows, heads, width, head_dim] per layer
+        self._rows: list[int] = []  # request id of each cache row
+        self._held: dict[int, list[int]] = {}  # the tokens in each request's row (the last ones of the row)
 
+    @torch.no_grad()
     def propose(self, contexts: Sequence[Context]) -> list[DraftTree]:
-        return [self._draft(ctx.request, ctx.tokens) for ctx in contexts]
+        if not contexts:
+            return []
+        toks = [ctx.tokens for ctx in contexts]
+        # Every row feeds its tokens after the common prefix with what it holds, and at least the last
+        # token (its logits predict the first draft); the widest such feed sets the input width.
+        feed = max(len(t) - min(_common_prefix(self._held.get(c.request, []), t), len(t) - 1)
+                   for c, t in zip(contexts, toks))
+        keep = [max(len(t) - feed, 0) for t in toks]  # cached tokens each row keeps (<= its common prefix)
+        width = max(keep)
+        self._realign([c.request for c in contexts], keep, width)
+
+        B, total = len(toks), width + feed
+        lens = torch.tensor([len(t) for t in toks], device=self._device)
+        start = (total - lens).unsqueeze(1)  # first column of each row's tokens
+        mask = (torch.arange(total, device=self._device) >= start).long()
+        pos = (torch.arange(width, total, device=self._device) - start).clamp_(min=0)  # pads: any valid position
+        ids = torch.tensor([[0] * (feed - len(t) + k) + t[k:] for t, k in zip(toks, keep)], device=self._device)
+        xs, qs = [], []
+        for j in range(self.num_tokens):
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                                **{self._cache_arg: self._cache}, **self._last_only).logits[:, -1]
+            x, q = self._pick(logits.float())
+            xs.append(x)
+            if q is not None:
+                qs.append(q)
+            if j + 1 < self.num_tokens:
+                ids = x.view(B, 1).to(self._device)
+                mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+                pos = pos[:, -1:] + 1
+        drafted = torch.stack(xs, dim=1).tolist()  # the step's one device->host copy
+        # The cache now holds each context and every drafted token but the last.
+        self._rows = [c.request for c in contexts]
+        self._held = {c.request: list(t) + d[:-1] for c, t, d in zip(contexts, toks, drafted)}
+        probs = torch.stack(qs, dim=1) if qs else None  # [B, num_tokens, V]
+        return [DraftTree.chain(d, probs=None if probs is None else probs[i]) for i, d in enumerate(drafted)]
 
     def update(self, accepted: Sequence[Accepted]) -> None:
+        # A finished request's row is dropped at the next propose (it has no context there).
         for a in accepted:
             if a.finished:
-                self._states.pop(a.request, None)
+                self._held.pop(a.request, None)
 
     # -- drafting ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _draft(self, request: int, tokens: list[int]) -> DraftTree:
-        state = self._states.get(request)
-        if state is None:
-            state = self._states[request] = _RequestState(self._new_cache())
-        keep = _common_prefix(state.tokens, tokens)
-        keep = min(keep, len(tokens) - 1)  # the last token must be fed: its logits predict the first draft
-        _crop(state.cache, len(state.tokens), keep)
-        feed = tokens[keep:]
-        drafted: list[int] = []
-        rows: list[torch.Tensor] = []
-        for _ in range(self.num_tokens):
-            ids = torch.tensor([feed], dtype=torch.long, device=self._device)
-            logits = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: state.cache}).logits[0, -1]
-            x, q = self._pick(logits.float())
-            drafted.append(x)
-            if q is not None:
-                rows.append(q)
-            feed = [x]
-        # The cache now holds the context and every drafted token but the last.
-        state.tokens = list(tokens) + drafted[:-1]
-        probs = torch.stack(rows) if rows else None
-        return DraftTree.chain(drafted, probs=probs)
-
-    def _pick(self, logits: torch.Tensor) -> tuple[int, Optional[torch.Tensor]]:
+    def _pick(self, logits: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Next tokens ``[B]`` from logits ``[B, V]``, and the rows they were sampled from (None if greedy)."""
         if self.temperature == 0:
-            return int(logits.argmax()), None
+            return logits.argmax(dim=-1), None
         q = torch.softmax(logits.double() / self.temperature, dim=-1)
         if self._gen is None or self._gen.device != q.device:
             self._gen = torch.Generator(device=q.device).manual_seed(self._seed)
-        x = int(torch.multinomial(q, 1, generator=self._gen))
+        x = torch.multinomial(q, 1, generator=self._gen).squeeze(1)
         # float32 rows are what verify reads; the sampled token keeps positive mass after rounding.
         return x, q.float()
 
-    def _new_cache(self):
-        # Without the config every layer keeps its full history: a config-built cache gives
-        # sliding-window layers (Gemma 2/3, Mistral) that cannot be cropped once past the window,
-        # while the model applies the window through its mask either way.
-        from transformers import DynamicCache
+    def _realign(self, requests: list[int], keep: list[int], width: int) -> None:
+        """Make row ``r`` hold the first ``keep[r]`` tokens of request ``requests[r]``'s old row,
+        right-aligned in ``width`` columns (new requests keep 0 and are all padding)."""
+        if self._cache is None or width == 0:
+            # Without the config every layer keeps its full history: a config-built cache gives
+            # sliding-window layers (Gemma 2/3, Mistral) that cannot be cropped once past the window,
+            # while the model applies the window through its mask either way.
+            from transformers import DynamicCache
 
-        return DynamicCache()
+            self._cache = DynamicCache()
+            return
+        old_row = {req: r for r, req in enumerate(self._rows)}
+        old_width = self._cache.get_seq_length()
+        src, shift = [], []
+        for req, k in zip(requests, keep):
+            held = len(self._held.get(req, ()))
+            src.append(old_row.get(req, 0) if held else 0)
+            # old row: token t at column old_width - held + t; new row: token t at width - k + t
+            shift.append(old_width - held + k - width)
+        # Same rows, each dropping as many columns (e.g. all accepted equally): views, no copy.
+        uniform = src == list(range(len(self._rows))) and len(set(shift)) == 1
+        for layer in self._cache.layers:
+            if not layer.is_initialized:
+                continue
+            if uniform:
+                layer.keys = layer.keys[:, :, shift[0]:shift[0] + width]
+                layer.values = layer.values[:, :, shift[0]:shift[0] + width]
+                continue
+            dev = layer.keys.device  # device_map may spread layers over devices
+            cols = torch.arange(width, device=dev) + torch.tensor(shift, device=dev).unsqueeze(1)
+            cols = cols.clamp_(0, old_width - 1)  # padding columns read any old column; they stay masked
+            rows = torch.tensor(src, device=dev).unsqueeze(1)
+            # [B, width, heads, dim] -> [B, heads, width, dim]
+            layer.keys = layer.keys[rows, :, cols].transpose(1, 2).contiguous()
+            layer.values = layer.values[rows, :, cols].transpose(1, 2).contiguous()
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -128,10 +179,3 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-def _crop(cache: Any, held: int, keep: int) -> None:
-    """Keep the first ``keep`` of the ``held`` cached tokens. A negative argument removes that many
-    tokens in every transformers version (4.x reads a positive one as the length to keep, 5.x refuses it)."""
-    if keep < held:
-        cache.crop(keep - held)
