@@ -107,6 +107,16 @@ def _greedy_chain(model, tokens, n):
     return ctx[len(tokens):]
 
 
+def _no_query_sees_only_padding(module, args, kwargs):
+    """A query whose causal keys are all masked gets NaN from SDPA on CUDA (CPU returns 0, so the
+    drafts alone would not show it), and 0 * NaN then spreads along its row: refuse such a forward."""
+    if "attention_mask" not in kwargs:
+        return  # the reference's plain forwards
+    mask, q_len = kwargs["attention_mask"].bool(), kwargs["input_ids"].shape[1]
+    seen = mask.cummax(dim=1).values[:, -q_len:]  # any valid key at or before each query's column
+    assert seen.all(), "a query attends to padding only"
+
+
 @pytest.mark.parametrize("arch,attn", [("llama", None), ("llama", "eager"), ("qwen2", None), ("gpt2", None),
                                        ("gemma2", None)])
 def test_batched_drafts_equal_unbatched_greedy_chains(arch, attn):
@@ -121,6 +131,7 @@ def test_batched_drafts_equal_unbatched_greedy_chains(arch, attn):
     model = tiny_model(arch, seed=1)
     if attn:  # None: the model's default (SDPA; eager for Gemma 2's soft-capping)
         model.config._attn_implementation = attn
+    model.register_forward_pre_hook(_no_query_sees_only_padding, with_kwargs=True)
     n = 4
     d = DraftModelDrafter(model, num_tokens=n)
     rng = random.Random(0)

@@ -40,16 +40,18 @@ class DraftModelDrafter:
 
     All live requests share one batched KV cache of the draft model, so a step costs ``num_tokens``
     batched draft forwards whatever the batch size. Row ``r`` of the cache holds request
-    ``self._rows[r]``'s tokens contiguously and *right-aligned* (left padding, masked out). Left padding
-    because (1) every row's newest token is then the last column, so one ``logits[:, -1]`` serves all
-    rows and a drafted token is one appended column for every row; (2) each row's tokens stay
-    contiguous, so sliding-window masks (which count cache columns) see the same tokens as unpadded.
-    Explicit ``position_ids`` give every token its unpadded position (GPT-2's learned absolute
-    positions, RoPE). A step drops what each row must not keep (rejected drafts, finished or new
-    requests) by re-gathering the cache into the new alignment, then feeds each request its tokens
-    the cache has not seen (the accepted tokens and the correction, usually 1 or 2). Rows needing
-    fewer than the widest feed re-feed some already-cached tokens instead of padding in the middle:
-    the forward costs the same and the valid tokens stay contiguous.
+    ``self._rows[r]``'s tokens contiguously and *right-aligned* (left padding, masked out), because
+    (1) every row's newest token is then the last column, so one ``logits[:, -1]`` serves all rows
+    and a drafted token is one appended column for every row; (2) each row's tokens stay contiguous,
+    so sliding-window masks (which count cache columns) see the same tokens as unpadded. Explicit
+    ``position_ids`` give every token its unpadded position (GPT-2's learned absolute positions,
+    RoPE). A step drops what each row must not keep (rejected drafts, finished or new requests) by
+    re-gathering the cache into the new alignment, then feeds each request the tokens its row has not
+    seen (the accepted tokens and the correction, usually 1 or 2). Rows needing fewer than the widest
+    feed re-feed some already-cached tokens instead of padding: the forward costs the same and no
+    padding enters the input. Only a context shorter than the feed (a short prompt beside a long one
+    in the first step) is padded, on the right so that no query sees only masked keys; the cache is
+    then re-gathered once to right-align it.
     """
 
     def __init__(self, model: torch.nn.Module, num_tokens: int = 4, temperature: float = 0.0, seed: int = 0):
@@ -68,7 +70,7 @@ class DraftModelDrafter:
         # Only the last position's logits are read: skip the LM head elsewhere (long prompts) when the
         # model allows it.
         params = inspect.signature(model.forward).parameters
-        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self._last_only = "logits_to_keep" in params
         self._device = next(model.parameters()).device  # where input ids go (the embedding's device)
         self._seed = int(seed)
         self._gen: Optional[torch.Generator] = None  # made on the logits' device (device_map may split)
@@ -91,26 +93,43 @@ class DraftModelDrafter:
                    for c, t in zip(contexts, toks))
         keep = [max(len(t) - feed, 0) for t in toks]  # cached tokens each row keeps (<= its common prefix)
         width = max(keep)
-        self._realign([c.request for c in contexts], keep, width)
+        old_width = self._cache.get_seq_length() if self._cache is not None else 0
+        row_of = {req: r for r, req in enumerate(self._rows)}
+        src = [row_of[c.request] if c.request in self._held else -1 for c in contexts]
+        self._realign(src, [old_width - len(self._held.get(c.request, ())) for c in contexts], keep, width)
 
-        B, total = len(toks), width + feed
-        lens = torch.tensor([len(t) for t in toks], device=self._device)
-        start = (total - lens).unsqueeze(1)  # first column of each row's tokens
-        mask = (torch.arange(total, device=self._device) >= start).long()
-        pos = (torch.arange(width, total, device=self._device) - start).clamp_(min=0)  # pads: any valid position
-        ids = torch.tensor([[0] * (feed - len(t) + k) + t[k:] for t, k in zip(toks, keep)], device=self._device)
+        B, dev = len(toks), self._device
+        lens = torch.tensor([len(t) for t in toks], device=dev)
+        fed = [len(t) - k for t, k in zip(toks, keep)]  # = min(len, feed): fewer only for short contexts
+        keep_t, fed_t = torch.tensor(keep, device=dev).unsqueeze(1), torch.tensor(fed, device=dev).unsqueeze(1)
+        # A short context is padded on the right: a left pad query would see no valid key at all, and
+        # SDPA on CUDA returns NaN there, which 0 * NaN then spreads along the row.
+        ids = torch.tensor([t[k:] + [0] * (feed - n) for t, k, n in zip(toks, keep, fed)], device=dev)
+        mask = torch.cat([torch.arange(width, device=dev) >= width - keep_t,
+                          torch.arange(feed, device=dev) < fed_t], dim=1).long()
+        pos = keep_t + torch.arange(feed, device=dev)
+        if min(fed) < feed:
+            # Logits only at each row's last token: the distinct columns for all rows, then each row's own.
+            cols = sorted({n - 1 for n in fed})
+            keep_cols = torch.tensor(cols, device=dev) if self._last_only else 0
+            which = [cols.index(n - 1) if self._last_only else n - 1 for n in fed]
+            logits = self._forward(ids, mask, pos, keep_cols)
+            logits = logits[torch.arange(B, device=logits.device), torch.tensor(which, device=logits.device)]
+            # Drop the right padding again: each row's tokens end at the last column, so drafts append.
+            top = max(len(t) for t in toks)
+            self._realign(list(range(B)), [width - k for k in keep], [len(t) for t in toks], top)
+            mask = (torch.arange(top, device=dev) >= top - lens.unsqueeze(1)).long()
+        else:
+            logits = self._forward(ids, mask, pos)[:, -1]
         xs, qs = [], []
         for j in range(self.num_tokens):
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                                **{self._cache_arg: self._cache}, **self._last_only).logits[:, -1]
+            if j:
+                mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+                logits = self._forward(xs[-1].view(B, 1).to(dev), mask, (lens + j - 1).unsqueeze(1))[:, -1]
             x, q = self._pick(logits.float())
             xs.append(x)
             if q is not None:
                 qs.append(q)
-            if j + 1 < self.num_tokens:
-                ids = x.view(B, 1).to(self._device)
-                mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-                pos = pos[:, -1:] + 1
         drafted = torch.stack(xs, dim=1).tolist()  # the step's one device->host copy
         # The cache now holds each context and every drafted token but the last.
         self._rows = [c.request for c in contexts]
@@ -136,9 +155,14 @@ class DraftModelDrafter:
         # float32 rows are what verify reads; the sampled token keeps positive mass after rounding.
         return x, q.float()
 
-    def _realign(self, requests: list[int], keep: list[int], width: int) -> None:
-        """Make row ``r`` hold the first ``keep[r]`` tokens of request ``requests[r]``'s old row,
-        right-aligned in ``width`` columns (new requests keep 0 and are all padding)."""
+    def _forward(self, ids, mask, pos, logits_to_keep=1):
+        kw = {"logits_to_keep": logits_to_keep} if self._last_only else {}
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                          **{self._cache_arg: self._cache}, **kw).logits
+
+    def _realign(self, src: list[int], start: list[int], keep: list[int], width: int) -> None:
+        """New row ``r`` = old row ``src[r]``'s columns ``start[r] .. start[r] + keep[r] - 1``,
+        right-aligned in ``width`` columns (``keep[r] = 0``: all padding, ``src[r]`` unused)."""
         if self._cache is None or width == 0:
             # Without the config every layer keeps its full history: a config-built cache gives
             # sliding-window layers (Gemma 2/3, Mistral) that cannot be cropped once past the window,
@@ -147,16 +171,13 @@ class DraftModelDrafter:
 
             self._cache = DynamicCache()
             return
-        old_row = {req: r for r, req in enumerate(self._rows)}
         old_width = self._cache.get_seq_length()
-        src, shift = [], []
-        for req, k in zip(requests, keep):
-            held = len(self._held.get(req, ()))
-            src.append(old_row.get(req, 0) if held else 0)
-            # old row: token t at column old_width - held + t; new row: token t at width - k + t
-            shift.append(old_width - held + k - width)
+        shift = [s - width + k for s, k in zip(start, keep)]  # new column c reads old column c + shift
+        src = [r if k else 0 for r, k in zip(src, keep)]
         # Same rows, each dropping as many columns (e.g. all accepted equally): views, no copy.
-        uniform = src == list(range(len(self._rows))) and len(set(shift)) == 1
+        old_rows = next((layer.keys.shape[0] for layer in self._cache.layers if layer.is_initialized), 0)
+        uniform = (src == list(range(old_rows)) and len(set(shift)) == 1 and shift[0] >= 0
+                   and shift[0] + width <= old_width)
         for layer in self._cache.layers:
             if not layer.is_initialized:
                 continue
@@ -171,7 +192,6 @@ class DraftModelDrafter:
             # [B, width, heads, dim] -> [B, heads, width, dim]
             layer.keys = layer.keys[rows, :, cols].transpose(1, 2).contiguous()
             layer.values = layer.values[rows, :, cols].transpose(1, 2).contiguous()
-
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
