@@ -193,6 +193,7 @@ class DraftModelDrafter:
             layer.keys = layer.keys[rows, :, cols].transpose(1, 2).contiguous()
             layer.values = layer.values[rows, :, cols].transpose(1, 2).contiguous()
 
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
