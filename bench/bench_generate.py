@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     model, tok = load_model(args.model, device=args.device)
     dev_type = torch.device(args.device).type
     example = make_drafter("retrieval", tok, None, args.budget, args.max_depth, dev_type, model=model)
-    drafter = lambda: make_drafter("retrieval", tok, None, example.budget, example.max_depth, dev_type)  # noqa: E731
+    drafter = lambda: make_drafter("retrieval", tok, None, getattr(example, 'budget', None), getattr(example, 'max_depth', None), dev_type)  # noqa: E731
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     N = args.max_new_tokens
 
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     def vs(p, d=None):
         sync()
         t = time.perf_counter()
-        r = verispec.generate(model, [p], drafter=d or drafter(), max_new_tokens=N, attention=args.attention)
+        r = verispec.generate(model, [p], drafter=d or drafter(), max_new_tokens=N, attention=args.attention, cost="auto")
         sync()
         return r.sequences[0].tolist(), time.perf_counter() - t, r.stats
 

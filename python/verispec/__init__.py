@@ -39,6 +39,8 @@ _LAZY = {
     "MergedDrafter": "verispec.drafters.merge",
     "EarlyExitDrafter": "verispec.drafters.early_exit",
     "SpeculativeEditsDrafter": "verispec.drafters.edits",
+    "PredictionFirst": "verispec.drafters.edits",
+    "CalibratedDrafter": "verispec.drafters.calibrated",
     # backends
     "backends": "verispec._backends",
     "backend_report": "verispec._backends",

@@ -205,6 +205,8 @@ def _with_prediction(drafter: Any, prediction: Optional[Sequence[Any]], B: int, 
     """The drafter `generate` runs and the `SpeculativeEditsDrafter` inside it (or None), after checking
     ``prediction``: one entry per request, each None or token ids inside the vocabulary."""
     edits = drafter if isinstance(drafter, SpeculativeEditsDrafter) else None
+    if isinstance(drafter, PredictionFirst):
+        edits = drafter.edits
     if prediction is None:
         return (NoDrafter() if drafter is None else drafter), edits
     if isinstance(prediction, torch.Tensor) or not isinstance(prediction, Sequence) or isinstance(prediction, str):
@@ -233,8 +235,8 @@ def _with_prediction(drafter: Any, prediction: Optional[Sequence[Any]], B: int, 
     if edits is None:
         edits = SpeculativeEditsDrafter()
     edits.predictions = preds
-    if drafter is None or drafter is edits:
-        return edits, edits
+    if drafter is None or drafter is edits or isinstance(drafter, PredictionFirst):
+        return (edits if drafter is None else drafter), edits
     return PredictionFirst(edits, drafter), edits
 
 

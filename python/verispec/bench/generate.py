@@ -47,7 +47,7 @@ def run(ctx: Context) -> dict:
     example = make_drafter("retrieval", tok, None, None, None, ctx.device.type, model=model)
 
     def drafter():
-        return make_drafter("retrieval", tok, None, example.budget, example.max_depth, ctx.device.type)
+        return make_drafter("retrieval", tok, None, getattr(example, 'budget', None), getattr(example, 'max_depth', None), ctx.device.type)
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
 
@@ -62,7 +62,7 @@ def run(ctx: Context) -> dict:
     def vs(p):
         sync()
         t = time.perf_counter()
-        r = verispec.generate(model, [p], drafter=drafter(), max_new_tokens=n_new)
+        r = verispec.generate(model, [p], drafter=drafter(), max_new_tokens=n_new, cost="auto")
         sync()
         return r.sequences[0].tolist()[len(p):], time.perf_counter() - t, r.stats.steps
 

@@ -80,11 +80,10 @@ def _humaneval(args, model, tok, device: str) -> bool:
     n_prompts = args.prompts or (3 if args.quick else 10)
     max_new = args.max_new_tokens or (48 if args.quick else 128)
     dev_type = torch.device(device).type
-    # Generous trees: every step's tree is cut per request to what the measured forward cost pays for.
-    budget, depth = args.budget or 32, args.max_depth or 12
-    first = make_drafter("retrieval", tok, args.datastore, budget, depth, dev_type)
-    print(f"datastore: {first.datastore!r}; forward cost measured here: {forward_cost(model)!r}", file=sys.stderr)
-    factory = lambda: make_drafter("retrieval", tok, args.datastore, budget, depth, dev_type)  # noqa: E731
+    # Every step's tree is cut per request to what the measured forward cost pays for.
+    first = make_drafter("retrieval", tok, args.datastore, args.budget, args.max_depth, dev_type)
+    print(f"drafter: {first!r}; forward cost measured here: {forward_cost(model)!r}", file=sys.stderr)
+    factory = lambda: make_drafter("retrieval", tok, args.datastore, args.budget, args.max_depth, dev_type)  # noqa: E731
     prompts = [tok(t).input_ids for t in humaneval_prompts(n_prompts)]
     return _table(args, model, tok, device, f"{len(prompts)} HumanEval prompts x {max_new} new tokens",
                   VERISPEC, [(p, None, max_new) for p in prompts], factory)
@@ -200,9 +199,9 @@ def register(subparsers) -> None:
                    help="HumanEval prompts / edit tasks (default 10 / 6; 3 / 2 with --quick)")
     p.add_argument("--quick", action="store_true", help="a short run (CI): 3 prompts x 48 tokens")
     p.add_argument("--budget", type=_args.positive_int, default=None,
-                   help="most draft nodes per step before sizing (default 32; each step keeps what the measured "
-                        "forward cost pays for)")
-    p.add_argument("--max-depth", type=_args.positive_int, default=None, help="deepest retrieval draft node (default 12)")
+                   help="HumanEval: most datastore draft nodes per step before sizing (default 4 on CPU, 16 on GPU; "
+                        "each step keeps what the measured forward cost pays for)")
+    p.add_argument("--max-depth", type=_args.positive_int, default=None, help="deepest datastore draft node (default 4 on CPU, 8 on GPU)")
     p.add_argument("--lookup-tokens", type=_args.positive_int, default=10, help="HF prompt_lookup_num_tokens (default 10)")
     p.add_argument("--plot", metavar="PNG", type=_args.output_file, default=None, help="write a bar chart to this PNG file")
     p.set_defaults(func=run_demo)

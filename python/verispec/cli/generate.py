@@ -32,17 +32,33 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def make_drafter(kind: str, tokenizer, datastore: str | None, budget: int | None, max_depth: int | None,
                  device_type: str, model=None):
-    """The drafter named on the command line, with budgets tuned for the device.
+    """The drafter named on the command line; run it with ``generate(..., cost="auto")``, which cuts every
+    step's tree per request to what the forward measured on this machine pays for.
 
-    On a CPU the cost of a forward over a few rows depends on the BLAS and the processor (2-3 rows
-    cost about one row on one x86 machine and 2-3x on another), so with ``model`` given and no budget
-    the budget comes from timing the model's own layers here (`verispec.cost`, under a second);
-    without ``model``, 2. A GPU forward is memory-bound and extra rows are nearly free: 32.
+    ``retrieval`` (the default) drafts from the request's own text and from the datastore in one tree:
+    `SpeculativeEditsDrafter` (the prompt is the prediction; lookups in prompt and output) merged with a
+    `CalibratedDrafter` over the datastore's `RetrievalDrafter`, all scores learned acceptance estimates.
+    ``budget`` / ``max_depth`` bound the datastore's tree: 4 / 4 on a CPU (measured with SmolLM2 on
+    HumanEval: larger datastore trees emitted more tokens per step but cost more than they gained), 16 / 8
+    on a GPU, where extra rows are nearly free.
+
+    ``prompt-lookup``: on a CPU with ``model`` given and no budget, the budget comes from timing the
+    model's own layers here (`verispec.cost`, under a second); without ``model``, 2. On a GPU: 32.
     """
     from verispec import NoDrafter, PromptLookupDrafter, RetrievalDrafter
 
     cpu = device_type == "cpu"
-    if budget is None and cpu and model is not None and kind != "none":
+    if kind == "none":
+        return NoDrafter()
+    if kind == "retrieval":
+        from verispec.corpus import stdlib_datastore
+        from verispec.drafters import CalibratedDrafter, PredictionFirst, SpeculativeEditsDrafter
+
+        ds = datastore if datastore else stdlib_datastore(tokenizer)
+        corpus = RetrievalDrafter(ds, budget=budget or (4 if cpu else 16), max_depth=max_depth or (4 if cpu else 8),
+                                  prompt_lookup=False, backoff=0)
+        return PredictionFirst(SpeculativeEditsDrafter(), CalibratedDrafter(corpus))
+    if budget is None and cpu and model is not None:
         from verispec.cost import measure_row_cost, pick_budget
 
         cost = measure_row_cost(model)
@@ -50,15 +66,8 @@ def make_drafter(kind: str, tokenizer, datastore: str | None, budget: int | None
         print(f"draft budget {budget} nodes/step, from the forward cost measured on this CPU ({cost})", file=sys.stderr)
     budget = budget or (2 if cpu else 32)
     max_depth = max_depth or (min(budget, 5) if cpu else 10)
-    if kind == "none":
-        return NoDrafter()
     if kind == "prompt-lookup":
         return PromptLookupDrafter(num_tokens=max_depth, budget=budget)
-    if kind == "retrieval":
-        from verispec.corpus import stdlib_datastore
-
-        ds = datastore if datastore else stdlib_datastore(tokenizer)
-        return RetrievalDrafter(ds, budget=budget, max_depth=max_depth)
     raise ValueError(f"unknown drafter {kind!r}; choose one of {', '.join(d for d in DRAFTERS if d != 'draft-model')}")
 
 
@@ -150,6 +159,7 @@ def _run(args: argparse.Namespace) -> int:
     out = verispec.generate(
         model, prompts, drafter=drafter, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed, streamer=streamer,
+        cost="auto" if args.drafter in ("retrieval", "prompt-lookup") else None,
     )
     if streamer is None:
         for i, s in enumerate(out.sequences):
@@ -179,8 +189,8 @@ def register(subparsers) -> None:
     p.add_argument("--drafter", default="retrieval", choices=DRAFTERS, help="where drafts come from (default: retrieval)")
     p.add_argument("--draft-model", default=None,
                    help="with --drafter draft-model: the draft model (HF directory or .gguf) sharing the tokenizer")
-    p.add_argument("--budget", type=_args.positive_int, default=None, help="draft nodes per step (default: measured on CPU, 32 on GPU)")
-    p.add_argument("--max-depth", type=_args.positive_int, default=None, help="deepest draft node (default: min(budget, 5) on CPU, 10 on GPU)")
+    p.add_argument("--budget", type=_args.positive_int, default=None, help="draft nodes per step (retrieval: of the datastore's tree, default 4 on CPU, 16 on GPU; prompt-lookup: measured on CPU, 32 on GPU)")
+    p.add_argument("--max-depth", type=_args.positive_int, default=None, help="deepest draft node (retrieval: of the datastore's tree, default 4 on CPU, 8 on GPU; prompt-lookup: min(budget, 5) on CPU, 10 on GPU)")
     p.add_argument("--max-new-tokens", type=_args.positive_int, default=128)
     p.add_argument("--temperature", type=_args.temperature, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=_args.top_k, default=None, help="integer >= 1 (default: off)")

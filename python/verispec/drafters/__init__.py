@@ -2,12 +2,14 @@
 
 One module per idea: `prompt_lookup` (the request's own text), `retrieval` (a suffix-array datastore),
 `draft_model` (a small model, sampled drafts with their probabilities), `edits` (the expected
-output, speculative edits); `trees` merges and sizes trees.
+output, speculative edits); `calibrated` turns any drafter's scores into learned acceptance estimates;
+`trees` merges and sizes trees.
 """
 
 from verispec.drafters.base import EMPTY, Accepted, Context, Drafter, NoDrafter
+from verispec.drafters.calibrated import CalibratedDrafter
 from verispec.drafters.draft_model import DraftModelDrafter
-from verispec.drafters.edits import SpeculativeEditsDrafter
+from verispec.drafters.edits import PredictionFirst, SpeculativeEditsDrafter
 from verispec.drafters.prompt_lookup import PromptLookupDrafter
 from verispec.drafters.retrieval import RetrievalDrafter
 from verispec.drafters.trees import merge_trees, trim_to_cost
@@ -18,7 +20,9 @@ __all__ = [
     "Context",
     "Drafter",
     "NoDrafter",
+    "CalibratedDrafter",
     "DraftModelDrafter",
+    "PredictionFirst",
     "SpeculativeEditsDrafter",
     "PromptLookupDrafter",
     "RetrievalDrafter",

@@ -39,7 +39,7 @@ from typing import Callable, Optional
 
 from verispec.drafters.base import EMPTY, Accepted, Context
 from verispec.drafters.prompt_lookup import _NgramIndex
-from verispec.drafters.trees import Trie, merge_trees, trim_to_cost
+from verispec.drafters.trees import Trie, exclusive_siblings, merge_trees, trim_to_cost
 from verispec.tree import DraftTree
 
 __all__ = ["SpeculativeEditsDrafter", "PredictionFirst", "PredictionTally"]
@@ -239,7 +239,7 @@ class SpeculativeEditsDrafter:
         if st.ngrams is None or st.ngrams.tokens is not tokens:
             st.ngrams = _NgramIndex(tokens, 1, self.max_ngram)
         st.ngrams.extend()
-        conts = st.ngrams.continuations(self.max_depth, 2)
+        conts = st.ngrams.continuations(self.max_depth, 2, periodic=True)
         return [(_Branch(CONTEXT, -1, n, cont), self._first_rate(CONTEXT, n) * (0.5 if rank else 1.0))
                 for rank, (n, cont) in enumerate(conts)]
 
@@ -319,7 +319,7 @@ class PredictionFirst:
         if len(theirs) != len(contexts):
             raise ValueError(f"{type(self.other).__name__}.propose returned {len(theirs)} trees for "
                              f"{len(contexts)} requests")
-        return [a if not len(b) else b if not len(a) else merge_trees([a, b], len(a) + len(b))
+        return [a if not len(b) else b if not len(a) else exclusive_siblings(merge_trees([a, b], len(a) + len(b)))
                 for a, b in zip(mine, theirs)]
 
     def update(self, accepted: Sequence[Accepted]) -> None:

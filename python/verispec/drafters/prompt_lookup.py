@@ -33,16 +33,27 @@ class _NgramIndex:
                 self.table.setdefault(tuple(toks[e - n:e]), []).append(e)
         self.indexed = max(self.indexed, len(toks))
 
-    def continuations(self, num_tokens: int, max_matches: int) -> list[tuple[int, list[int]]]:
-        """(matched n, continuation) for the most recent matches of the longest matching suffix."""
+    def continuations(self, num_tokens: int, max_matches: int, periodic: bool = False
+                      ) -> list[tuple[int, list[int]]]:
+        """(matched n, continuation) for the most recent matches of the longest matching suffix.
+
+        ``periodic``: a continuation that runs into the end of the text goes on with its own tokens.
+        A match ending ``p`` tokens before the end says "the text repeats with period p", so the
+        continuation is ``p``-periodic, as long as asked for (the most recent match of a repeated
+        pattern otherwise drafts only the ``p`` tokens before the end)."""
         toks = self.tokens
-        for n in range(min(self.max_n, len(toks)), self.min_n - 1, -1):
-            ends = self.table.get(tuple(toks[len(toks) - n:]))
+        L = len(toks)
+        for n in range(min(self.max_n, L), self.min_n - 1, -1):
+            ends = self.table.get(tuple(toks[L - n:]))
             if not ends:
                 continue
             out, seen = [], set()
             for e in reversed(ends):
-                cont = tuple(toks[e:e + num_tokens])
+                if periodic and e + num_tokens > L:
+                    period = toks[e:]
+                    cont = tuple(period[i % len(period)] for i in range(num_tokens))
+                else:
+                    cont = tuple(toks[e:e + num_tokens])
                 if cont and cont not in seen:
                     seen.add(cont)
                     out.append((n, list(cont)))

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from verispec.drafters.base import EMPTY
 from verispec.tree import DraftTree
 
-__all__ = ["Trie", "merge_trees", "trim_to_cost"]
+__all__ = ["Trie", "merge_trees", "trim_to_cost", "exclusive_siblings"]
 
 class Trie:
     """Token trie that turns scored paths into a `DraftTree` (best-first, at most ``budget`` nodes)."""
@@ -120,3 +120,28 @@ def trim_to_cost(tree: DraftTree, row_cost: Callable[[int], float]) -> DraftTree
     if best_k == 0:
         return EMPTY
     return DraftTree(tree.tokens[:best_k], tree.parents[:best_k], tree.scores[:best_k], validate=False)
+
+
+def exclusive_siblings(tree: DraftTree) -> DraftTree:
+    """Scores that respect that siblings exclude each other: the model emits one token after a node, so
+    the conditional acceptances of a node's children sum to at most 1. Merged trees break this (two
+    drafters each 60 % sure of a different next token); such a group is scaled down to sum 1 and the
+    path scores recomputed. The tree is returned in best-first order."""
+    if not len(tree) or tree.scores is None:
+        return tree
+    toks, pars, scores = tree.lists()
+    cond = [min(1.0, s / scores[p]) if p >= 0 and scores[p] > 0 else (min(1.0, s) if p < 0 else 0.0)
+            for s, p in zip(scores, pars)]
+    total: dict[int, float] = {}
+    for c, p in zip(cond, pars):
+        total[p] = total.get(p, 0.0) + c
+    if all(t <= 1.0 for t in total.values()):
+        return tree
+    new: list[float] = []
+    for c, p in zip(cond, pars):
+        c = c / max(1.0, total[p])
+        new.append((new[p] if p >= 0 else 1.0) * c)
+    trie = Trie()
+    for path, ss in _tree_paths(DraftTree(toks, pars, new, validate=False)):
+        trie.add(path, ss)
+    return trie.to_tree(len(toks), 1 << 30)
