@@ -8,8 +8,14 @@ from _generate_utils import tiny_model
 
 import verispec
 from verispec import DraftTree
-from verispec.drafters import (Accepted, CalibratedDrafter, Context, PredictionFirst, PromptLookupDrafter,
-                               SpeculativeEditsDrafter)
+from verispec.drafters import (
+    Accepted,
+    CalibratedDrafter,
+    Context,
+    PredictionFirst,
+    PromptLookupDrafter,
+    SpeculativeEditsDrafter,
+)
 from verispec.drafters.trees import exclusive_siblings
 
 
