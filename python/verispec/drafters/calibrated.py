@@ -8,7 +8,7 @@ frequencies overestimate acceptance about 2x on code, far more on chat). `Calibr
 mapping instead: every node of a tree has a *conditional* score (its score over its parent's), binned;
 after each step the emitted tokens (the model's own output, verified or not) say which tested nodes were
 right: the children of the root and of every node on the path the output followed, down to the last
-emitted token. Per bin, the hit rate (with the drafter's own value as the prior) replaces the conditional,
+emitted token. Per bin, the hit rate (with half the drafter's own value as the prior) replaces the conditional,
 and a node's score becomes the product along its path. The wrapped tree keeps its nodes and shape; only
 the scores and their best-first order change.
 """
@@ -29,6 +29,7 @@ __all__ = ["CalibratedDrafter"]
 # depth 1, 2 and deeper: a corpus's statistics predict the next token better than the third.
 _EDGES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 _DEPTHS = 3
+_PRIOR_SCALE = 0.5  # a drafter's own scores overestimate: the datastore's frequencies about 2x on code
 
 
 def _bin(conditional: float, depth: int) -> int:
@@ -67,7 +68,7 @@ class CalibratedDrafter:
         """The learned acceptance of a node at ``depth`` whose drafter-given conditional score is
         ``conditional``."""
         b = _bin(conditional, depth)
-        prior = min(conditional, 1.0)
+        prior = _PRIOR_SCALE * min(conditional, 1.0)
         return (self._hits[b] + self.prior_weight * prior) / (self._trials[b] + self.prior_weight)
 
     def propose(self, contexts: Sequence[Context]) -> list[DraftTree]:

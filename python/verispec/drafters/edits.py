@@ -50,6 +50,12 @@ COPY, RESYNC, CONTEXT = 0, 1, 2
 _BUCKETS = (1, 2, 3, 4, 6, 10)
 
 
+# Prior of a lookup's first-token acceptance after matching m tokens: m / (m + k), worth w trials. Pessimistic:
+# every branch is scored against the emitted tokens, verified or not, so evidence arrives at once, while
+# an optimistic prior makes the first steps of every request pay for rows that are rejected.
+_FIRST_PRIOR = (4.0, 8.0)
+
+
 def _bucket(m: int) -> int:
     return max(i for i, lo in enumerate(_BUCKETS) if m >= lo)
 
@@ -120,8 +126,9 @@ class SpeculativeEditsDrafter:
         # request -> the prediction's part of the last proposal (its copy and resync branches): what
         # `PredictionTally` counts as accepted / rejected prediction tokens.
         self.last_trees: dict[int, DraftTree] = {}
-        # First-token outcomes of lookups by source and match-length bucket: [hits, misses], prior m / (m + 2).
-        self._first = {src: [[4.0 * lo / (lo + 2), 4.0 * 2 / (lo + 2)] for lo in _BUCKETS] for src in (RESYNC, CONTEXT)}
+        # First-token outcomes of lookups by source and match-length bucket: [hits, misses] (prior: _FIRST_PRIOR).
+        w, k = _FIRST_PRIOR
+        self._first = {src: [[w * lo / (lo + k), w * k / (lo + k)] for lo in _BUCKETS] for src in (RESYNC, CONTEXT)}
 
     # -- protocol ------------------------------------------------------------------------------------------
     def begin(self, prompts: Sequence[Sequence[int]], predictions: Optional[Sequence[Optional[Sequence[int]]]] = None
