@@ -116,3 +116,26 @@ def test_generate_cli_draft_model(tiny_dir, capsys):
     assert "identical to model.generate(do_sample=False): 1/1" in err
     rc = main(["generate", "--model", str(tiny_dir), "--drafter", "draft-model", "--prompt", "w1", "--device", "cpu"])
     assert rc == 2 and "needs --draft-model" in capsys.readouterr().err  # a user error: one line, status 2
+
+
+def test_generate_cli_heads(tiny_dir, tmp_path, capsys):
+    """`--drafter heads --heads DIR`: heads trained for the model (here: freshly initialised, so they
+    predict what the LM head predicts) draft from its hidden state; output checked against model.generate."""
+    from transformers import AutoModelForCausalLM
+
+    from verispec.heads import init_heads
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    init_heads(model, num_heads=2).save(tmp_path / "heads")
+    rc = main(["generate", "--model", str(tiny_dir), "--drafter", "heads", "--heads", str(tmp_path / "heads"),
+               "--prompt", "w1 w2 w3", "--prompt", "w4", "--max-new-tokens", "12", "--check", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "identical to model.generate(do_sample=False): 2/2" in err and "HeadsDrafter" in err
+    rc = main(["generate", "--model", str(tiny_dir), "--drafter", "heads", "--prompt", "w1", "--device", "cpu"])
+    assert rc == 2 and "needs --heads" in capsys.readouterr().err
+    rc = main(["generate", "--model", str(tiny_dir), "--drafter", "heads", "--heads", str(tmp_path), "--prompt", "w1",
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if "error" in ln]  # (transformers' loading bar is on stderr too)
+    assert rc == 2 and len(errors) == 1 and "not a heads directory" in errors[0]

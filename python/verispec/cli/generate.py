@@ -6,6 +6,7 @@ Examples::
     verispec generate --model path/to/model.gguf --file prompt.txt --drafter prompt-lookup
     verispec generate --model ./Qwen2-0.5B --prompt "a" --prompt "b" --max-new-tokens 64 --check
     verispec generate --model ./Qwen2-7B --drafter draft-model --draft-model ./Qwen2-0.5B --temperature 0.8
+    verispec generate --chat --prompt "Write a haiku" --drafter heads --heads ./smollm2-heads
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 from verispec.cli import _args
 from verispec.cli._args import UserError
 
-DRAFTERS = ("retrieval", "prompt-lookup", "draft-model", "none")
+DRAFTERS = ("retrieval", "prompt-lookup", "draft-model", "heads", "none")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -68,7 +69,8 @@ def make_drafter(kind: str, tokenizer, datastore: str | None, budget: int | None
     max_depth = max_depth or (min(budget, 5) if cpu else 10)
     if kind == "prompt-lookup":
         return PromptLookupDrafter(num_tokens=max_depth, budget=budget)
-    raise ValueError(f"unknown drafter {kind!r}; choose one of {', '.join(d for d in DRAFTERS if d != 'draft-model')}")
+    others = ", ".join(d for d in DRAFTERS if d not in ("draft-model", "heads"))
+    raise ValueError(f"unknown drafter {kind!r}; choose one of {others}")
 
 
 def _draft_model_drafter(args, device: str):
@@ -85,6 +87,21 @@ def _draft_model_drafter(args, device: str):
     draft, _ = load_model(args.draft_model, device=device, dtype=dtype)
     return DraftModelDrafter(draft, num_tokens=args.max_depth or 4, temperature=args.temperature,
                              seed=args.seed or 0)
+
+
+def _heads_drafter(args, model):
+    """`--drafter heads`: trained multi-token heads (`verispec heads train`) draft from the model's own
+    hidden state; early-exit weights (trained with ``--exit-layer``) draft through the model's first layers."""
+    from verispec import EarlyExitDrafter, HeadsDrafter
+    from verispec.heads import load
+
+    if not args.heads:
+        raise UserError("--drafter heads needs --heads DIR (trained with `verispec heads train`)")
+    heads = load(args.heads, model)
+    if heads.adapter is not None:
+        return EarlyExitDrafter(model, heads, num_tokens=args.max_depth or 3, temperature=args.temperature,
+                                seed=args.seed or 0)
+    return HeadsDrafter(heads, budget=args.budget, temperature=args.temperature, seed=args.seed or 0)
 
 
 def resolve_device(arg: str | None) -> str:
@@ -126,6 +143,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.draft_model and args.drafter != "draft-model":
         raise UserError("--draft-model needs --drafter draft-model")
+    if args.heads and args.drafter != "heads":
+        raise UserError("--heads needs --drafter heads")
+    if args.drafter == "heads" and not args.heads:
+        raise UserError("--drafter heads needs --heads DIR (trained with `verispec heads train`)")
     if args.check and args.temperature > 0:
         raise UserError("--check compares greedy outputs; it needs --temperature 0")
     texts = list(args.prompt or [])
@@ -148,6 +169,8 @@ def _run(args: argparse.Namespace) -> int:
         prompts = [tok(t).input_ids for t in texts]
     if args.drafter == "draft-model":
         drafter = _draft_model_drafter(args, device)
+    elif args.drafter == "heads":
+        drafter = _heads_drafter(args, model)
     else:
         drafter = make_drafter(args.drafter, tok, args.datastore, args.budget, args.max_depth,
                                torch.device(device).type, model=model)
@@ -159,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
     out = verispec.generate(
         model, prompts, drafter=drafter, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed, streamer=streamer,
-        cost="auto" if args.drafter in ("retrieval", "prompt-lookup") else None,
+        cost="auto" if args.drafter in ("retrieval", "prompt-lookup", "heads") else None,
     )
     if streamer is None:
         for i, s in enumerate(out.sequences):
@@ -189,6 +212,8 @@ def register(subparsers) -> None:
     p.add_argument("--drafter", default="retrieval", choices=DRAFTERS, help="where drafts come from (default: retrieval)")
     p.add_argument("--draft-model", default=None,
                    help="with --drafter draft-model: the draft model (HF directory or .gguf) sharing the tokenizer")
+    p.add_argument("--heads", default=None, type=_args.input_path,
+                   help="with --drafter heads: a heads directory from `verispec heads train`")
     p.add_argument("--budget", type=_args.positive_int, default=None, help="draft nodes per step (retrieval: of the datastore's tree, default 4 on CPU, 16 on GPU; prompt-lookup: measured on CPU, 32 on GPU)")
     p.add_argument("--max-depth", type=_args.positive_int, default=None, help="deepest draft node (retrieval: of the datastore's tree, default 4 on CPU, 8 on GPU; prompt-lookup: min(budget, 5) on CPU, 10 on GPU)")
     p.add_argument("--max-new-tokens", type=_args.positive_int, default=128)
