@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -133,14 +131,9 @@ def report(rows, lookups, model, args) -> str:
     same_vs = sum(r["vs"][2] for r in rows)
     n = len(rows)
     base = tokens / t_hf
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from verispec.bench._common import commit_hash, cpu_name
+
+    commit, cpu = commit_hash(), cpu_name()
     lines = [
         f"- machine: {cpu}, {os.cpu_count()} CPUs visible, torch {torch.__version__} ({torch.get_num_threads()} "
         f"threads), device {args.device}; load average {os.getloadavg()[0]:.1f} when the table was written (a machine "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from _generate_utils import tiny_model
+from test_drafters import _paths
 
 import verispec
 from verispec import DraftTree
@@ -30,18 +31,6 @@ class Fixed:
 
     def update(self, accepted):
         pass
-
-
-def _paths(tree: DraftTree) -> set[tuple[int, ...]]:
-    toks, par = tree.tokens.tolist(), tree.parents.tolist()
-    out = set()
-    for i in range(len(toks)):
-        p, u = [], i
-        while u >= 0:
-            p.append(toks[u])
-            u = par[u]
-        out.add(tuple(reversed(p)))
-    return out
 
 
 def _conditionals(tree: DraftTree) -> list[float]:
