@@ -7,7 +7,9 @@ template, greedy. Methods, alternating per question after one warm-up (a busy ma
 * verispec with the CLI's default drafter (`verispec.cli.generate.make_drafter("retrieval")`: own text +
   calibrated datastore), sized per step (``cost="auto"``);
 * the same with an unrelated prediction (a standard-library function's tokens: speculative edits
-  pointed at the wrong file).
+  pointed at the wrong file);
+* with ``--heads DIR`` (from ``verispec heads train``): the request's own text merged with the heads'
+  trees, scored by `CalibratedDrafter` (multi-token heads, issue 14).
 
 Reports tokens/s, tokens/step, the ratio to HF greedy and identity::
 
@@ -32,6 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--heads", default=None, help="also run trained multi-token heads from this directory")
     ap.add_argument("--quick", action="store_true", help="2 questions x 16 tokens (correctness pass)")
     ap.add_argument("--out", default=None, help="write the results as markdown here")
     args = ap.parse_args(argv)
@@ -64,8 +67,8 @@ def main(argv=None) -> int:
         out, dt, calls = hf_generate(model, p, N, pad_token_id=pad)
         return out[len(p):], dt, calls
 
-    def vs(p, prediction=None):
-        drafter = make_drafter("retrieval", tok, None, None, None, dev.type)
+    def vs(p, prediction=None, drafter=None):
+        drafter = drafter or make_drafter("retrieval", tok, None, None, None, dev.type)
         sync()
         t = time.perf_counter()
         r = verispec.generate(model, [p], drafter=drafter, max_new_tokens=N, cost="auto",
@@ -75,6 +78,21 @@ def main(argv=None) -> int:
 
     methods = {"HF generate (greedy)": hf, "verispec, default drafter": vs,
                "verispec, default drafter + unrelated prediction": lambda p: vs(p, unrelated)}
+    if args.heads:
+        from verispec.drafters import (
+            CalibratedDrafter,
+            HeadsDrafter,
+            PredictionFirst,
+            SpeculativeEditsDrafter,
+        )
+        from verispec.heads import load
+
+        heads = load(args.heads, model)
+
+        def with_heads(p):
+            return PredictionFirst(SpeculativeEditsDrafter(), CalibratedDrafter(HeadsDrafter(heads)))
+
+        methods["verispec, own text + heads (calibrated)"] = lambda p: vs(p, drafter=with_heads(p))
     hf(prompts[0][:8])  # warm-up (the forward cost is measured once per model, outside the timing)
     vs(prompts[0][:8])
     acc = {m: [0.0, 0, 0, 0] for m in methods}  # seconds, tokens, steps, identical

@@ -10,6 +10,7 @@ from verispec.drafters.base import EMPTY, Accepted, Context, Drafter, NoDrafter
 from verispec.drafters.calibrated import CalibratedDrafter
 from verispec.drafters.draft_model import DraftModelDrafter
 from verispec.drafters.edits import PredictionFirst, SpeculativeEditsDrafter
+from verispec.drafters.heads import HeadsDrafter
 from verispec.drafters.prompt_lookup import PromptLookupDrafter
 from verispec.drafters.retrieval import RetrievalDrafter
 from verispec.drafters.trees import merge_trees, trim_to_cost
@@ -22,6 +23,7 @@ __all__ = [
     "NoDrafter",
     "CalibratedDrafter",
     "DraftModelDrafter",
+    "HeadsDrafter",
     "PredictionFirst",
     "SpeculativeEditsDrafter",
     "PromptLookupDrafter",
