@@ -73,6 +73,7 @@ def _commit_calls():
     from _triton_aot import Recorder
 
     from verispec.ops.triton import commit_kv as ck
+    from verispec.ops.commit_kv import commit_kv_problem
     from verispec.ops.triton.commit_kv import commit_kv_triton
 
     rec = Recorder(ck._commit_kv_kernel)
@@ -88,7 +89,7 @@ def _commit_calls():
             else:
                 caches = [torch.zeros(2, Hkv, 160, D, dtype=dtype) for _ in range(4)]
                 table = None
-            commit_kv_triton(caches[:2], caches[2:], lens, rows, block_table=table)
+            commit_kv_triton(commit_kv_problem(caches[:2], caches[2:], lens, rows, block_table=table))
             for a, kw in rec.calls:
                 yield f"{str(dtype)[6:]} Hkv{Hkv} D{D} P{P} {'paged' if paged else 'contig'}", rec.fn, a, kw
             rec.calls.clear()
