@@ -59,7 +59,7 @@ from verispec.bench.tree_attention import (  # noqa: E402  (inputs and peers sha
     impl_verispec,
     reference,
 )
-from verispec.ops.tree_attention import tree_attention_torch  # noqa: E402
+from verispec.ops.tree_attention import tree_attention  # noqa: E402
 
 pytestmark = pytest.mark.op("tree_attention")
 
@@ -196,7 +196,7 @@ def cpu_check() -> list[str]:
     for B, L, T in [(2, 5, 1), (2, 40, 9), (1, 0, 33)]:
         pr = build(Problem(B, L, T, Hq=4, Hkv=2, D=16, dtype=torch.float32), torch.device("cpu"), seed=L + T)
         a = [x.double() if x.is_floating_point() else x for x in _args(pr)]
-        want = tree_attention_torch(*a)
+        want = tree_attention(*a, backend="torch")
         for name, make in [("verispec_torch", impl_verispec("torch")), ("verispec_triton", impl_verispec("triton")),
                            ("sdpa_dense", impl_sdpa_dense), ("sdpa_causal", impl_sdpa_causal),
                            ("flex", impl_flex(rebuild=True))]:

@@ -327,17 +327,18 @@ def test_pointer_table_lives_on_the_first_layer():
     """The per-layer offset table is made once per layer list and owned by the first layer (no global
     cache whose eviction could free a table a captured CUDA graph still reads)."""
     from verispec.ops._launch import _ATTR
+    from verispec.ops.commit_kv import commit_kv_problem
     from verispec.ops.triton.commit_kv import commit_kv_triton
 
     layers = [torch.randn(1, 1, 8, 4) for _ in range(4)]
     lens, rows = torch.tensor([2], dtype=torch.int32), torch.tensor([[0, 3]], dtype=torch.int32)
-    commit_kv_triton(layers[:2], layers[2:], lens, rows)
+    commit_kv_triton(commit_kv_problem(layers[:2], layers[2:], lens, rows))
     tables = getattr(layers[0], _ATTR)
     (first,) = tables.values()
-    commit_kv_triton(layers[:2], layers[2:], lens, rows)
+    commit_kv_triton(commit_kv_problem(layers[:2], layers[2:], lens, rows))
     assert len(tables) == 1 and next(iter(tables.values())) is first
     assert first.tolist() == [(t.data_ptr() - layers[0].data_ptr()) // 4 for t in layers]
     # New view objects of the same memory (a caller slicing its cache every step) reuse it: no copy.
     views = [t[:] for t in layers]
-    commit_kv_triton(views[:2], views[2:], lens, rows)
+    commit_kv_triton(commit_kv_problem(views[:2], views[2:], lens, rows))
     assert next(iter(getattr(views[0], _ATTR).values())) is first

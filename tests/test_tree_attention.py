@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import verispec
-from verispec.ops.tree_attention import tree_attention_torch
+from verispec.ops.tree_attention import tree_attention_problem
 
 pytestmark = [pytest.mark.op("tree_attention"), pytest.mark.backend("torch")]
 
@@ -299,14 +299,14 @@ def test_errors_name_what_and_where(mutate, exc, match):
 def test_option_errors():
     _, args = _good()
     with pytest.raises(ValueError, match="window"):
-        tree_attention_torch(*args, window=0)
+        verispec.tree_attention(*args, window=0, backend="torch")
     with pytest.raises(ValueError, match="softcap"):
-        tree_attention_torch(*args, softcap=-1.0)
+        verispec.tree_attention(*args, softcap=-1.0, backend="torch")
     with pytest.raises(ValueError, match="block_table must be"):
-        tree_attention_torch(*args[:1], args[1].permute(0, 2, 1, 3), args[2].permute(0, 2, 1, 3), *args[3:],
-                             block_table=torch.zeros(3, 1, dtype=torch.int32))
+        verispec.tree_attention(*args[:1], args[1].permute(0, 2, 1, 3), args[2].permute(0, 2, 1, 3), *args[3:],
+                                block_table=torch.zeros(3, 1, dtype=torch.int32), backend="torch")
     with pytest.raises(ValueError, match="out must match"):
-        tree_attention_torch(*args, out=torch.empty(1))
+        verispec.tree_attention(*args, out=torch.empty(1), backend="torch")
 
 
 def test_device_mismatch_and_int32_ancestors():
@@ -356,7 +356,6 @@ def hostile_lengths(case: Case, paged_block: int = 0):
     length lies far beyond the cache. q and the ancestor words are views into larger buffers whose
     hidden tails (NaN queries, all-ones masks) would leak into request 0's rows if a kernel read past
     row T. Request 0 must still match the oracle."""
-    from verispec.ops.tree_attention import _check
 
     args = list(case.args())
     q_big = torch.full((case.B, case.Hq, case.T + 8, case.D), float("nan"), dtype=case.q.dtype)
@@ -372,4 +371,4 @@ def hostile_lengths(case: Case, paged_block: int = 0):
     if paged_block:
         args[1], args[2], table = case.paged(paged_block)
     out = torch.full_like(case.q, float("nan"))
-    return args, table, out, _check(*args, case.scale, None, None, table, out)
+    return args, table, out, tree_attention_problem(*args, scale=case.scale, block_table=table, out=out)

@@ -12,7 +12,7 @@ import torch
 from test_tree_attention import TOL, Case, check_close
 
 import verispec
-from verispec.ops.tree_attention import _check
+from verispec.ops.tree_attention import tree_attention_problem
 
 pytestmark = pytest.mark.op("tree_attention")
 BACKENDS = ["torch", "triton"]
@@ -104,7 +104,8 @@ def test_triton_kernel_never_reads_outside_the_pool():
     q, k, v, prefix_lens, tree_lens, anc, pos = case.args()
     kp, vp, bad = guarded_pool(case, 4, far=10**6)
     out = torch.full_like(q, float("nan"))
-    p = _check(q, kp, vp, prefix_lens, tree_lens, anc, pos, case.scale, case.softcap, case.window, bad, out)
-    tree_attention_fwd(q, kp, vp, prefix_lens, tree_lens, anc, pos, p, bad, out, num_splits=2)
+    p = tree_attention_problem(q, kp, vp, prefix_lens, tree_lens, anc, pos, scale=case.scale, softcap=case.softcap,
+                               window=case.window, block_table=bad, out=out)
+    tree_attention_fwd(p, out, num_splits=2)
     assert torch.isfinite(out).all(), "a bad block id made the kernel read outside the pool"
     check_close(out[:1], case.expected()[:1], TOL[torch.float32], what="request 0")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_tree_attention import Case
 
-from verispec.ops.tree_attention import _check
+from verispec.ops.tree_attention import tree_attention_problem
 
 pytestmark = [pytest.mark.op("tree_attention"), pytest.mark.backend("cuda")]
 
@@ -30,14 +30,14 @@ def test_cuda_arguments_match_the_binding(paged, window):
     if paged:
         args[1], args[2], table = case.paged(16)
     out = torch.empty_like(case.q)
-    p = _check(*args, None, None, window, table, out)
+    p = tree_attention_problem(*args, window=window, block_table=table, out=out)
     seen = {}
 
     def launch(**kw):
         seen.update(kw)
         _native.native().tree_attention_cuda(**(kw | {"batch": 0}))
 
-    _cuda_launch(*args, p, table, out, 3, 0, launch)
+    _cuda_launch(p, out, 3, 0, launch)
     assert seen["page_size"] == (16 if paged else 0) and seen["head_dim"] == 128 and seen["num_splits"] == 3
     assert seen["window"] == (window or 0) and (seen["positions"] != 0) == bool(window)
     with pytest.raises(ValueError, match="head_dim must be 64, 128 or 256"):
@@ -49,4 +49,4 @@ def test_cuda_backend_errors_on_cpu():
 
     case = Case([3], [2], 2, 1, 128, dtype=torch.float16)
     with pytest.raises(ValueError, match="needs CUDA tensors"):
-        tree_attention_cuda(*case.args())
+        tree_attention_cuda(tree_attention_problem(*case.args()))

@@ -22,7 +22,7 @@ import torch
 from _cuda_emulation import build_emulated
 from test_tree_attention import TOL, Case, check_close
 
-from verispec.ops.tree_attention import _check
+from verispec.ops.tree_attention import tree_attention_problem
 
 pytestmark = [pytest.mark.op("tree_attention"), pytest.mark.backend("cuda")]
 
@@ -129,10 +129,10 @@ def run_emulated(lib, case: Case, *, num_splits: int, paged_block: int = 0) -> t
     if paged_block:
         args[1], args[2], table = case.paged(paged_block)
     out = torch.full_like(case.q, float("nan"))
-    p = _check(*args, case.scale, case.softcap, case.window, table, out)
+    p = tree_attention_problem(*args, scale=case.scale, softcap=case.softcap, window=case.window, block_table=table, out=out)
     if p.window and args[6] is None:
         args[6] = positions_from_ancestors(args[3], args[5])
-    _cuda_launch(*args, p, table, out, num_splits, 0, attention_launcher(lib))
+    _cuda_launch(p, out, num_splits, 0, attention_launcher(lib))
     return out
 
 
@@ -204,7 +204,7 @@ def test_emulated_cuda_clamps_device_side_lengths(emu_lib, paged_block):
 
     case = Case([8, 5], [31, 20], 2, 2, 128, dtype=torch.float16, seed=11)  # G = 1: one 64-row tile spans T
     args, table, out, p = hostile_lengths(case, paged_block)
-    _cuda_launch(*args, p, table, out, 2, 0, attention_launcher(emu_lib))
+    _cuda_launch(p, out, 2, 0, attention_launcher(emu_lib))
     check_close(out[:1], case.expected()[:1], TOL[torch.float16], rtol=TOL[torch.float16], what="request 0")
 
 
@@ -220,7 +220,8 @@ def test_emulated_cuda_bad_block_ids_never_read_outside_the_pool(emu_lib):
     q, _, _, prefix_lens, tree_lens, anc, pos = case.args()
     kp, vp, bad = guarded_pool(case, 4)
     out = torch.full_like(q, float("nan"))
-    p = _check(q, kp, vp, prefix_lens, tree_lens, anc, pos, case.scale, case.softcap, case.window, bad, out)
-    _cuda_launch(q, kp, vp, prefix_lens, tree_lens, anc, pos, p, bad, out, 2, 0, attention_launcher(emu_lib))
+    p = tree_attention_problem(q, kp, vp, prefix_lens, tree_lens, anc, pos, scale=case.scale, softcap=case.softcap,
+                               window=case.window, block_table=bad, out=out)
+    _cuda_launch(p, out, 2, 0, attention_launcher(emu_lib))
     assert torch.isfinite(out).all(), "a bad block id made the kernel read outside the pool"
     check_close(out[:1], case.expected()[:1], TOL[torch.float16], rtol=TOL[torch.float16], what="request 0")

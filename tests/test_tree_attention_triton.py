@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_tree_attention import TOL, Case, check_close, run
 
-from verispec.ops.tree_attention import _check
+from verispec.ops.tree_attention import tree_attention_problem
 from verispec.ops.triton.tree_attention import tree_attention_fwd
 
 pytestmark = [pytest.mark.op("tree_attention"), pytest.mark.backend("triton")]
@@ -32,8 +32,8 @@ def triton_run(case: Case, *, num_splits=None, paged_block=0, dtype=None):
     if paged_block:
         args[1], args[2], block_table = case.paged(paged_block)
     out = torch.full_like(case.q, float("nan"))
-    p = _check(*args, case.scale, case.softcap, case.window, block_table, out)
-    return tree_attention_fwd(*args, p, block_table, out, num_splits=num_splits)
+    p = tree_attention_problem(*args, scale=case.scale, softcap=case.softcap, window=case.window, block_table=block_table, out=out)
+    return tree_attention_fwd(p, out, num_splits=num_splits)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -149,8 +149,8 @@ def test_gpu_split_counts_agree(num_splits):
     want = case.expected()
     _to(case, "cuda")
     out = torch.full_like(case.q, float("nan"))
-    p = _check(*case.args(), case.scale, None, None, None, out)
-    tree_attention_fwd(*case.args(), p, None, out, num_splits=num_splits)
+    p = tree_attention_problem(*case.args(), scale=case.scale, out=out)
+    tree_attention_fwd(p, out, num_splits=num_splits)
     torch.cuda.synchronize()
     check_close(out.cpu(), want, TOL[torch.bfloat16], rtol=TOL[torch.bfloat16], what=f"splits={num_splits}")
 
@@ -258,5 +258,5 @@ def test_triton_clamps_device_side_lengths(paged_block):
 
     case = Case([8, 5], [31, 20], 2, 1, 16, seed=11)  # T = 32, one mask word
     args, table, out, p = hostile_lengths(case, paged_block)
-    tree_attention_fwd(*args, p, table, out, num_splits=2)
+    tree_attention_fwd(p, out, num_splits=2)
     check_close(out[:1], case.expected()[:1], TOL[torch.float32], what="request 0 beside hostile lengths")

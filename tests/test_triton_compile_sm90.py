@@ -31,7 +31,7 @@ def _tree_attention_calls():
     from _triton_aot import Recorder
     from test_tree_attention import Case
 
-    from verispec.ops.tree_attention import _check
+    from verispec.ops.tree_attention import tree_attention_problem
     from verispec.ops.triton import tree_attention as tk
 
     main, combine = Recorder(tk._tree_attention_kernel), Recorder(tk._combine_kernel)
@@ -49,8 +49,9 @@ def _tree_attention_calls():
                 args[1], args[2], table = case.paged(16)
             for splits in (1, 2):
                 out = torch.empty_like(case.q)
-                p = _check(*args, case.scale, case.softcap, case.window, table, out)
-                tk.tree_attention_fwd(*args, p, table, out, num_splits=splits)
+                p = tree_attention_problem(*args, scale=case.scale, softcap=case.softcap, window=case.window,
+                                           block_table=table, out=out)
+                tk.tree_attention_fwd(p, out, num_splits=splits)
                 label = (f"{str(dtype)[6:]} Hq{Hq}/Hkv{Hkv} D{D} T{T} {'paged' if paged else 'contig'}"
                          f"{' softcap+window' if extras else ''} splits{splits}")
                 for fn, rec in ((main.fn, main), (combine.fn, combine)):
@@ -59,8 +60,8 @@ def _tree_attention_calls():
                     rec.calls.clear()
         case = Case([40], [15], 4, 2, 32, dtype=torch.float32)  # fp32: allowed to spill; must compile and fit
         out = torch.empty_like(case.q)
-        p = _check(*case.args(), case.scale, None, None, None, out)
-        tk.tree_attention_fwd(*case.args(), p, None, out, num_splits=2)
+        p = tree_attention_problem(*case.args(), scale=case.scale, out=out)
+        tk.tree_attention_fwd(p, out, num_splits=2)
         for fn, rec in ((main.fn, main), (combine.fn, combine)):
             for a, kw in rec.calls:
                 yield "float32 Hq4/Hkv2 D32 T16 contig splits2", fn, a, kw
@@ -72,6 +73,7 @@ def _commit_calls():
     import torch
     from _triton_aot import Recorder
 
+    from verispec.ops.commit_kv import commit_kv_problem
     from verispec.ops.triton import commit_kv as ck
     from verispec.ops.triton.commit_kv import commit_kv_triton
 
@@ -88,7 +90,7 @@ def _commit_calls():
             else:
                 caches = [torch.zeros(2, Hkv, 160, D, dtype=dtype) for _ in range(4)]
                 table = None
-            commit_kv_triton(caches[:2], caches[2:], lens, rows, block_table=table)
+            commit_kv_triton(commit_kv_problem(caches[:2], caches[2:], lens, rows, block_table=table))
             for a, kw in rec.calls:
                 yield f"{str(dtype)[6:]} Hkv{Hkv} D{D} P{P} {'paged' if paged else 'contig'}", rec.fn, a, kw
             rec.calls.clear()

@@ -1,7 +1,8 @@
 """Backend registry: every op has a `torch` reference and optional `triton` and `cuda` implementations,
 registered alike (``verispec/ops/<op>.py``, ``ops/triton/<op>.py``, ``ops/cuda/<op>.py``) and called
-with one contract per op: `verify` backends take a `VerifyProblem` (from `verify_problem`), the
-`tree_attention` and `commit_kv` backends take the op's public signature without ``backend``.
+with one contract per op: each backend takes the op's checked problem object, built once by the public
+function (`VerifyProblem` from `verify_problem`, `TreeAttentionProblem` from `tree_attention_problem`,
+`CommitKVProblem` from `commit_kv_problem`).
 `resolve(op, backend, device)` returns the implementation to call.
 
 `backend="auto"` picks, in order cuda → triton → torch, the first implementation that is available

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import torch
 
 from verispec.bench._common import Context, entry, failure, gpu_timer
-from verispec.ops.tree_attention import _check, tree_attention_torch
+from verispec.ops.tree_attention import tree_attention, tree_attention_problem
 
 
 @dataclass
@@ -104,8 +104,8 @@ def impl_verispec(backend: str, num_splits: Optional[int] = None, config=None):
         if backend == "triton" and (num_splits is not None or config is not None):
             from verispec.ops.triton.tree_attention import tree_attention_fwd
 
-            p = _check(*args, None, None, None, None, out)
-            return lambda: tree_attention_fwd(*args, p, None, out, num_splits=num_splits, config=config)
+            p = tree_attention_problem(*args, out=out)
+            return lambda: tree_attention_fwd(p, out, num_splits=num_splits, config=config)
         import verispec
 
         return lambda: verispec.tree_attention(*args, out=out, backend=backend)
@@ -127,7 +127,7 @@ def impl_triton_tuned(pr: Problem):
         return None
     args = _args(pr)
     out = torch.empty_like(pr.tensors["q"])
-    p = _check(*args, None, None, None, None, out)
+    p = tree_attention_problem(*args, out=out)
     block_m = _pick_blocks(pr.Hq // pr.Hkv, pr.T, pr.D)[0]
     best = None
     for block_n in (32, 64, 128):
@@ -136,7 +136,7 @@ def impl_triton_tuned(pr: Problem):
                 if (block_m + 2 * stages * block_n) * pr.D * 2 > SM90_SHARED:
                     continue
                 cfg = (block_m, block_n, warps, stages)
-                fn = lambda cfg=cfg: tree_attention_fwd(*args, p, None, out, config=cfg)  # noqa: E731
+                fn = lambda cfg=cfg: tree_attention_fwd(p, out, config=cfg)  # noqa: E731
                 try:
                     ms = gpu_timer(fn, warmup=5, rep=20)
                 except Exception:  # out of shared memory / registers for this config
@@ -262,7 +262,7 @@ BOUNDS = {"sdpa_causal"}
 def reference(pr: Problem) -> torch.Tensor:
     """fp32 oracle on the device (the float64 comparison lives in tests/; this guards the benchmark)."""
     a = [x.float() if x.is_floating_point() else x for x in _args(pr)]
-    return tree_attention_torch(*a)
+    return tree_attention(*a, backend="torch")
 
 
 def shapes(gpu: bool, quick: bool) -> list[tuple[int, int, int]]:

@@ -14,6 +14,7 @@ through registers), which makes the in-place move safe even where sources and de
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
@@ -21,7 +22,7 @@ import torch
 from verispec import _backends
 from verispec.ops import _paged
 
-__all__ = ["commit_kv", "commit_kv_torch", "path_rows_from_accepted"]
+__all__ = ["CommitKVProblem", "commit_kv", "commit_kv_problem", "commit_kv_torch", "path_rows_from_accepted"]
 
 Caches = Union[torch.Tensor, Sequence[torch.Tensor]]
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -150,7 +151,23 @@ def path_rows_from_accepted(accepted_nodes: torch.Tensor, num_accepted: torch.Te
     return torch.cat([root, nodes.to(torch.int32)], dim=1)
 
 
-def commit_kv_torch(
+@dataclass(frozen=True)
+class CommitKVProblem:
+    """`commit_kv`'s arguments, checked once by `commit_kv_problem`: what every backend takes."""
+
+    caches: list[torch.Tensor]  # every layer's K, then every layer's V (as given: moved in place)
+    prefix_lens: torch.Tensor  # int32 [B]
+    path_rows: torch.Tensor  # int32 [B, P], -1 padded
+    block_table: Optional[torch.Tensor]  # int32 [B, max_blocks]; None = contiguous layout
+    capacity: int  # cache entries addressable per request (smallest over the layers)
+    validate: bool  # the path rows' values were checked on the host
+
+    @property
+    def device(self) -> torch.device:
+        return self.prefix_lens.device
+
+
+def commit_kv_problem(
     k_cache: Caches,
     v_cache: Caches,
     prefix_lens: torch.Tensor,
@@ -158,11 +175,19 @@ def commit_kv_torch(
     *,
     block_table: Optional[torch.Tensor] = None,
     validate: bool = True,
-) -> torch.Tensor:
-    """Reference KV commit (a loop over layers, vectorised over requests). See `commit_kv`."""
+) -> CommitKVProblem:
+    """Check `commit_kv`'s arguments (shapes, dtypes, devices; with ``validate`` also the path rows'
+    values, on the host) into the `CommitKVProblem` every backend takes."""
     caches, capacity = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
     if validate:
         _check_values(prefix_lens, path_rows, capacity, block_table, caches)
+    return CommitKVProblem(caches, prefix_lens, path_rows, block_table, capacity, validate)
+
+
+def commit_kv_torch(problem: CommitKVProblem) -> torch.Tensor:
+    """Reference KV commit (a loop over layers, vectorised over requests). See `commit_kv`."""
+    caches, capacity, block_table = problem.caches, problem.capacity, problem.block_table
+    prefix_lens, path_rows = problem.prefix_lens, problem.path_rows
     B, P = path_rows.shape
     if B == 0 or P == 0 or capacity == 0:
         return _new_lengths(prefix_lens, path_rows)
@@ -226,19 +251,15 @@ def _grouped(caches: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     return list(groups.values())
 
 
-def _device_of_lens(k_cache, v_cache, prefix_lens, *args, **kwargs):
-    return getattr(prefix_lens, "device", None)
-
-
-def _commit_groups(caches: list[torch.Tensor], prefix_lens, path_rows, block_table, launch_group) -> torch.Tensor:
+def _commit_groups(problem: CommitKVProblem, launch_group) -> torch.Tensor:
     """The kernel backends' glue: ``launch_group(group, prefix_lens, block_table)`` once per group of
     same-shaped caches, with the lengths and block-table rows at unit stride (the kernels read them so);
     returns the new lengths."""
-    prefix_lens = prefix_lens.contiguous()
+    prefix_lens, block_table = problem.prefix_lens.contiguous(), problem.block_table
     block_table = block_table if block_table is None or block_table.stride(-1) == 1 else block_table.contiguous()
-    for group in _grouped(caches):
+    for group in _grouped(problem.caches):
         launch_group(group, prefix_lens, block_table)
-    return _new_lengths(prefix_lens, path_rows)
+    return _new_lengths(prefix_lens, problem.path_rows)
 
 
 def _new_lengths(prefix_lens: torch.Tensor, path_rows: torch.Tensor) -> torch.Tensor:
@@ -288,4 +309,5 @@ def commit_kv(
     """
     device = prefix_lens.device if isinstance(prefix_lens, torch.Tensor) else "cpu"
     _, impl = _backends.resolve("commit_kv", backend, device)
-    return impl(k_cache, v_cache, prefix_lens, path_rows, block_table=block_table, validate=validate)
+    return impl(commit_kv_problem(k_cache, v_cache, prefix_lens, path_rows, block_table=block_table,
+                                  validate=validate))

@@ -36,7 +36,9 @@ from verispec import _backends
 from verispec.ops import _paged
 
 __all__ = [
+    "TreeAttentionProblem",
     "tree_attention",
+    "tree_attention_problem",
     "tree_attention_torch",
     "tree_mask_bits",
 ]
@@ -45,9 +47,20 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
-class _Problem:
-    """Validated, normalised arguments shared by every backend."""
+class TreeAttentionProblem:
+    """`tree_attention`'s arguments, checked and normalised once by `tree_attention_problem`: what every
+    backend takes. Lengths and block-table rows have unit stride (the kernels read them so); ``positions``
+    is filled in when a sliding window needs it."""
 
+    q: torch.Tensor  # [B, Hq, T, D]
+    k: torch.Tensor  # [B, Hkv, S, D], or paged [num_blocks, block_size, Hkv, D]
+    v: torch.Tensor  # like k
+    prefix_lens: torch.Tensor  # int32 [B]
+    tree_lens: torch.Tensor  # int32 [B]
+    ancestors: torch.Tensor  # uint32 / int32 [B, T, W]
+    positions: Optional[torch.Tensor]  # int32 [B, T]; None when no window reads it
+    block_table: Optional[torch.Tensor]  # int32 [B, max_blocks]; None = contiguous layout
+    out: Optional[torch.Tensor]  # the caller's output buffer, like q
     B: int
     Hq: int
     Hkv: int
@@ -67,21 +80,24 @@ def _fail(msg: str, exc: type[Exception] = ValueError) -> None:
     raise exc(f"verispec.tree_attention: {msg}")
 
 
-def _check(
+def tree_attention_problem(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     prefix_lens: torch.Tensor,
     tree_lens: torch.Tensor,
     ancestors: torch.Tensor,
-    positions: Optional[torch.Tensor],
-    scale: Optional[float],
-    softcap: Optional[float],
-    window: Optional[int],
-    block_table: Optional[torch.Tensor],
-    out: Optional[torch.Tensor],
-) -> _Problem:
-    """Check shapes, dtypes and devices without reading tensor values (no host synchronisation)."""
+    positions: Optional[torch.Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    softcap: Optional[float] = None,
+    window: Optional[int] = None,
+    block_table: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+) -> TreeAttentionProblem:
+    """Check `tree_attention`'s arguments (shapes, dtypes, devices, options) into the
+    `TreeAttentionProblem` every backend takes. Reads no tensor values (no host synchronisation): the
+    length checks, which do, are `check_lengths`, run by the backends that can afford them."""
     named = {"q": q, "k": k, "v": v, "prefix_lens": prefix_lens, "tree_lens": tree_lens, "ancestors": ancestors}
     if positions is not None:
         named["positions"] = positions
@@ -160,13 +176,20 @@ def _check(
         window = 0
     elif isinstance(window, bool) or int(window) != window or int(window) < 1:
         _fail(f"window must be None (off) or a positive integer, got {window!r}")
-    return _Problem(B, Hq, Hkv, T, D, int(ancestors.shape[2]), paged, block_size, capacity, num_blocks, scale, softcap,
-                    int(window))
+    window = int(window)
+    if window and positions is None:
+        positions = positions_from_ancestors(prefix_lens, ancestors)
+    if block_table is not None and block_table.stride(-1) != 1:
+        block_table = block_table.contiguous()
+    return TreeAttentionProblem(
+        q, k, v, prefix_lens.contiguous(), tree_lens.contiguous(), ancestors, positions, block_table, out,
+        B, Hq, Hkv, T, D, int(ancestors.shape[2]), paged, block_size, capacity, num_blocks, scale, softcap, window,
+    )
 
 
-def _check_lengths(p: _Problem, prefix_lens: torch.Tensor, tree_lens: torch.Tensor,
-                   block_table: Optional[torch.Tensor] = None) -> None:
+def check_lengths(p: TreeAttentionProblem) -> None:
     """Value checks that read lengths on the host; cheap, but they synchronise a GPU stream."""
+    prefix_lens, tree_lens, block_table = p.prefix_lens, p.tree_lens, p.block_table
     if p.B == 0:
         return
     lo_p, lo_t = int(prefix_lens.min()), int(tree_lens.min())
@@ -211,18 +234,6 @@ def output_buffer(out: Optional[torch.Tensor], *inputs: torch.Tensor) -> Optiona
     return out
 
 
-def _prepare(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window, block_table, out,
-             *, check_lengths: bool) -> tuple[_Problem, Optional[torch.Tensor]]:
-    """The preamble every backend runs: `_check`, optionally `_check_lengths` (it reads lengths on the
-    host), and the default ``positions`` when a sliding window needs them."""
-    p = _check(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window, block_table, out)
-    if check_lengths:
-        _check_lengths(p, prefix_lens, tree_lens, block_table)
-    if p.window and positions is None:
-        positions = positions_from_ancestors(prefix_lens, ancestors)
-    return p, positions
-
-
 def positions_from_ancestors(prefix_lens: torch.Tensor, ancestors: torch.Tensor) -> torch.Tensor:
     """int32 ``[B, T]``: ``prefix_lens[b] + depth(t)``, with depth = (number of set ancestor bits) - 1.
 
@@ -261,29 +272,15 @@ def _gather_request_kv(
     return k[blocks, slots].transpose(0, 1), v[blocks, slots].transpose(0, 1)
 
 
-def tree_attention_torch(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    prefix_lens: torch.Tensor,
-    tree_lens: torch.Tensor,
-    ancestors: torch.Tensor,
-    positions: Optional[torch.Tensor] = None,
-    *,
-    scale: Optional[float] = None,
-    softcap: Optional[float] = None,
-    window: Optional[int] = None,
-    block_table: Optional[torch.Tensor] = None,
-    out: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+def tree_attention_torch(p: TreeAttentionProblem) -> torch.Tensor:
     """Reference tree attention in plain PyTorch (any device; float64 capable). See `tree_attention`.
 
     fp16/bf16 inputs are computed in fp32; fp32 and fp64 in their own precision, with the same
     operation order as Hugging Face's eager attention (scale, soft-cap, mask, fp32 softmax, @ v), so a
     model run through it in fp32 matches its own eager/sdpa output to rounding.
     """
-    p, positions = _prepare(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window,
-                            block_table, out, check_lengths=True)
+    check_lengths(p)
+    q, k, v, out = p.q, p.k, p.v, p.out
     compute = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
     G = p.Hq // p.Hkv
     result = output_buffer(out, q, k, v)
@@ -291,22 +288,22 @@ def tree_attention_torch(
         result = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
     else:
         result.zero_()
-    plens, tlens = prefix_lens.tolist(), tree_lens.tolist()
+    plens, tlens = p.prefix_lens.tolist(), p.tree_lens.tolist()
     for b in range(p.B):
         L, n = plens[b], tlens[b]
         if n == 0:
             continue
         S = L + n
-        kb, vb = _gather_request_kv(k, v, b, S, block_table, p.block_size)
+        kb, vb = _gather_request_kv(k, v, b, S, p.block_table, p.block_size)
         # GQA without copying K/V: the G query heads of one KV head form one [G * n, D] matrix.
         qb = q[b, :, :n].to(compute).reshape(p.Hkv, G * n, p.D)
         logits = torch.bmm(qb, kb.to(compute).transpose(1, 2)).view(p.Hkv, G, n, S) * p.scale
         if p.softcap:
             logits = torch.tanh(logits / p.softcap) * p.softcap
         visible = torch.ones(n, S, dtype=torch.bool, device=q.device)
-        visible[:, L:] = tree_mask_bits(ancestors[b, :n], n)
+        visible[:, L:] = tree_mask_bits(p.ancestors[b, :n], n)
         if p.window:
-            qpos = positions[b, :n].long()
+            qpos = p.positions[b, :n].long()
             kpos = torch.cat([torch.arange(L, device=q.device), qpos])
             visible &= kpos.view(1, S) > qpos.view(n, 1) - p.window
         logits = logits.masked_fill(~visible, float("-inf"))
@@ -318,13 +315,6 @@ def tree_attention_torch(
     if out is not None and result is not out:
         return out.copy_(result)
     return result
-
-
-def _unit_stride(prefix_lens, tree_lens, block_table):
-    """The kernels index lengths and block-table rows with unit inner stride; copy the rare views."""
-    if block_table is not None and block_table.stride(-1) != 1:
-        block_table = block_table.contiguous()
-    return prefix_lens.contiguous(), tree_lens.contiguous(), block_table
 
 
 @functools.cache
@@ -418,7 +408,5 @@ def tree_attention(
     itself, so its ancestor word is ``0b011``; row 2's is ``0b101``; the root's is ``0b001``.
     """
     _, impl = _backends.resolve("tree_attention", backend, q.device if isinstance(q, torch.Tensor) else "cpu")
-    return impl(
-        q, k, v, prefix_lens, tree_lens, ancestors, positions,
-        scale=scale, softcap=softcap, window=window, block_table=block_table, out=out,
-    )
+    return impl(tree_attention_problem(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale=scale,
+                                       softcap=softcap, window=window, block_table=block_table, out=out))

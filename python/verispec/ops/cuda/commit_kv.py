@@ -3,13 +3,11 @@ same-shaped cache tensors, called through ``verispec._C`` with a device table of
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from verispec import _native
 from verispec.ops._launch import device_table, launches_on
-from verispec.ops.commit_kv import Caches, _check, _check_values, _commit_groups, _device_of_lens, _fail
+from verispec.ops.commit_kv import CommitKVProblem, _commit_groups, _fail
 
 __all__ = ["commit_kv_cuda", "cuda_launch"]
 
@@ -37,25 +35,14 @@ def cuda_launch(group: list[torch.Tensor], prefix_lens, path_rows, block_table, 
     )
 
 
-@launches_on(_device_of_lens)
-def commit_kv_cuda(
-    k_cache: Caches,
-    v_cache: Caches,
-    prefix_lens: torch.Tensor,
-    path_rows: torch.Tensor,
-    *,
-    block_table: Optional[torch.Tensor] = None,
-    validate: bool = True,
-) -> torch.Tensor:
+@launches_on(lambda problem: problem.device)
+def commit_kv_cuda(problem: CommitKVProblem) -> torch.Tensor:
     """CUDA KV commit: one launch for all layers of one shape. See `commit_kv`. Unverified on GPU."""
-    caches, capacity = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
-    if validate:
-        _check_values(prefix_lens, path_rows, capacity, block_table, caches)
-    if prefix_lens.device.type != "cuda":
-        _fail(f"backend='cuda' needs CUDA tensors, got {prefix_lens.device}")
-    stream = _native.cuda_stream_handle(prefix_lens.device)
+    if problem.device.type != "cuda":
+        _fail(f"backend='cuda' needs CUDA tensors, got {problem.device}")
+    stream = _native.cuda_stream_handle(problem.device)
 
     def launch_group(group, lens, table):
-        cuda_launch(group, lens, path_rows, table, capacity, stream, _native.native().commit_kv_cuda)
+        cuda_launch(group, lens, problem.path_rows, table, problem.capacity, stream, _native.native().commit_kv_cuda)
 
-    return _commit_groups(caches, prefix_lens, path_rows, block_table, launch_group)
+    return _commit_groups(problem, launch_group)

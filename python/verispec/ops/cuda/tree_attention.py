@@ -9,15 +9,7 @@ import torch
 
 from verispec import _native
 from verispec.ops._launch import launches_on
-from verispec.ops.tree_attention import (
-    _fail,
-    _prepare,
-    _Problem,
-    _unit_stride,
-    output_buffer,
-    sm_count,
-    split_count,
-)
+from verispec.ops.tree_attention import TreeAttentionProblem, _fail, output_buffer, sm_count, split_count
 
 __all__ = ["tree_attention_cuda", "cuda_launch"]
 
@@ -37,9 +29,10 @@ def _cuda_ready(name: str, t: torch.Tensor, elems: int) -> None:
               f"(use backend='triton' or 'torch' for arbitrary layouts)")
 
 
-def cuda_launch(q, k, v, prefix_lens, tree_lens, ancestors, positions, p: _Problem, block_table, result,
-                 num_splits: int, stream: int, launch) -> None:
-    """Turn validated tensors into the pointer/size/stride arguments of ``_C.tree_attention_cuda``."""
+def cuda_launch(p: TreeAttentionProblem, result: torch.Tensor, num_splits: int, stream: int, launch) -> None:
+    """Turn problem `p` (writing ``result``) into the pointer/size/stride arguments of ``_C.tree_attention_cuda``."""
+    q, k, v, prefix_lens, tree_lens = p.q, p.k, p.v, p.prefix_lens, p.tree_lens
+    ancestors, positions, block_table = p.ancestors, p.positions, p.block_table
     anc = ancestors if ancestors.stride(-1) == 1 else ancestors.contiguous()
     G = p.Hq // p.Hkv
     m_tiles = (G * p.T + 63) // 64
@@ -67,28 +60,12 @@ def cuda_launch(q, k, v, prefix_lens, tree_lens, ancestors, positions, p: _Probl
     )
 
 
-@launches_on(lambda q, *args, **kwargs: getattr(q, "device", None))
-def tree_attention_cuda(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    prefix_lens: torch.Tensor,
-    tree_lens: torch.Tensor,
-    ancestors: torch.Tensor,
-    positions: Optional[torch.Tensor] = None,
-    *,
-    scale: Optional[float] = None,
-    softcap: Optional[float] = None,
-    window: Optional[int] = None,
-    block_table: Optional[torch.Tensor] = None,
-    out: Optional[torch.Tensor] = None,
-    num_splits: Optional[int] = None,
-) -> torch.Tensor:
-    """CUDA tree attention, the hot path: fp16/bf16, D = 64/128/256, GQA, both layouts. Same contract as
+@launches_on(lambda p, **kwargs: p.q.device)
+def tree_attention_cuda(p: TreeAttentionProblem, *, num_splits: Optional[int] = None) -> torch.Tensor:
+    """CUDA tree attention, the hot path: fp16/bf16, D = 64/128/256, GQA, both layouts. See
     `tree_attention` (``num_splits`` overrides the split-KV heuristic, for benchmarks and tests).
     Unverified on GPU."""
-    p, positions = _prepare(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window,
-                            block_table, out, check_lengths=False)
+    q, out = p.q, p.out
     if q.device.type != "cuda":
         _fail(f"backend='cuda' needs CUDA tensors, got {q.device}")
     if q.dtype not in (torch.float16, torch.bfloat16):
@@ -96,11 +73,10 @@ def tree_attention_cuda(
               TypeError)
     if p.D not in (64, 128, 256):
         _fail(f"backend='cuda' supports head dims 64, 128 and 256, got {p.D} (use backend='triton')")
-    for name, t in (("q", q), ("k", k), ("v", v)):
+    for name, t in (("q", q), ("k", p.k), ("v", p.v)):
         _cuda_ready(name, t, 8)
-    prefix_lens, tree_lens, block_table = _unit_stride(prefix_lens, tree_lens, block_table)
     # The kernel writes out in place: a fresh buffer when out is unaligned or shares memory with q/k/v.
-    result = output_buffer(out, q, k, v)
+    result = output_buffer(out, q, p.k, p.v)
     if result is None or result.stride(-1) != 1 or any(s % 2 for s in result.stride()[:-1]) or result.data_ptr() % 4:
         result = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if p.B == 0 or p.T == 0 or p.Hq == 0:
@@ -109,8 +85,7 @@ def tree_attention_cuda(
     if num_splits is None:
         m_tiles = (G * p.T + 63) // 64
         num_splits = _cuda_num_splits(p.B * p.Hkv * m_tiles, p.capacity, m_tiles * 64, q.device)
-    cuda_launch(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, result, num_splits,
-                 _native.cuda_stream_handle(q.device), _native.native().tree_attention_cuda)
+    cuda_launch(p, result, num_splits, _native.cuda_stream_handle(q.device), _native.native().tree_attention_cuda)
     if out is not None and result is not out:
         out.copy_(result)
         return out

@@ -10,14 +10,12 @@ that an earlier chunk wrote, and within a chunk the barrier orders every read be
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 
 from verispec.ops._launch import device_table, launches_on
-from verispec.ops.commit_kv import Caches, _check, _check_values, _commit_groups, _device_of_lens
+from verispec.ops.commit_kv import CommitKVProblem, _commit_groups
 from verispec.ops.triton._cache_layout import cache_offsets
 
 
@@ -94,19 +92,8 @@ def commit_kv_fwd(caches: list[torch.Tensor], prefix_lens, path_rows, block_tabl
     )
 
 
-@launches_on(_device_of_lens)
-def commit_kv_triton(
-    k_cache: Caches,
-    v_cache: Caches,
-    prefix_lens: torch.Tensor,
-    path_rows: torch.Tensor,
-    *,
-    block_table: Optional[torch.Tensor] = None,
-    validate: bool = True,
-) -> torch.Tensor:
+@launches_on(lambda problem: problem.device)
+def commit_kv_triton(problem: CommitKVProblem) -> torch.Tensor:
     """Triton KV commit: one launch for all layers of one shape. See `commit_kv`."""
-    caches, capacity = _check(k_cache, v_cache, prefix_lens, path_rows, block_table)
-    if validate:
-        _check_values(prefix_lens, path_rows, capacity, block_table, caches)
-    return _commit_groups(caches, prefix_lens, path_rows, block_table,
-                          lambda group, lens, table: commit_kv_fwd(group, lens, path_rows, table))
+    path_rows = problem.path_rows
+    return _commit_groups(problem, lambda group, lens, table: commit_kv_fwd(group, lens, path_rows, table))

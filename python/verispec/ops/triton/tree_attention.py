@@ -27,7 +27,13 @@ import triton
 import triton.language as tl
 
 from verispec.ops._launch import launches_on
-from verispec.ops.tree_attention import _prepare, _unit_stride, output_buffer, sm_count, split_count
+from verispec.ops.tree_attention import (
+    TreeAttentionProblem,
+    check_lengths,
+    output_buffer,
+    sm_count,
+    split_count,
+)
 from verispec.ops.triton._cache_layout import cache_offsets
 
 LOG2E = 1.4426950408889634
@@ -241,13 +247,15 @@ def _num_splits(programs: int, capacity: int, rows_padded: int, block_n: int, de
     return split_count(programs, capacity, rows_padded, block_n, sm_count(device))
 
 
-def tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, out,
-                       num_splits: int | None = None, config: tuple[int, int, int, int] | None = None):
-    """Launch the kernels for a validated problem `p` (see verispec.ops.tree_attention._Problem).
+def tree_attention_fwd(p: TreeAttentionProblem, out: torch.Tensor, num_splits: int | None = None,
+                       config: tuple[int, int, int, int] | None = None):
+    """Launch the kernels for problem `p`, writing ``out`` (``p.out`` or a buffer standing in for it).
 
     ``num_splits`` and ``config = (BLOCK_M, BLOCK_N, num_warps, num_stages)`` override the heuristics
     (benchmarks sweep them on a GPU; BLOCK_M/BLOCK_N must be powers of two >= 16).
     """
+    q, k, v, prefix_lens, tree_lens = p.q, p.k, p.v, p.prefix_lens, p.tree_lens
+    ancestors, positions, block_table = p.ancestors, p.positions, p.block_table
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"verispec.tree_attention(backend='triton'): dtype {q.dtype} is not supported; "
                         "use float16, bfloat16 or float32 (the torch backend handles float64)")
@@ -301,34 +309,16 @@ def tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p,
     return out
 
 
-@launches_on(lambda q, *args, **kwargs: getattr(q, "device", None))
-def tree_attention_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    prefix_lens: torch.Tensor,
-    tree_lens: torch.Tensor,
-    ancestors: torch.Tensor,
-    positions: Optional[torch.Tensor] = None,
-    *,
-    scale: Optional[float] = None,
-    softcap: Optional[float] = None,
-    window: Optional[int] = None,
-    block_table: Optional[torch.Tensor] = None,
-    out: Optional[torch.Tensor] = None,
-    num_splits: Optional[int] = None,
-) -> torch.Tensor:
-    """Triton tree attention (split-KV, GQA-packed), the main GPU path. Same contract as `tree_attention`
+@launches_on(lambda p, **kwargs: p.q.device)
+def tree_attention_triton(p: TreeAttentionProblem, *, num_splits: Optional[int] = None) -> torch.Tensor:
+    """Triton tree attention (split-KV, GQA-packed), the main GPU path. See `tree_attention`
     (``num_splits`` overrides the split-KV heuristic, for benchmarks and tests). Unverified on GPU."""
-    # The length checks are free on the host; on a GPU they would sync.
-    p, positions = _prepare(q, k, v, prefix_lens, tree_lens, ancestors, positions, scale, softcap, window,
-                            block_table, out, check_lengths=q.device.type == "cpu")
-    prefix_lens, tree_lens, block_table = _unit_stride(prefix_lens, tree_lens, block_table)
-    result = output_buffer(out, q, k, v)  # None when out overlaps an input: compute aside, then copy
+    if p.q.device.type == "cpu":  # the length checks are free on the host; on a GPU they would sync
+        check_lengths(p)
+    result = output_buffer(p.out, p.q, p.k, p.v)  # None when out overlaps an input: compute aside, then copy
     if result is None:
-        result = torch.empty_like(q, memory_format=torch.contiguous_format)
-    tree_attention_fwd(q, k, v, prefix_lens, tree_lens, ancestors, positions, p, block_table, result,
-                       num_splits=num_splits)
-    if out is not None and result is not out:
-        return out.copy_(result)
+        result = torch.empty_like(p.q, memory_format=torch.contiguous_format)
+    tree_attention_fwd(p, result, num_splits=num_splits)
+    if p.out is not None and result is not p.out:
+        return p.out.copy_(result)
     return result
