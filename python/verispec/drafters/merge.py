@@ -1,9 +1,10 @@
 """Several drafters in one budget: every drafter proposes for every request, the trees are merged below
 the shared root (common prefixes become one node) and trimmed best-first by score.
 
-Scores are read as acceptance estimates, so they should be calibrated across drafters: heads with a
-measured-accuracy tree and the datastore's (down-weighted) frequencies are; ``weights`` rescale a
-drafter whose scores are not. Sampled trees (with ``DraftTree.probs``) cannot be merged: a merged node
+Scores are read as acceptance estimates, so they should be calibrated across drafters: wrap each in
+`CalibratedDrafter` (then the merge is ``calibrated`` too), or rescale with ``weights``. Siblings from
+different drafters are scaled so their conditional acceptances sum to at most one (`exclusive_siblings`).
+Sampled trees (with ``DraftTree.probs``) cannot be merged: a merged node
 would no longer have been drawn from its row.
 """
 
@@ -41,6 +42,8 @@ class MergedDrafter:
         self.weights = [1.0] * len(drafters) if weights is None else [float(w) for w in weights]
         self.budget, self.max_depth, self.row_cost = int(budget), int(max_depth), row_cost
         self.wants_hidden = any(getattr(d, "wants_hidden", False) for d in drafters)
+        # Learned acceptance estimates stay so through a merge (siblings are made exclusive below).
+        self.calibrated = all(getattr(d, "calibrated", False) for d in drafters)
         sizes = [getattr(d, "vocab_size", None) for d in drafters]
         sizes = [int(s) for s in sizes if s is not None]
         self.vocab_size = max(sizes) if sizes else None
@@ -52,7 +55,7 @@ class MergedDrafter:
                 begin(prompts)
 
     def propose(self, contexts) -> list[DraftTree]:
-        from verispec.drafters.trees import merge_trees, trim_to_cost
+        from verispec.drafters.trees import exclusive_siblings, merge_trees, trim_to_cost
 
         per = [d.propose(contexts) for d in self.drafters]
         out = []
@@ -62,7 +65,7 @@ class MergedDrafter:
                 if t.probs is not None:
                     raise ValueError(f"MergedDrafter: {type(d).__name__} proposed a sampled tree (with probs); "
                                      "merge only deterministic drafters (e.g. HeadsDrafter with temperature=0)")
-            tree = merge_trees(trees, self.budget, self.max_depth, weights=self.weights)
+            tree = exclusive_siblings(merge_trees(trees, self.budget, self.max_depth, weights=self.weights))
             out.append(trim_to_cost(tree, self.row_cost) if self.row_cost else tree)
         return out
 
