@@ -194,15 +194,32 @@ HEAVY = """
     t0 = time.perf_counter()
     run()
     full = time.perf_counter() - t0
-    # Ctrl-C from outside, as a terminal sends it (a thread of ours could not run while a query holds the GIL)
-    subprocess.Popen(["sh", "-c", f"sleep {{full / 4:.3f}}; kill -INT {{os.getpid()}}"])
-    t0 = time.perf_counter()
-    try:
-        run()
-        print("finished", flush=True)
-    except KeyboardInterrupt:
-        print("interrupted", round(full, 3), round(time.perf_counter() - t0, 3), flush=True)
+    {interrupt}
 """
+
+# Ctrl-C from outside, as a terminal sends it (a thread of ours could not run while a query holds the GIL).
+# The sender notes the wall time at which it signals, and the calls repeat until the signal arrives, so a
+# slow start of the sender on a loaded machine cannot let the work finish first: what is measured is the
+# time from the signal to the KeyboardInterrupt, which must be a small part of one call.
+INTERRUPT = """
+    sent = {sent!r}
+    subprocess.Popen(["sh", "-c", f"sleep {{full / 4:.3f}}; date +%s.%N > {{sent}}.tmp; mv {{sent}}.tmp {{sent}}; "
+                                  f"kill -INT {{os.getpid()}}"])
+    try:
+        for i in range(100):
+            {again}
+        print("{what} finished", full, flush=True)
+    except KeyboardInterrupt:
+        now = time.time()
+        while not os.path.exists(sent):  # the signal comes after the file is in place
+            time.sleep(0.001)
+        print("{what} interrupted", round(full, 3), round(now - float(open(sent).read()), 3), flush=True)
+"""
+
+
+def _interrupt(sent, what: str, again: str, indent: str) -> str:
+    code = textwrap.dedent(INTERRUPT).format(sent=str(sent), what=what, again=again)
+    return textwrap.indent(code, indent).strip()
 
 
 @pytest.mark.parametrize("call", [
@@ -212,14 +229,15 @@ HEAVY = """
     "pi.draft_context([0], **big_tree)",
     "Datastore.from_documents([rng.integers(0, 50000, 4_000_000)])",  # suffix sorting in memory
 ])
-def test_ctrl_c_interrupts_long_queries(call):
-    """Interrupted a quarter into a call, it stops well before the call would have ended."""
-    res = run_python(HEAVY.format(call=call), timeout=300)
+def test_ctrl_c_interrupts_long_queries(call, tmp_path):
+    """Interrupted during a call, it stops within a small part of the call's time."""
+    code = HEAVY.format(call=call, interrupt=_interrupt(tmp_path / "sent", "query", "run()", "    "))
+    res = run_python(code, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    what, *times = res.stdout.split()
+    name, what, *times = res.stdout.split()
     assert what == "interrupted", res.stdout + res.stderr[-2000:]
-    full, stopped = map(float, times)
-    assert stopped < 0.6 * full, res.stdout
+    full, latency = map(float, times)
+    assert latency < 0.35 * full, res.stdout  # stopped by the signal, not at the end of the call
 
 
 def test_ctrl_c_interrupts_verify_and_build(tmp_path):
@@ -232,33 +250,37 @@ def test_ctrl_c_interrupts_verify_and_build(tmp_path):
         rng = np.random.default_rng(0)
         docs = [rng.integers(0, 50000, 3_000_000)]
         ds = Datastore.build(docs, {str(path)!r}, vocab_size=50000, progress=False)
-        for what, fn in [("verify", lambda: ds.verify(threads=1)),
-                         ("build", lambda: Datastore.build(docs * 2, {str(path)!r} + ".2", vocab_size=50000, progress=False))]:
+        out = [0]
+        def build():  # a new file each time: a build never overwrites one in place
+            out[0] += 1
+            Datastore.build(docs * 2, {str(path)!r} + f".{{out[0]}}", vocab_size=50000, progress=False)
+        for what, fn in [("verify", lambda: ds.verify(threads=1)), ("build", build)]:
             t0 = time.perf_counter()
-            try:
-                fn()
-            except KeyboardInterrupt:
-                pass
+            fn()
             full = time.perf_counter() - t0
-            subprocess.Popen(["sh", "-c", f"sleep {{full / 4:.3f}}; kill -INT {{os.getpid()}}"])
-            t0 = time.perf_counter()
-            if what == "build":
-                os.unlink({str(path)!r} + ".2")
+            sent = {str(tmp_path)!r} + "/sent-" + what
+            subprocess.Popen(["sh", "-c", f"sleep {{full / 4:.3f}}; date +%s.%N > {{sent}}.tmp; mv {{sent}}.tmp {{sent}}; "
+                                          f"kill -INT {{os.getpid()}}"])
             try:
-                fn()
+                for i in range(100):
+                    fn()
                 print(what, "finished", full, flush=True)
             except KeyboardInterrupt:
-                print(what, "interrupted", round(full, 2), round(time.perf_counter() - t0, 2), flush=True)
-        print("files", sorted(os.listdir({str(tmp_path)!r})))
+                now = time.time()
+                while not os.path.exists(sent):
+                    time.sleep(0.001)
+                print(what, "interrupted", round(full, 2), round(now - float(open(sent).read()), 3), flush=True)
+        print("files", sorted(f for f in os.listdir({str(tmp_path)!r}) if not f.startswith("sent")))
     """
     res = run_python(code, timeout=400)
     assert res.returncode == 0, res.stderr[-2000:]
     lines = res.stdout.splitlines()
     for line, what in zip(lines, ["verify", "build"]):
-        name, outcome, full, stopped = line.split()
+        name, outcome, full, latency = line.split()
         assert (name, outcome) == (what, "interrupted"), res.stdout
-        assert float(stopped) < 0.6 * float(full), res.stdout  # not merely raised once it had finished
-    assert lines[2] == "files ['big.vsds']"  # the interrupted build left neither its file nor a temporary
+        assert float(latency) < 0.35 * float(full), res.stdout  # stopped by the signal, not at the end
+    # The interrupted build (the second) left neither its file nor a temporary.
+    assert lines[2] == "files ['big.vsds', 'big.vsds.1']", res.stdout
 
 
 # ---------------------------------------------------------------------------------------------
