@@ -179,7 +179,10 @@ def test_rest_work_is_bounded():
 
 
 HEAVY = """
-    import os, subprocess, time
+    import os, signal, subprocess, time
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler: restore it, as an interactive terminal would have it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import numpy as np
     from verispec.datastore import Datastore, PromptIndex
     rng = np.random.default_rng(0)
@@ -244,7 +247,8 @@ def test_ctrl_c_interrupts_verify_and_build(tmp_path):
     """The two long whole-file operations (a few seconds here) stop within a fraction of that."""
     path = tmp_path / "big.vsds"
     code = f"""
-        import os, subprocess, time
+        import os, signal, subprocess, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # see HEAVY
         import numpy as np
         from verispec.datastore import Datastore
         rng = np.random.default_rng(0)
