@@ -90,9 +90,9 @@ def main(argv=None) -> int:
         heads = load(args.heads, model)
 
         def with_heads(p):
-            return PredictionFirst(SpeculativeEditsDrafter(), CalibratedDrafter(HeadsDrafter(heads)))
+            return vs(p, drafter=PredictionFirst(SpeculativeEditsDrafter(), CalibratedDrafter(HeadsDrafter(heads))))
 
-        methods["verispec, own text + heads (calibrated)"] = lambda p: vs(p, drafter=with_heads(p))
+        methods["verispec, own text + heads (calibrated)"] = with_heads
     hf(prompts[0][:8])  # warm-up (the forward cost is measured once per model, outside the timing)
     vs(prompts[0][:8])
     acc = {m: [0.0, 0, 0, 0] for m in methods}  # seconds, tokens, steps, identical

@@ -115,11 +115,9 @@ def test_bad_predictions_name_the_request(model):
 
 
 def test_chi_square_sampling_with_a_prediction():
-    V = 7
-    model = tiny_model("llama", seed=3, vocab=V)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(0.6)
+    from test_generate_sampling import V, _exact_joint, flat_model, joint_counts, pooled_pvalue
+
+    model = flat_model()
     prompt = [1, 4, 2, 6]
     n = 3000
     # A prediction that is often right (the model's likeliest pair) and one that is not, alternating.
@@ -129,8 +127,6 @@ def test_chi_square_sampling_with_a_prediction():
     preds = [[a, b, a] if i % 2 else [(a + 1) % V, b] for i in range(n)]
     out = verispec.generate(model, [prompt] * n, prediction=preds, max_new_tokens=2, temperature=1.0,
                             eos_token_id=[], seed=99, attention="mask")
-    from test_generate_sampling import _exact_joint, joint_counts, pooled_pvalue
-
     counts = joint_counts(out.sequences, len(prompt), V)
     joint = _exact_joint(model, prompt, 1.0, None, None)
     assert pooled_pvalue(counts, joint, n) > 1e-3

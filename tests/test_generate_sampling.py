@@ -66,6 +66,15 @@ def pooled_pvalue(counts: torch.Tensor, joint: torch.Tensor, n: int) -> float:
     return chisquare(obs_k.numpy(), exp_k.numpy()).pvalue
 
 
+def flat_model():
+    """The tiny Llama of these tests with vocabulary V and flattened logits: every cell of the joint gets mass."""
+    model = tiny_model("llama", seed=3, vocab=V)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.6)
+    return model
+
+
 def _exact_joint(model, prompt, temperature, top_k, top_p):
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
@@ -96,10 +105,7 @@ def _exact_joint(model, prompt, temperature, top_k, top_p):
     [(1.0, None, None, "random"), (0.7, None, None, "likely"), (1.3, 4, None, "likely"), (1.0, None, 0.8, "random")],
 )
 def test_first_two_tokens_match_plain_sampling(temperature, top_k, top_p, drafter):
-    model = tiny_model("llama", seed=3, vocab=V)
-    with torch.no_grad():  # flatter logits: every cell of the joint gets mass
-        for p in model.parameters():
-            p.mul_(0.6)
+    model = flat_model()
     prompt = [1, 4, 2, 6]
     n = 3000
     d = RandomTreeDrafter(V, budget=6, seed=1) if drafter == "random" else LikelyTreeDrafter(model, seed=2)
@@ -127,10 +133,7 @@ def test_first_two_tokens_match_plain_sampling(temperature, top_k, top_p, drafte
 
 def test_wrong_temperature_is_detected():
     """The goodness-of-fit check has teeth: samples at temperature 1.0 fail against 0.5."""
-    model = tiny_model("llama", seed=3, vocab=V)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(0.6)
+    model = flat_model()
     prompt = [1, 4, 2, 6]
     n = 3000
     out = verispec.generate(model, [prompt] * n, max_new_tokens=2, temperature=1.0, eos_token_id=[], seed=7,

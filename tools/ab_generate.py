@@ -9,7 +9,10 @@ Prints tokens/s of each side, the ratio B/A and whether every output is identica
         [--prompts 10] [--max-new-tokens 128] [--drafter retrieval] [--budget 4] [--out FILE]
 
 A fixed ``--budget`` keeps both sides on the same draft size (the CLI default times the CPU each run,
-and two runs can pick different sizes from noise).
+and two runs can pick different sizes from noise). ``--cost auto`` sizes every step from the measured
+forward cost, as the CLI and the demo do; ``--a-budget`` / ``--a-max-depth`` give side A its own
+sizes (e.g. each side's demo configuration: before 2026-12-06 the demo ran the retrieval drafter at
+32 / 12, after it the default drafter at its own defaults, ``--budget 0``).
 """
 
 from __future__ import annotations
@@ -39,13 +42,14 @@ torch.manual_seed(0)
 model, tok = load_model("smollm2", device="cpu", dtype=torch.float32)
 prompts = [tok(t).input_ids for t in humaneval_prompts(cfg["prompts"])]
 def drafter():
-    return make_drafter(cfg["drafter"], tok, None, cfg["budget"], cfg["max_depth"], "cpu")
-verispec.generate(model, [prompts[0][:8]], drafter=drafter(), max_new_tokens=4)  # warm-up
+    return make_drafter(cfg["drafter"], tok, None, cfg["budget"] or None, cfg["max_depth"], "cpu")
+kw = {"cost": "auto"} if cfg["cost"] == "auto" else {}
+verispec.generate(model, [prompts[0][:8]], drafter=drafter(), max_new_tokens=4, **kw)  # warm-up
 print("ready", flush=True)
 for line in sys.stdin:
     i = int(line)
     t0 = time.perf_counter()
-    out = verispec.generate(model, [prompts[i]], drafter=drafter(), max_new_tokens=cfg["max_new_tokens"])
+    out = verispec.generate(model, [prompts[i]], drafter=drafter(), max_new_tokens=cfg["max_new_tokens"], **kw)
     dt = time.perf_counter() - t0
     print(json.dumps({"seconds": dt, "tokens": out.stats.new_tokens, "steps": out.stats.steps,
                       "output": out.sequences[0].tolist()}), flush=True)
@@ -74,15 +78,20 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=10)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--drafter", default="retrieval", choices=("retrieval", "prompt-lookup", "none"))
-    ap.add_argument("--budget", type=int, default=4)
+    ap.add_argument("--budget", type=int, default=4, help="draft budget (0: the drafter's own default)")
     ap.add_argument("--max-depth", type=int, default=None)
+    ap.add_argument("--a-budget", type=int, default=None, help="side A's budget (default: --budget)")
+    ap.add_argument("--a-max-depth", type=int, default=None, help="side A's max depth (default: --max-depth)")
+    ap.add_argument("--cost", default="none", choices=("none", "auto"), help="generate(cost=...) on both sides")
     ap.add_argument("--rounds", type=int, default=1, help="passes over the prompts")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's choice)")
     ap.add_argument("--out", default=None, help="also write the summary (markdown) here")
     args = ap.parse_args(argv)
     cfg = dict(prompts=args.prompts, max_new_tokens=args.max_new_tokens, drafter=args.drafter, budget=args.budget,
-               max_depth=args.max_depth, threads=args.threads)
-    a, b = _start(args.a, cfg), _start(args.b, cfg)
+               max_depth=args.max_depth, threads=args.threads, cost=args.cost)
+    cfg_a = dict(cfg, budget=args.budget if args.a_budget is None else args.a_budget,
+                 max_depth=args.max_depth if args.a_max_depth is None else args.a_max_depth)
+    a, b = _start(args.a, cfg_a), _start(args.b, cfg)
     tot = {"A": [0.0, 0], "B": [0.0, 0]}
     same = 0
     for r in range(args.rounds):
@@ -100,7 +109,8 @@ def main(argv=None) -> int:
         p.wait()
     tps = {k: v[1] / v[0] for k, v in tot.items()}
     n = args.prompts * args.rounds
-    summary = (f"{n} HumanEval prompts x {args.max_new_tokens} tokens, drafter {args.drafter} budget {args.budget}: "
+    summary = (f"{n} HumanEval prompts x {args.max_new_tokens} tokens, drafter {args.drafter}, budget/depth A "
+               f"{cfg_a['budget']}/{cfg_a['max_depth']}, B {cfg['budget']}/{cfg['max_depth']}, cost {args.cost}: "
                f"A {tps['A']:.2f} tok/s, B {tps['B']:.2f} tok/s, B/A = {tps['B'] / tps['A']:.3f}; "
                f"identical outputs {same}/{n}")
     print(summary)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from verispec.drafters.base import Accepted, Context
-from verispec.drafters.trees import Trie, _tree_paths
+from verispec.drafters.trees import best_first
 from verispec.tree import DraftTree
 
 __all__ = ["CalibratedDrafter"]
@@ -96,11 +96,7 @@ class CalibratedDrafter:
             depth.append(depth[p] + 1 if p >= 0 else 1)
             bins.append(_bin(cond, depth[-1]))
             new.append((new[p] if p >= 0 else 1.0) * self.rate(cond, depth[-1]))
-        rescored = DraftTree(toks, pars, new, validate=False)
-        trie = Trie()
-        for path, ss in _tree_paths(rescored):
-            trie.add(path, ss)
-        out = trie.to_tree(len(toks), 1 << 30)
+        out = best_first(toks, pars, new)
         # The bins of the re-ordered tree's nodes, found by their token paths.
         where = {(p, t): i for i, (t, p) in enumerate(zip(toks, pars))}
         otoks, opars, _ = out.lists()

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from verispec.drafters.base import EMPTY
 from verispec.tree import DraftTree
 
-__all__ = ["Trie", "merge_trees", "trim_to_cost", "exclusive_siblings"]
+__all__ = ["Trie", "merge_trees", "trim_to_cost", "exclusive_siblings", "best_first"]
 
 class Trie:
     """Token trie that turns scored paths into a `DraftTree` (best-first, at most ``budget`` nodes)."""
@@ -141,7 +141,12 @@ def exclusive_siblings(tree: DraftTree) -> DraftTree:
     for c, p in zip(cond, pars):
         c = c / max(1.0, total[p])
         new.append((new[p] if p >= 0 else 1.0) * c)
+    return best_first(toks, pars, new)
+
+
+def best_first(tokens: Sequence[int], parents: Sequence[int], scores: Sequence[float]) -> DraftTree:
+    """The tree with these nodes and new path scores, reordered best-first (parents before children)."""
     trie = Trie()
-    for path, ss in _tree_paths(DraftTree(toks, pars, new, validate=False)):
+    for path, ss in _tree_paths(DraftTree(tokens, parents, scores, validate=False)):
         trie.add(path, ss)
-    return trie.to_tree(len(toks), 1 << 30)
+    return trie.to_tree(len(tokens), 1 << 30)
