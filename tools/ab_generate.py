@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -57,6 +58,7 @@ for line in sys.stdin:
 
 
 def _start(python: str, cfg: dict) -> subprocess.Popen:
+    python = os.path.abspath(python) if os.sep in python else python  # the workers run in /
     p = subprocess.Popen([python, "-c", WORKER, json.dumps(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          text=True, cwd="/")
     line = p.stdout.readline()
