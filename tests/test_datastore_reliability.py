@@ -206,15 +206,15 @@ HEAVY = """
 # time from the signal to the KeyboardInterrupt, which must be a small part of one call.
 INTERRUPT = """
     sent = {sent!r}
-    subprocess.Popen(["sh", "-c", f"sleep {{full / 4:.3f}}; date +%s.%N > {{sent}}.tmp; mv {{sent}}.tmp {{sent}}; "
-                                  f"kill -INT {{os.getpid()}}"])
+    subprocess.Popen(["sh", "-c", f"sleep {{full / 4:.3f}}; date +%s.%N > {{sent}}.tmp; kill -INT {{os.getpid()}}; "
+                                  f"mv {{sent}}.tmp {{sent}}"])
     try:
         for i in range(100):
             {again}
         print("{what} finished", full, flush=True)
     except KeyboardInterrupt:
         now = time.time()
-        while not os.path.exists(sent):  # the signal comes after the file is in place
+        while not os.path.exists(sent):  # the stamp is written before the signal, moved in place after it
             time.sleep(0.001)
         print("{what} interrupted", round(full, 3), round(now - float(open(sent).read()), 3), flush=True)
 """
@@ -240,7 +240,7 @@ def test_ctrl_c_interrupts_long_queries(call, tmp_path):
     name, what, *times = res.stdout.split()
     assert what == "interrupted", res.stdout + res.stderr[-2000:]
     full, latency = map(float, times)
-    assert latency < 0.35 * full, res.stdout  # stopped by the signal, not at the end of the call
+    assert latency < 0.5 * full, res.stdout  # stopped by the signal, not at the end of the call
 
 
 def test_ctrl_c_interrupts_verify_and_build(tmp_path):
@@ -263,8 +263,8 @@ def test_ctrl_c_interrupts_verify_and_build(tmp_path):
             fn()
             full = time.perf_counter() - t0
             sent = {str(tmp_path)!r} + "/sent-" + what
-            subprocess.Popen(["sh", "-c", f"sleep {{full / 4:.3f}}; date +%s.%N > {{sent}}.tmp; mv {{sent}}.tmp {{sent}}; "
-                                          f"kill -INT {{os.getpid()}}"])
+            subprocess.Popen(["sh", "-c", f"sleep {{full / 4:.3f}}; date +%s.%N > {{sent}}.tmp; kill -INT {{os.getpid()}}; "
+                                          f"mv {{sent}}.tmp {{sent}}"])
             try:
                 for i in range(100):
                     fn()
@@ -282,7 +282,7 @@ def test_ctrl_c_interrupts_verify_and_build(tmp_path):
     for line, what in zip(lines, ["verify", "build"]):
         name, outcome, full, latency = line.split()
         assert (name, outcome) == (what, "interrupted"), res.stdout
-        assert float(latency) < 0.35 * float(full), res.stdout  # stopped by the signal, not at the end
+        assert float(latency) < 0.5 * float(full), res.stdout  # stopped by the signal, not at the end
     # The interrupted build (the second) left neither its file nor a temporary.
     assert lines[2] == "files ['big.vsds', 'big.vsds.1']", res.stdout
 
